@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `ls-backend serve` listens on.")
     port: int = Field(9090, description="Port `ls-backend serve` listens on.")
-    workers: int = Field(1, ge=1, description="Gunicorn worker processes (each loads the model once).")
+    workers: int = Field(
+        1, ge=1, description="Gunicorn worker processes (each loads the model once)."
+    )
     threads: int = Field(4, ge=1, description="Request threads per worker.")
     model_dir: Path = Field(
         Path("model_dir"),
@@ -111,8 +113,6 @@ class Settings(BaseSettings):
     @property
     def sync_configured(self) -> bool:
         return bool(self.label_studio_url and self.label_studio_api_key)
-
-
 
 
 @lru_cache(maxsize=1)

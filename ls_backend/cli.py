@@ -1,0 +1,129 @@
+"""``ls-backend``: serve | models | sync | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from typing import Any
+
+from ls_backend.settings import Settings, get_settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from ls_backend import logs
+
+    settings = get_settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    logs.configure(settings.log_level, settings.log_json)
+    if settings.workers > 1:
+        # Each worker keeps its own counters; this folder lets /metrics add them up.
+        folder = settings.model_dir / ".prometheus"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+    class Application(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{host}:{port}",
+                "workers": settings.workers,
+                "worker_class": "uvicorn_worker.UvicornWorker",
+                "timeout": 300,
+                "graceful_timeout": 10,
+                "loglevel": settings.log_level.lower(),
+                "accesslog": "-" if settings.log_level.upper() == "DEBUG" else None,
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            # Runs in each worker after the fork: the model loads once per process.
+            from ls_backend.server.app import create_app
+
+            logs.configure(settings.log_level, settings.log_json)
+            return create_app(settings)
+
+    Application().run()
+
+
+def _registry(settings: Settings, project: str) -> Any:
+    from ls_backend.core.registry import Registry
+    from ls_backend.service import project_key
+
+    root = settings.model_dir / project_key(project) / "models"
+    if not root.is_dir():
+        sys.exit(f"no models for project {project} under {settings.model_dir}")
+    return Registry(root)
+
+
+def models(args: argparse.Namespace) -> None:
+    registry = _registry(get_settings(), args.project)
+    current = registry.current()
+    if args.action == "list":
+        header = ("", "version", "promoted", "labels", "accuracy", "macro-F1", "reason")
+        print("{:2}{:<14}{:<10}{:>7}{:>10}{:>10}  {}".format(*header))
+        for version in registry.versions():
+            info = registry.info(version)
+            m = info.get("metrics") or {}
+            mark = "* " if version == current else "  "
+            acc = f"{m['accuracy']:.3f}" if "accuracy" in m else "-"
+            f1 = f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-"
+            print(
+                f"{mark}{version:<14}{str(bool(info.get('promoted'))):<10}"
+                f"{info.get('labels', 0):>7}{acc:>10}{f1:>10}  {info.get('reason', '')}"
+            )
+    elif args.action == "show":
+        print(json.dumps(registry.info(args.version or current), indent=2))
+    elif args.action == "rollback":
+        with registry.lock():
+            version = registry.rollback(args.version)
+        print(f"project {args.project} now serves {version}")
+
+
+def sync(args: argparse.Namespace) -> None:
+    from ls_backend.labelstudio.sync import sync_project_once
+
+    print(json.dumps(sync_project_once(get_settings(), args.project), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ls-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the backend under gunicorn (WORKERS, THREADS)")
+    p.add_argument("--host", help="default: HOST")
+    p.add_argument("--port", type=int, help="default: PORT")
+    p.set_defaults(func=serve)
+
+    p = sub.add_parser("models", help="list, show or roll back a project's model versions")
+    p.add_argument("action", choices=["list", "show", "rollback"])
+    p.add_argument("--project", required=True)
+    p.add_argument("--version", help="show: that version; rollback: serve it")
+    p.set_defaults(func=models)
+
+    p = sub.add_parser("sync", help="rank a project's tasks and reorder its Label Studio queue")
+    p.add_argument("--project", required=True)
+    p.set_defaults(func=sync)
+
+    try:
+        from ls_backend import bench
+    except ImportError:
+        pass
+    else:
+        bench.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

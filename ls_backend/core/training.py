@@ -1,0 +1,244 @@
+"""One training round: fit a candidate, evaluate it beside the serving model, save, promote.
+
+Two kinds of round share this path (PRepAL + STAR): ``head`` refits the light head
+on frozen embeddings (well under a second), ``lora`` fine-tunes an adapter in the
+background. Every candidate is saved as a version, promoted or not; it serves only
+when it is at least as good as the current model on the same held-out labels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ls_backend.core.evaluation import (
+    Metrics,
+    evaluate,
+    holdout_split,
+    strata_of,
+    stratified_folds,
+)
+from ls_backend.core.heads import LinearHead, PrototypeHead
+from ls_backend.core.labels import Embeddings, LabelSpace
+from ls_backend.core.model import ModelVersion
+from ls_backend.core.registry import Registry
+
+Progress = Callable[[float, str], None]
+
+
+class NotEnoughLabels(Exception):
+    """The round cannot run yet (too few labels or classes); not a failure."""
+
+
+@dataclass
+class LabeledData:
+    keys: list[int]  # annotation ids: what each version records it saw
+    strata_keys: list[int]  # task ids: the held-out side is decided per task
+    texts: list[str]
+    targets: NDArray[np.int64]
+    embeddings: Embeddings
+
+    def take(self, index: NDArray[np.int64]) -> LabeledData:
+        return LabeledData(
+            [self.keys[i] for i in index],
+            [self.strata_keys[i] for i in index],
+            [self.texts[i] for i in index],
+            self.targets[index],
+            self.embeddings[index],
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class RoundConfig:
+    head_c: float = 10.0
+    eval_fraction: float = 0.2
+    eval_min_labels: int = 30
+    star_lambda_decay: float = 0.5
+    lora: Any = None  # a LoraTrainConfig for lora rounds
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the version
+
+
+@dataclass
+class RoundResult:
+    version: str
+    kind: str
+    promoted: bool
+    metrics: dict[str, float]
+    baseline: dict[str, float] | None
+    reason: str
+
+
+def prototype_model(space: LabelSpace, label_embeddings: Embeddings) -> ModelVersion:
+    return ModelVersion("", space, PrototypeHead(space, label_embeddings))
+
+
+def save_prototype(registry: Registry, model: ModelVersion, reason: str) -> str:
+    """Zero-shot serves a new label space until labels exist: versioned like any model."""
+    with registry.lock():
+        version = registry.save(
+            model.kind, model.save, {"promoted": True, "reason": reason, "metrics": None}
+        )
+        registry.set_current(version)
+    return version
+
+
+def _fit_head(space: LabelSpace, data: LabeledData, c: float) -> LinearHead:
+    try:
+        return LinearHead.fit(space, data.embeddings, data.targets, c=c)
+    except ValueError as exc:
+        raise NotEnoughLabels(str(exc)) from exc
+
+
+def _score(model: ModelVersion, space: LabelSpace, data: LabeledData) -> Metrics | None:
+    """The model's metrics on ``data``, or None when it predicts another label space."""
+    if model.space != space:
+        return None
+    probs = model.predict(data.texts, data.embeddings, mc_samples=1).probs
+    return evaluate(space, probs, data.targets)
+
+
+def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Metrics | None:
+    strata = strata_of(space, data.targets)
+    smallest = min(np.unique(strata, return_counts=True)[1])
+    k = int(min(5, smallest))
+    if k < 2:
+        return None
+    probs = np.zeros((len(data), space.size, 1), dtype=np.float32)
+    for train, test in stratified_folds(strata, k):
+        probs[test] = _fit_head(space, data.take(train), c).predict_proba(data.embeddings[test])
+    return evaluate(space, probs, data.targets)
+
+
+def run_round(
+    kind: str,
+    registry: Registry,
+    space: LabelSpace,
+    data: LabeledData,
+    load_current: Callable[[], ModelVersion | None],
+    config: RoundConfig,
+    progress: Progress | None = None,
+) -> RoundResult:
+    """Train, evaluate, save and (maybe) promote one candidate.
+
+    Training runs outside the registry lock; the comparison with the serving model,
+    the save and the promotion run inside it, against whatever serves by then.
+    """
+    report = progress or (lambda _fraction, _stage: None)
+    started = time.monotonic()
+    report(0.0, "split")
+    few = len(data) < config.eval_min_labels
+    if kind == "lora" and few:
+        raise NotEnoughLabels(f"LoRA needs at least {config.eval_min_labels} labels")
+    if few:
+        # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
+        # only with zero-shot, which never trained on these labels.
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
+        metrics = _kfold_head_metrics(space, data, config.head_c)
+        train_data = eval_data = data
+    else:
+        train_idx, held_idx = holdout_split(
+            data.strata_keys, strata_of(space, data.targets), config.eval_fraction
+        )
+        train_data, eval_data = data.take(train_idx), data.take(held_idx)
+        candidate = ModelVersion("", space, _fit_head(space, train_data, config.head_c))
+        if kind == "lora":
+            report(0.05, "lora")
+            candidate = _train_lora(
+                space, candidate, train_data, eval_data, registry, config, report
+            )
+        metrics = _score(candidate, space, eval_data)
+
+    report(0.95, "save")
+    with registry.lock():
+        current = load_current()
+        comparable = current is not None and (not few or current.kind == "prototype")
+        baseline = _score(current, space, eval_data) if current and comparable else None
+        if baseline is None:
+            promoted, reason = True, "nothing comparable serves"
+        elif metrics is None:
+            promoted, reason = True, "too few labels per class to estimate; more labels win"
+        elif metrics.at_least_as_good_as(baseline):
+            promoted, reason = True, "at least as good as the serving model on the same labels"
+        else:
+            promoted, reason = False, "worse than the serving model on the same labels"
+
+        def write(path: Path) -> None:
+            candidate.save(path)
+            seen = {"trained_on": train_data.keys, "held_out": [] if few else eval_data.keys}
+            (path / "annotations.json").write_text(json.dumps(seen))
+
+        info = {
+            "promoted": promoted,
+            "reason": reason,
+            "metrics": metrics.as_dict() if metrics else None,
+            "baseline": baseline.as_dict() if baseline else None,
+            "baseline_version": current.version if current else None,
+            "evaluation": "k-fold" if few else "held-out",
+            "labels": len(data),
+            "train_seconds": round(time.monotonic() - started, 3),
+            "settings": _settings_record(config),
+        }
+        version = registry.save(candidate.kind, write, info)
+        if promoted:
+            registry.set_current(version)
+    report(1.0, "done")
+    return RoundResult(
+        version,
+        candidate.kind,
+        promoted,
+        metrics.as_dict() if metrics else {},
+        baseline.as_dict() if baseline else None,
+        reason,
+    )
+
+
+def _settings_record(config: RoundConfig) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "head_c": config.head_c,
+        "eval_fraction": config.eval_fraction,
+        "eval_min_labels": config.eval_min_labels,
+        "star_lambda_decay": config.star_lambda_decay,
+        **config.extra,
+    }
+    if config.lora is not None:
+        record["lora"] = asdict(config.lora)
+    return record
+
+
+def _train_lora(
+    space: LabelSpace,
+    base: ModelVersion,
+    train: LabeledData,
+    held: LabeledData,
+    registry: Registry,
+    config: RoundConfig,
+    report: Progress,
+) -> ModelVersion:
+    from ls_backend.core.lora import LoraClassifier
+
+    def on_epoch(epoch: int, total: int, _metrics: dict[str, float]) -> None:
+        report(0.05 + 0.85 * epoch / total, f"lora epoch {epoch}/{total}")
+
+    lora = LoraClassifier.train(
+        space,
+        train.texts,
+        train.targets,
+        config.lora,
+        eval_texts=held.texts,
+        eval_targets=held.targets,
+        progress=on_epoch,
+    )
+    promoted_loras = sum(
+        1 for v in registry.versions() if v.endswith("-lora") and registry.info(v).get("promoted")
+    )
+    return ModelVersion("", space, base.head, lora, lora_round=promoted_loras + 1)

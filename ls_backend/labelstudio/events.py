@@ -1,0 +1,234 @@
+"""Webhook events -> the durable, per-project annotation store.
+
+Every event is appended to an SQLite log and applied to the derived tables in one
+transaction (WAL, ``synchronous=FULL``) before the webhook answers, so no
+annotation is lost to a crash or a restart. Label Studio sends deletions as ids
+only (``ANNOTATIONS_DELETED``), so the store keeps its own annotation -> task map.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LABEL_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+KNOWN_ACTIONS = LABEL_ACTIONS | {
+    "TASKS_CREATED",
+    "TASKS_DELETED",
+    "PROJECT_UPDATED",
+    "START_TRAINING",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
+    received REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS annotations (
+    annotation_id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL,
+    result TEXT NOT NULL, was_cancelled INTEGER NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS annotations_task ON annotations (task_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class EventError(ValueError):
+    """A webhook body that does not have the shape of its action."""
+
+
+@dataclass(frozen=True)
+class Labeled:
+    """One labeled task: the latest non-skipped annotation of it wins."""
+
+    task_id: int
+    annotation_id: int
+    data: dict[str, Any]
+    result: list[dict[str, Any]]
+
+
+def _require(body: dict[str, Any], key: str, kind: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind):
+        raise EventError(f"'{key}' must be a {kind.__name__} in a {body.get('action')} event")
+    return value
+
+
+def _task_id(task: Any) -> int:
+    if not isinstance(task, dict) or not isinstance(task.get("id"), int):
+        raise EventError("every task needs an integer 'id'")
+    return int(task["id"])
+
+
+class AnnotationStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives power loss
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def apply(self, body: dict[str, Any]) -> int:
+        """Log one webhook event and apply it; returns its sequence number."""
+        action = body.get("action")
+        if not isinstance(action, str):
+            raise EventError("'action' must be a string")
+        with self._tx() as db:
+            seq = db.execute(
+                "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
+                (action, time.time(), json.dumps(body)),
+            ).lastrowid
+            assert seq is not None
+            self._apply(db, action, body, seq)
+            project = body.get("project")
+            if isinstance(project, dict) and isinstance(project.get("label_config"), str):
+                self._set_meta(db, "label_config", project["label_config"])
+        return seq
+
+    def _apply(self, db: sqlite3.Connection, action: str, body: dict[str, Any], seq: int) -> None:
+        if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
+            annotation = _require(body, "annotation", dict)
+            task = body.get("task") or {"id": annotation.get("task")}
+            task_id = _task_id(task)
+            if not isinstance(annotation.get("id"), int):
+                raise EventError("'annotation.id' must be an integer")
+            if isinstance(task.get("data"), dict):
+                self._put_task(db, task_id, task["data"])
+            result = annotation.get("result") or []
+            if not isinstance(result, list):
+                raise EventError("'annotation.result' must be a list")
+            db.execute(
+                "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?)",
+                (
+                    annotation["id"],
+                    task_id,
+                    json.dumps(result),
+                    int(bool(annotation.get("was_cancelled"))),
+                    seq,
+                ),
+            )
+        elif action == "ANNOTATIONS_DELETED":
+            ids = [a.get("id") for a in _require(body, "annotations", list) if isinstance(a, dict)]
+            db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
+        elif action == "TASKS_CREATED":
+            for task in _require(body, "tasks", list):
+                if isinstance(task, dict) and isinstance(task.get("data"), dict):
+                    self._put_task(db, _task_id(task), task["data"])
+        elif action == "TASKS_DELETED":
+            ids = [(_task_id(t),) for t in _require(body, "tasks", list)]
+            db.executemany("DELETE FROM tasks WHERE task_id = ?", ids)
+            db.executemany("DELETE FROM annotations WHERE task_id = ?", ids)
+        elif action == "START_TRAINING":
+            self._set_meta(db, "train_requested", str(seq))
+
+    @staticmethod
+    def _put_task(db: sqlite3.Connection, task_id: int, data: dict[str, Any]) -> None:
+        db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?)", (task_id, json.dumps(data)))
+
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
+        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            self._set_meta(db, key, value)
+
+    def replace_labeled(self, tasks: list[dict[str, Any]]) -> None:
+        """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM annotations")
+            for task in tasks:
+                task_id = _task_id(task)
+                self._put_task(db, task_id, task.get("data") or {})
+                for annotation in task.get("annotations") or []:
+                    db.execute(
+                        "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, 0)",
+                        (
+                            annotation["id"],
+                            task_id,
+                            json.dumps(annotation.get("result") or []),
+                            int(bool(annotation.get("was_cancelled"))),
+                        ),
+                    )
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def last_seq(self, actions: set[str] | None = None) -> int:
+        if actions is None:
+            row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        else:
+            marks = ",".join("?" * len(actions))
+            row = (
+                self._db()
+                .execute(
+                    f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})",
+                    list(actions),
+                )
+                .fetchone()
+            )
+        return int(row[0])
+
+    def count_events(self, actions: set[str], after: int) -> int:
+        marks = ",".join("?" * len(actions))
+        row = (
+            self._db()
+            .execute(
+                f"SELECT COUNT(*) FROM events WHERE seq > ? AND action IN ({marks})",
+                [after, *actions],
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
+    def labeled(self) -> list[Labeled]:
+        """Labeled tasks: skips are not labels; of several annotations the latest one counts."""
+        rows = self._db().execute(
+            "SELECT a.task_id, a.annotation_id, t.data, a.result FROM annotations a"
+            " JOIN tasks t ON t.task_id = a.task_id"
+            " WHERE a.was_cancelled = 0 ORDER BY a.task_id, a.seq, a.annotation_id"
+        )
+        latest: dict[int, Labeled] = {}
+        for task_id, annotation_id, data, result in rows:
+            latest[task_id] = Labeled(task_id, annotation_id, json.loads(data), json.loads(result))
+        return list(latest.values())
+
+    def tasks(self) -> dict[int, dict[str, Any]]:
+        rows = self._db().execute("SELECT task_id, data FROM tasks")
+        return {task_id: json.loads(data) for task_id, data in rows}
+
+    def count(self, table: str) -> int:
+        if table not in {"events", "tasks", "annotations"}:
+            raise ValueError(table)
+        return int(self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

@@ -1,0 +1,225 @@
+"""The web app: Label Studio's ML-backend protocol plus status, metrics and sync.
+
+Routes are thin: they validate, call the service, and turn every bad input into a
+4xx JSON error that names the problem. Model work happens in ``ls_backend.service``
+and training in ``ls_backend.worker``, never in a request thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ls_backend import __version__, metrics
+from ls_backend.labelstudio.config import ConfigError, TaskError
+from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
+from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
+from ls_backend.service import Backend
+from ls_backend.settings import Settings
+from ls_backend.worker import LANES, Worker, read_status
+
+log = logging.getLogger(__name__)
+
+
+class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    project: str | int = Field(description='Label Studio sends "<project id>.<created timestamp>".')
+    schema_: str | None = Field(None, alias="schema", description="The project's label config.")
+    hostname: str | None = None
+    access_token: str | None = None
+    extra_params: dict[str, Any] | None = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tasks: list[dict[str, Any]] = Field(description="Full Label Studio tasks (id, data, ...).")
+    project: str | int | None = Field(
+        None, description='"<id>.<ts>"; may be omitted when the label config is given.'
+    )
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Everything heavy loads here, once per process, never per request.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        state["backend"] = backend or Backend(settings)
+        state["worker"] = state["backend"].worker or Worker(state["backend"])
+        if not settings.sync_configured:
+            log.warning(
+                "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
+                "but the backend cannot reorder Label Studio's queue or re-read annotations"
+            )
+        yield
+        state["worker"].stop()
+
+    app = FastAPI(
+        title="ls-backend",
+        version=__version__,
+        description="Active-learning ML backend for Label Studio text classification.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.auth_enabled:
+        assert settings.basic_auth_user and settings.basic_auth_pass
+        app.add_middleware(
+            BasicAuthMiddleware,
+            user=settings.basic_auth_user,
+            password=settings.basic_auth_pass.get_secret_value(),
+            open_paths={"/health"},
+        )
+
+    def the_backend() -> Backend:
+        return state["backend"]  # type: ignore[no-any-return]
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, _describe_validation(exc))
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/health", summary="Liveness (no auth)")
+    def health() -> dict[str, Any]:
+        return {"status": "UP", "model_class": "ls-backend", "version": __version__}
+
+    @app.post("/setup", summary="Label Studio connects a project; returns the model version")
+    def setup(body: SetupRequest) -> dict[str, Any]:
+        project = _project(the_backend(), body.project)
+        try:
+            version = project.setup(body.schema_)
+        except ConfigError as exc:
+            raise ApiError(422, str(exc)) from exc
+        return {"model_version": version}
+
+    @app.post("/predict", summary="Pre-annotations for a batch of tasks, one per task, in order")
+    def predict(body: PredictRequest) -> dict[str, Any]:
+        if not body.tasks:
+            raise ApiError(422, "tasks: the task list is empty")
+        if body.project is None:
+            raise ApiError(422, "project: required (Label Studio sends '<id>.<timestamp>')")
+        project = _project(the_backend(), body.project)
+        started = time.perf_counter()
+        try:
+            if body.label_config:
+                project.setup(body.label_config)
+            batch = project.predict(body.tasks)
+        except (ConfigError, TaskError) as exc:
+            raise ApiError(422, str(exc)) from exc
+        metrics.PREDICT_SECONDS.observe(time.perf_counter() - started)
+        metrics.PREDICTED_TASKS.inc(len(body.tasks))
+        return {"results": batch.results, "model_version": batch.model_version}
+
+    @app.post("/webhook", summary="Label Studio events: stored durably, training runs later")
+    async def webhook(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+            raise ApiError(422, "action: a webhook body is a JSON object with a string 'action'")
+        action = body["action"]
+        if action not in KNOWN_ACTIONS:
+            return {"status": "ignored", "action": action}
+        project_info = body.get("project")
+        if not isinstance(project_info, dict) or "id" not in project_info:
+            raise ApiError(422, "project.id: required in a webhook body")
+        # The SQLite write (fsync) blocks: keep it off the event loop.
+        return await anyio.to_thread.run_sync(_store_event, the_backend(), project_info["id"], body)
+
+    @app.get("/status", summary="Jobs per project and lane, sync configuration")
+    def status() -> dict[str, Any]:
+        backend = the_backend()
+        projects = {}
+        for key in backend.known_projects():
+            project = backend.project(key)
+            jobs = {lane: vars(read_status(project, lane)) for lane in LANES}
+            projects[key] = {
+                "model_version": project.registry.current(),
+                "annotations": project.store.count("annotations"),
+                "tasks": project.store.count("tasks"),
+                "jobs": jobs,
+            }
+        sync = (
+            {"configured": True}
+            if settings.sync_configured
+            else {
+                "configured": False,
+                "message": "set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to rank Label "
+                "Studio's queue and re-read annotations on START_TRAINING",
+            }
+        )
+        return {"projects": projects, "sync": sync}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus() -> Response:
+        payload, content_type = metrics.render()
+        return Response(payload, media_type=content_type)
+
+    @app.post("/sync/{project}", status_code=202, summary="Re-rank the project's queue now")
+    def sync(project: str) -> dict[str, Any]:
+        backend = the_backend()
+        if not settings.sync_configured:
+            raise ApiError(409, "sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        backend.worker.request_sync(_project(backend, project))
+        return {"status": "queued", "project": project}
+
+    return app
+
+
+def _project(backend: Backend, raw: Any) -> Any:
+    try:
+        return backend.project(raw)
+    except ValueError as exc:
+        raise ApiError(422, f"project: {exc}") from exc
+
+
+def _store_event(backend: Backend, raw_project: Any, body: dict[str, Any]) -> dict[str, Any]:
+    project = _project(backend, raw_project)
+    try:
+        seq = project.store.apply(body)
+    except EventError as exc:
+        raise ApiError(422, str(exc)) from exc
+    metrics.WEBHOOK_EVENTS.labels(body["action"]).inc()
+    backend.worker.on_event(project, body["action"])
+    return {"status": "stored", "seq": seq}

@@ -1,0 +1,205 @@
+"""The backend's per-process state: one encoder, and per project its store, models and predictions.
+
+This is where the Label Studio adapters meet the core: tasks and label configs come
+in, the core's models and measures run, prediction dicts in Label Studio's format go out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ls_backend.core import uncertainty
+from ls_backend.core.embeddings import Encoder
+from ls_backend.core.heads import label_prototype_texts
+from ls_backend.core.labels import LabelSpace
+from ls_backend.core.model import ModelVersion, decided_labels
+from ls_backend.core.registry import Registry
+from ls_backend.core.training import LabeledData, prototype_model, save_prototype
+from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
+from ls_backend.labelstudio.events import AnnotationStore
+from ls_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PROJECT = re.compile(r"^[0-9]+$")
+
+
+def project_key(raw: Any) -> str:
+    """Label Studio sends ``"<id>.<created_ts>"`` to /setup and /predict, an int in webhooks."""
+    text = str(raw).split(".", 1)[0].strip()
+    if not _PROJECT.match(text):
+        raise ValueError(f"project must be a Label Studio project id, got {raw!r}")
+    return text
+
+
+@dataclass
+class PredictionBatch:
+    model_version: str
+    results: list[dict[str, Any]]
+
+
+class Project:
+    def __init__(self, backend: Backend, key: str) -> None:
+        self.key = key
+        self.backend = backend
+        self.dir = backend.settings.model_dir / key
+        self.store = AnnotationStore(self.dir / "annotations.sqlite")
+        self.registry = Registry(self.dir / "models")
+        self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
+        self._loaded: ModelVersion | None = None
+        self._stamp = -1
+
+    # --- label config ---------------------------------------------------------------------
+
+    def config(self) -> ClassificationConfig:
+        xml = self.store.meta("label_config")
+        if xml is None:
+            raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
+        return ClassificationConfig.parse(xml)
+
+    def setup(self, label_config: str | None) -> str:
+        """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
+        if label_config is not None:
+            ClassificationConfig.parse(label_config)
+            if self.store.meta("label_config") != label_config:
+                self.store.set_meta("label_config", label_config)
+        return self.model().version
+
+    # --- the serving model ------------------------------------------------------------------
+
+    def current_model(self) -> ModelVersion | None:
+        """The version ``current`` points at, reloaded only when the pointer moved (one stat)."""
+        with self._lock:
+            stamp = self.registry.pointer_stamp()
+            if stamp != self._stamp:
+                version = self.registry.current()
+                self._loaded = (
+                    ModelVersion.load(
+                        self.registry.path(version),
+                        version,
+                        device=self.backend.settings.resolved_device(),
+                    )
+                    if version
+                    else None
+                )
+                self._stamp = stamp
+            return self._loaded
+
+    def model(self) -> ModelVersion:
+        """The serving model; zero-shot prototypes for a new project or a changed label set."""
+        current = self.current_model()
+        space = self.config().space
+        if current is not None and current.space == space:
+            return current
+        with self._create_lock:
+            current = self.current_model()
+            if current is not None and current.space == space:
+                return current
+            model = prototype_model(space, self.label_embeddings(space))
+            reason = "new label config" if current else "first label config"
+            model.version = save_prototype(self.registry, model, reason)
+        self.backend.on_label_space_changed(self)
+        return self.current_model() or model
+
+    def label_embeddings(self, space: LabelSpace) -> np.ndarray:
+        return self.backend.encoder.encode(label_prototype_texts(space))
+
+    # --- predictions ----------------------------------------------------------------------
+
+    def predict(self, tasks: list[dict[str, Any]]) -> PredictionBatch:
+        config = self.config()
+        texts = [config.text_of(task) for task in tasks]
+        model = self.model()
+        embeddings = self.backend.encoder.encode(texts)
+        prediction = model.predict(texts, embeddings, mc_samples=self.backend.settings.mc_samples)
+        space = model.space
+        figures = uncertainty.uncertainty_figures(prediction.probs, space.multi_label)
+        if model.lora is not None:
+            lam = uncertainty.star_lambda(model.lora_round, self.backend.settings.star_lambda_decay)
+            base = uncertainty.scores(prediction.base_probs, "margin", space.multi_label)
+            figures["star"] = uncertainty.dynamic_uncertainty(base, figures["margin"], lam)
+        names, confidence = decided_labels(space, prediction.probs)
+        mean = prediction.probs.mean(axis=2)
+        results = []
+        for row, chosen in enumerate(names):
+            figures_row: dict[str, Any] = {
+                name: (
+                    dict(zip(space.labels, (round(float(v), 6) for v in values[row]), strict=True))
+                    if values.ndim == 2
+                    else round(float(values[row]), 6)
+                )
+                for name, values in figures.items()
+            }
+            probabilities = dict(
+                zip(space.labels, (round(float(p), 6) for p in mean[row]), strict=True)
+            )
+            score = round(float(confidence[row]), 6)
+            item = config.result_item(
+                chosen, score=score, uncertainty=figures_row, probabilities=probabilities
+            )
+            results.append({"result": [item], "score": score, "model_version": model.version})
+        return PredictionBatch(model.version, results)
+
+    # --- training data ------------------------------------------------------------------------
+
+    def labeled_data(self) -> tuple[LabelSpace, LabeledData]:
+        """Every usable label in the store, embedded (cached): what a training round sees."""
+        config = self.config()
+        space = config.space
+        keys, tasks, texts, chosen = [], [], [], []
+        for item in self.store.labeled():
+            names = config.labels_of(item.result)
+            if not names and not space.multi_label:
+                continue  # an annotation with no choice for our tag is not a label
+            try:
+                text = config.text_of({"id": item.task_id, "data": item.data})
+            except TaskError:
+                continue
+            keys.append(item.annotation_id)
+            tasks.append(item.task_id)
+            texts.append(text)
+            chosen.append(names)
+        targets = space.encode(chosen) if chosen else np.zeros(0, dtype=np.int64)
+        embeddings = self.backend.encoder.encode(texts)
+        return space, LabeledData(keys, tasks, texts, targets, embeddings)
+
+
+class Backend:
+    """Everything one server process holds: settings, the encoder, open projects, the worker."""
+
+    def __init__(self, settings: Settings, encoder: Encoder | None = None) -> None:
+        self.settings = settings
+        settings.model_dir.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder or Encoder(
+            settings.embedding_model,
+            cache_path=settings.model_dir / "embeddings.sqlite",
+            max_length=settings.max_length,
+            batch_size=settings.embed_batch_size,
+            device=settings.resolved_device(),
+        )
+        self._projects: dict[str, Project] = {}
+        self._lock = threading.Lock()
+        self.worker: Any = None  # ls_backend.worker.Worker, attached by the app
+
+    def project(self, raw_key: Any) -> Project:
+        key = project_key(raw_key)
+        with self._lock:
+            if key not in self._projects:
+                self._projects[key] = Project(self, key)
+            return self._projects[key]
+
+    def known_projects(self) -> list[str]:
+        root: Path = self.settings.model_dir
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and _PROJECT.match(p.name))
+
+    def on_label_space_changed(self, project: Project) -> None:
+        if self.worker is not None:
+            self.worker.request(project.key, "head")

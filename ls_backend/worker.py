@@ -1,0 +1,282 @@
+"""Background jobs: per project and lane, never in a request thread; bursts coalesce.
+
+Lanes: ``head`` (the light head, refit after every annotation), ``lora`` (the adapter,
+every ``LORA_EVERY`` annotations or on START_TRAINING) and ``sync`` (re-rank the
+Label Studio queue). What is pending lives in the project's durable store, and one
+run per project and lane holds an ``flock`` in ``MODEL_DIR``, so several gunicorn
+workers cooperate: whoever gets the lock trains on everything stored so far, and
+the others re-check once it is free.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ls_backend import metrics
+from ls_backend.core.registry import write_json_atomic
+from ls_backend.core.training import NotEnoughLabels, RoundConfig, run_round
+from ls_backend.labelstudio.events import LABEL_ACTIONS
+from ls_backend.service import Backend, Project
+
+log = logging.getLogger(__name__)
+
+LANES = ("head", "lora", "sync")
+Progress = Callable[[float, str], None]
+SyncJob = Callable[[Project, Progress], dict[str, Any]]
+#: How long a loser of the lock waits before checking whether work is still pending.
+LOCK_RETRY_S = 0.5
+
+
+@dataclass
+class JobStatus:
+    project: str
+    lane: str
+    state: str = "idle"  # idle | queued | running | done | failed
+    progress: float = 0.0
+    stage: str = ""
+    runs: int = 0
+    last_error: str | None = None
+    last_result: dict[str, Any] | None = None
+    started: float | None = None
+    finished: float | None = None
+    pid: int = field(default_factory=os.getpid)
+
+
+@contextmanager
+def try_lock(path: os.PathLike[str]) -> Iterator[bool]:
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def status_path(project: Project, lane: str) -> os.PathLike[str]:
+    return project.dir / f"status-{lane}.json"
+
+
+def read_status(project: Project, lane: str) -> JobStatus:
+    try:
+        with open(status_path(project, lane)) as f:
+            return JobStatus(**json.load(f))
+    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return JobStatus(project.key, lane)
+
+
+class Worker:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+        self._wake: dict[tuple[str, str], threading.Event] = {}
+        self._threads: dict[tuple[str, str], threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._running = 0
+        self.sync_job: SyncJob | None = None
+        backend.worker = self
+
+    # --- triggers (called from request threads: cheap, never block) --------------------------
+
+    def on_event(self, project: Project, action: str) -> None:
+        if action in LABEL_ACTIONS or action == "START_TRAINING":
+            self.request(project.key, "head")
+            self.request(project.key, "lora")
+        elif action == "TASKS_CREATED":
+            self.request_sync(project)
+
+    def request(self, key: str, lane: str) -> None:
+        with self._lock:
+            wake = self._wake.get((key, lane))
+            if wake is None:
+                wake = self._wake[(key, lane)] = threading.Event()
+                thread = threading.Thread(
+                    target=self._loop, args=(key, lane, wake), name=f"{lane}-{key}", daemon=True
+                )
+                self._threads[(key, lane)] = thread
+                thread.start()
+        wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        for wake in self._wake.values():
+            wake.set()
+        for thread in self._threads.values():
+            thread.join(timeout)
+
+    def request_sync(self, project: Project) -> None:
+        project.store.set_meta("sync_wanted", str(time.time_ns()))
+        self.request(project.key, "sync")
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """For tests and the CLI: True once no lane has pending work or a run in flight."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = self._running > 0 or any(
+                wake.is_set() or self._pending(self.backend.project(key), lane)
+                for (key, lane), wake in list(self._wake.items())
+            )
+            if not busy:
+                return True
+            time.sleep(0.05)
+        return False
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _loop(self, key: str, lane: str, wake: threading.Event) -> None:
+        project = self.backend.project(key)
+        while not self._stopping.is_set():
+            wake.wait()
+            if self._stopping.is_set():
+                return
+            time.sleep(self.settings.train_debounce_s)  # let a burst of events land first
+            wake.clear()
+            while self._pending(project, lane) and not self._stopping.is_set():
+                with try_lock(project.dir / f"{lane}.lock") as mine:
+                    if mine:
+                        self._run(project, lane)
+                        continue
+                time.sleep(LOCK_RETRY_S)  # another process runs it; check again when it is done
+
+    def _marker(self, project: Project, lane: str) -> int:
+        """What a run of this lane covers: the last event seen, or the last sync request."""
+        if lane == "sync":
+            return int(project.store.meta("sync_wanted") or 0)
+        return project.store.last_seq(LABEL_ACTIONS | {"START_TRAINING"})
+
+    @staticmethod
+    def _done(project: Project, lane: str) -> int:
+        return int(project.store.meta(f"{lane}_done") or 0)
+
+    def _pending(self, project: Project, lane: str) -> bool:
+        done = self._done(project, lane)
+        if lane == "head":
+            return self._marker(project, lane) > done
+        if lane == "sync":
+            return self.sync_job is not None and self._marker(project, lane) > done
+        if not self.settings.lora_enabled:
+            return False
+        store = project.store
+        forced = int(store.meta("train_requested") or 0) > done
+        due = store.count_events(LABEL_ACTIONS, after=done) >= self.settings.lora_every
+        return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
+
+    def _run(self, project: Project, lane: str) -> None:
+        seen = self._marker(project, lane)
+        status = read_status(project, lane)
+        status.state, status.progress, status.stage = "running", 0.0, "starting"
+        status.started, status.finished, status.pid = time.time(), None, os.getpid()
+        write_json_atomic(status_path(project, lane), asdict(status))
+
+        def progress(fraction: float, stage: str) -> None:
+            status.progress, status.stage = round(fraction, 3), stage
+            write_json_atomic(status_path(project, lane), asdict(status))
+
+        started = time.monotonic()
+        outcome = "done"
+        with self._lock:
+            self._running += 1
+        try:
+            status.last_result = self._job(project, lane, progress)
+            status.last_error = None
+        except NotEnoughLabels as exc:
+            status.last_result = {"skipped": str(exc)}
+        except Exception as exc:  # a failed run must never take serving down
+            outcome = "failed"
+            status.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("%s run, project %s, failed:\n%s", lane, project.key, traceback.format_exc())
+        finally:
+            with self._lock:
+                self._running -= 1
+        # Failed runs count as handled: the next event retries, a bad input does not loop.
+        project.store.set_meta(f"{lane}_done", str(seen))
+        status.state, status.runs, status.finished = outcome, status.runs + 1, time.time()
+        status.progress = 1.0
+        write_json_atomic(status_path(project, lane), asdict(status))
+        metrics.record_run(lane, outcome, time.monotonic() - started)
+
+    def _job(
+        self, project: Project, lane: str, progress: Callable[[float, str], None]
+    ) -> dict[str, Any]:
+        if lane == "sync":
+            assert self.sync_job is not None
+            return self.sync_job(project, progress)
+        space, data = project.labeled_data()
+        metrics.LABELS_SEEN.labels(project.key).set(len(data))
+        if len(data) < self.settings.head_min_labels:
+            needed = self.settings.head_min_labels
+            raise NotEnoughLabels(f"{len(data)} labels; the head needs {needed}")
+        result = run_round(
+            lane,
+            project.registry,
+            space,
+            data,
+            project.current_model,
+            self.round_config(lane),
+            progress,
+        )
+        log.info(
+            "project %s: %s round -> %s (%s: %s)",
+            project.key,
+            lane,
+            result.version,
+            "promoted" if result.promoted else "kept",
+            result.reason,
+        )
+        if result.promoted and self._sync_due(project, lane):
+            self.request_sync(project)
+        return asdict(result)
+
+    def _sync_due(self, project: Project, lane: str) -> bool:
+        """Re-rank after every promoted adapter, and after every SYNC_EVERY labels otherwise."""
+        if self.sync_job is None:
+            return False
+        store = project.store
+        last = int(store.meta("sync_label_seq") or 0)
+        fresh = store.count_events(LABEL_ACTIONS, after=last)
+        if lane == "head" and fresh < self.settings.sync_every:
+            return False
+        store.set_meta("sync_label_seq", str(store.last_seq(LABEL_ACTIONS)))
+        return True
+
+    def round_config(self, lane: str) -> RoundConfig:
+        s = self.settings
+        lora = None
+        if lane == "lora":
+            from ls_backend.core.lora import LoraTrainConfig
+
+            lora = LoraTrainConfig(
+                backbone=s.lora_backbone,
+                max_length=s.max_length,
+                epochs=s.lora_epochs,
+                lr=s.lora_lr,
+                batch_size=s.lora_batch_size,
+                r=s.lora_r,
+                alpha=s.lora_alpha,
+                dropout=s.lora_dropout,
+                b_decay=s.lora_b_decay,
+                mc_samples=s.mc_samples,
+                device=s.device,
+            )
+        return RoundConfig(
+            head_c=s.head_c,
+            eval_fraction=s.eval_fraction,
+            eval_min_labels=s.eval_min_labels,
+            star_lambda_decay=s.star_lambda_decay,
+            lora=lora,
+            extra={"embedding_model": s.embedding_model},
+        )
