@@ -140,8 +140,9 @@ class AnnotationStore:
             db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
         elif action == "TASKS_CREATED":
             for task in _require(body, "tasks", list):
-                if isinstance(task, dict) and isinstance(task.get("data"), dict):
-                    self._put_task(db, _task_id(task), task["data"])
+                task_id = _task_id(task)
+                if isinstance(task.get("data"), dict):
+                    self._put_task(db, task_id, task["data"])
         elif action == "TASKS_DELETED":
             ids = [(_task_id(t),) for t in _require(body, "tasks", list)]
             db.executemany("DELETE FROM tasks WHERE task_id = ?", ids)

@@ -1,0 +1,95 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ls_backend.core.registry import Registry
+
+
+def write_marker(text: str):
+    def write(path: Path) -> None:
+        (path / "model.txt").write_text(text)
+
+    return write
+
+
+def test_versions_are_numbered_and_current_moves_only_when_set(tmp_path):
+    registry = Registry(tmp_path)
+    first = registry.save("head", write_marker("a"), {"promoted": True})
+    second = registry.save("lora", write_marker("b"), {"promoted": False})
+    assert (first, second) == ("v0001-head", "v0002-lora")
+    assert registry.current() is None
+    registry.set_current(first)
+    assert registry.current() == first
+    assert registry.info(second)["kind"] == "lora"
+    assert (registry.path(second) / "model.txt").read_text() == "b"
+
+
+def test_rollback_goes_to_the_previous_promoted_version(tmp_path):
+    registry = Registry(tmp_path)
+    a = registry.save("head", write_marker("a"), {"promoted": True})
+    registry.save("head", write_marker("b"), {"promoted": False})
+    c = registry.save("head", write_marker("c"), {"promoted": True})
+    registry.set_current(c)
+    assert registry.rollback() == a
+    assert registry.current() == a
+    with pytest.raises(KeyError):
+        registry.rollback()
+    assert registry.rollback(c) == c
+
+
+def test_a_failed_write_leaves_no_version(tmp_path):
+    registry = Registry(tmp_path)
+
+    def broken(path: Path) -> None:
+        (path / "half").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        registry.save("head", broken, {})
+    assert registry.versions() == []
+    assert list(tmp_path.glob(".tmp-*")) == []
+
+
+def test_kill_during_save_keeps_the_last_good_version_serving(tmp_path):
+    registry = Registry(tmp_path)
+    good = registry.save("head", write_marker("good"), {"promoted": True})
+    registry.set_current(good)
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from ls_backend.core.registry import Registry
+        def slow(path):
+            (path / "model.txt").write_text("partial")
+            print("writing", flush=True)
+            time.sleep(60)
+        Registry(Path({str(tmp_path)!r})).save("head", slow, {{"promoted": True}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    restarted = Registry(tmp_path)
+    assert restarted.current() == good
+    assert restarted.versions() == [good]
+    restarted.clean()
+    assert list(tmp_path.glob(".tmp-*")) == []
+    assert restarted.save("head", write_marker("next"), {}) == "v0002-head"
+
+
+def test_pointer_stamp_changes_when_current_moves(tmp_path):
+    registry = Registry(tmp_path)
+    a = registry.save("head", write_marker("a"), {})
+    b = registry.save("head", write_marker("b"), {})
+    registry.set_current(a)
+    before = registry.pointer_stamp()
+    time.sleep(0.01)
+    registry.set_current(b)
+    assert registry.pointer_stamp() != before

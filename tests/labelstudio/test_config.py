@@ -1,0 +1,55 @@
+import pytest
+
+from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
+
+SINGLE = """<View><Text name="text" value="$review"/>
+<Choices name="sentiment" toName="text"><Choice value="Positive"/><Choice value="Negative"/></Choices></View>"""
+MULTI = """<View><HyperText name="page" value="$html"/>
+<Choices name="topics" toName="page" choice="multiple">
+<Choice value="Sports"/><Choice value="Politics"/><Choice value="Tech"/></Choices></View>"""
+
+
+def test_single_choice_config():
+    config = ClassificationConfig.parse(SINGLE)
+    assert (config.from_name, config.to_name, config.value_key) == ("sentiment", "text", "review")
+    assert config.space.labels == ("Positive", "Negative") and not config.space.multi_label
+    assert config.text_of({"id": 1, "data": {"review": "fine"}}) == "fine"
+
+
+def test_multiple_choice_hypertext_strips_tags():
+    config = ClassificationConfig.parse(MULTI)
+    assert config.space.multi_label and config.space.size == 3
+    assert config.text_of({"id": 1, "data": {"html": "<b>Goal</b> &amp; win"}}).split() == [
+        "Goal",
+        "&",
+        "win",
+    ]
+
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        "<View><Text name='t' value='$t'/></View>",
+        "<View><Image name='i' value='$img'/><Choices name='c' toName='i'><Choice value='a'/>"
+        "<Choice value='b'/></Choices></View>",
+        "not xml at all <",
+    ],
+)
+def test_configs_without_choices_on_text_are_rejected(xml):
+    with pytest.raises(ConfigError):
+        ClassificationConfig.parse(xml)
+
+
+def test_task_without_the_text_field_names_the_field():
+    config = ClassificationConfig.parse(SINGLE)
+    with pytest.raises(TaskError, match="review"):
+        config.text_of({"id": 7, "data": {"text": "wrong key"}})
+
+
+def test_labels_of_reads_only_our_tag():
+    config = ClassificationConfig.parse(SINGLE)
+    result = [
+        {"from_name": "sentiment", "type": "choices", "value": {"choices": ["Negative"]}},
+        {"from_name": "other", "type": "choices", "value": {"choices": ["Positive"]}},
+    ]
+    assert config.labels_of(result) == ["Negative"]

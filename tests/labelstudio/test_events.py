@@ -1,0 +1,71 @@
+import pytest
+
+from ls_backend.labelstudio.events import AnnotationStore, EventError
+
+PROJECT = {"id": 3, "label_config": "<View/>"}
+
+
+def annotation(action, ann_id, task_id, choice, cancelled=False):
+    result = (
+        []
+        if cancelled
+        else [{"from_name": "c", "to_name": "t", "type": "choices", "value": {"choices": [choice]}}]
+    )
+    return {
+        "action": action,
+        "annotation": {"id": ann_id, "task": task_id, "result": result, "was_cancelled": cancelled},
+        "task": {"id": task_id, "data": {"text": f"task {task_id}"}},
+        "project": PROJECT,
+    }
+
+
+def choices(store):
+    return {item.task_id: item.result[0]["value"]["choices"][0] for item in store.labeled()}
+
+
+def test_create_update_delete_and_skip(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    store.apply(annotation("ANNOTATION_CREATED", 2, 11, "b"))
+    store.apply(annotation("ANNOTATION_CREATED", 3, 12, None, cancelled=True))
+    assert choices(store) == {10: "a", 11: "b"}  # a skip is not a label
+    store.apply(annotation("ANNOTATION_UPDATED", 1, 10, "b"))
+    assert choices(store) == {10: "b", 11: "b"}
+    store.apply({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 2}], "project": PROJECT})
+    assert choices(store) == {10: "b"}  # ids only: the store knows annotation 2 was task 11
+    store.apply({"action": "TASKS_DELETED", "tasks": [{"id": 10}], "project": PROJECT})
+    assert store.labeled() == []
+    assert store.meta("label_config") == "<View/>"
+
+
+def test_events_survive_reopening(tmp_path):
+    path = tmp_path / "a.sqlite"
+    store = AnnotationStore(path)
+    for i in range(5):
+        store.apply(annotation("ANNOTATION_CREATED", i, 100 + i, "a"))
+    reopened = AnnotationStore(path)
+    assert reopened.count("events") == 5 and len(reopened.labeled()) == 5
+    assert reopened.last_seq({"ANNOTATION_CREATED"}) == 5
+
+
+def test_latest_annotation_of_a_task_wins(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    store.apply(annotation("ANNOTATION_CREATED", 2, 10, "b"))
+    assert choices(store) == {10: "b"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"action": "ANNOTATION_CREATED", "project": PROJECT},
+        {"action": "ANNOTATION_CREATED", "annotation": {"id": "x", "task": 1}, "project": PROJECT},
+        {"action": "ANNOTATIONS_DELETED", "annotations": "1", "project": PROJECT},
+        {"action": "TASKS_CREATED", "tasks": [{"id": "nope"}], "project": PROJECT},
+    ],
+)
+def test_malformed_events_are_rejected_and_not_stored(tmp_path, body):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    with pytest.raises(EventError):
+        store.apply(body)
+    assert store.count("events") == 0
