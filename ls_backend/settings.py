@@ -90,7 +90,10 @@ class Settings(BaseSettings):
     )
 
     # --- ranking and sync -------------------------------------------------------------------
-    strategy: str = Field("default", description="Ranking strategy (see `ls-backend strategies`).")
+    strategy: str = Field(
+        "default",
+        description="Ranking strategy: default, margin, least_confidence, entropy, bald, k_center or random.",
+    )
     label_studio_url: str | None = Field(None, description="Label Studio base URL, for sync.")
     label_studio_api_key: SecretStr | None = Field(
         None, description="Label Studio legacy token or personal access token, for sync."

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ls_backend.core.labels import Embeddings
 
@@ -62,9 +63,9 @@ class EmbeddingCache:
             self._local.db = db
         return db
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
         db = self._connect()
-        found: dict[bytes, np.ndarray] = {}
+        found: dict[bytes, NDArray[np.float32]] = {}
         chunk = 500  # SQLite caps the number of bound parameters
         for start in range(0, len(keys), chunk):
             part = list(keys[start : start + chunk])
@@ -77,7 +78,7 @@ class EmbeddingCache:
                 found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
         return found
 
-    def put_many(self, items: dict[bytes, np.ndarray]) -> None:
+    def put_many(self, items: dict[bytes, NDArray[np.float32]]) -> None:
         db = self._connect()
         with db:
             db.executemany(
@@ -104,7 +105,10 @@ class Encoder:
         self.batch_size = batch_size
         self._model: Any = SentenceTransformer(self.path, device=device)
         self._model.max_seq_length = max_length
-        self.dim = int(self._model.get_embedding_dimension())
+        dim = self._model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{model_name}: the model does not report an embedding size")
+        self.dim: int = dim
         self.cache = EmbeddingCache(cache_path, model_name) if cache_path else None
         self._lock = threading.Lock()
 

@@ -25,7 +25,8 @@ PROTOTYPE_SCALE = 20.0
 def _softmax(logits: NDArray[np.float64]) -> NDArray[np.float32]:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
-    return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    probs: NDArray[np.float32] = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+    return probs
 
 
 def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float32]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ls_backend.core.heads import LinearHead, PrototypeHead, load_space, save_space
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
@@ -76,7 +77,9 @@ class ModelVersion:
         return cls(version, space, head, lora, int(serving["lora_round"]))
 
 
-def decided_labels(space: LabelSpace, probs: Probs) -> tuple[list[list[str]], np.ndarray]:
+def decided_labels(
+    space: LabelSpace, probs: Probs
+) -> tuple[list[list[str]], NDArray[np.float32]]:
     """Chosen label names per item, and the confidence of what was chosen."""
     chosen = space.decide(probs)
     mean = probs.mean(axis=2)
