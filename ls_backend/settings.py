@@ -50,7 +50,10 @@ class Settings(BaseSettings):
 
     # --- training --------------------------------------------------------------------------
     train_debounce_s: float = Field(
-        0.3, ge=0, description="Wait this long after an event so a burst becomes one run."
+        0.3,
+        ge=0,
+        description="Quiet spell after an event before training starts, "
+        "so a burst becomes one run.",
     )
     head_min_labels: int = Field(
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
@@ -92,7 +95,8 @@ class Settings(BaseSettings):
     # --- ranking and sync -------------------------------------------------------------------
     strategy: str = Field(
         "default",
-        description="Ranking strategy: default, margin, least_confidence, entropy, bald, k_center or random.",
+        description="Ranking strategy: default, margin, least_confidence, entropy, bald, "
+        "k_center or random.",
     )
     label_studio_url: str | None = Field(None, description="Label Studio base URL, for sync.")
     label_studio_api_key: SecretStr | None = Field(

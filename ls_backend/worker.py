@@ -35,6 +35,8 @@ Progress = Callable[[float, str], None]
 SyncJob = Callable[[Project, Progress], dict[str, Any]]
 #: How long a loser of the lock waits before checking whether work is still pending.
 LOCK_RETRY_S = 0.5
+#: A steady stream of events still gets a run after this many debounce spells.
+MAX_SETTLE_SPELLS = 8
 
 
 @dataclass
@@ -143,14 +145,22 @@ class Worker:
             wake.wait()
             if self._stopping.is_set():
                 return
-            time.sleep(self.settings.train_debounce_s)  # let a burst of events land first
-            wake.clear()
+            self._settle(wake)
             while self._pending(project, lane) and not self._stopping.is_set():
                 with try_lock(project.dir / f"{lane}.lock") as mine:
                     if mine:
                         self._run(project, lane)
                         continue
                 time.sleep(LOCK_RETRY_S)  # another process runs it; check again when it is done
+
+    def _settle(self, wake: threading.Event) -> None:
+        """Let a burst land: wait for a quiet spell of TRAIN_DEBOUNCE_S, at most a few of them."""
+        quiet = self.settings.train_debounce_s
+        deadline = time.monotonic() + MAX_SETTLE_SPELLS * quiet
+        wake.clear()
+        while wake.wait(quiet) and time.monotonic() < deadline:
+            wake.clear()
+        wake.clear()
 
     def _marker(self, project: Project, lane: str) -> int:
         """What a run of this lane covers: the last event seen, or the last sync request."""

@@ -1,0 +1,137 @@
+"""The background worker: bursts coalesce, failures never touch what serves."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ls_backend.core.embeddings import Encoder
+from ls_backend.service import Backend
+from ls_backend.settings import Settings
+from ls_backend.worker import Worker, read_status
+
+CONFIG = """<View><Text name="text" value="$text"/>
+<Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
+
+
+class HashEncoder(Encoder):
+    """Deterministic stand-in embeddings: worker tests are about jobs, not about models."""
+
+    def __init__(self) -> None:
+        self.model_name = "hash"
+        self.dim = 16
+        self.cache = None
+
+    def encode(self, texts, progress=False):
+        rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(16) for t in texts]
+        out = np.asarray(rows, dtype=np.float32).reshape(len(texts), 16)
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-9)
+
+
+@pytest.fixture
+def backend(tmp_path):
+    settings = Settings(model_dir=tmp_path, lora_enabled=False, train_debounce_s=0.2)
+    backend = Backend(settings, encoder=HashEncoder())
+    Worker(backend)
+    yield backend
+    backend.worker.stop()
+
+
+def event(ann_id, task_id, label, action="ANNOTATION_CREATED"):
+    return {
+        "action": action,
+        "annotation": {
+            "id": ann_id,
+            "task": task_id,
+            "was_cancelled": False,
+            "result": [
+                {
+                    "from_name": "label",
+                    "to_name": "text",
+                    "type": "choices",
+                    "value": {"choices": [label]},
+                }
+            ],
+        },
+        "task": {"id": task_id, "data": {"text": f"text {task_id}"}},
+        "project": {"id": 1, "label_config": CONFIG},
+    }
+
+
+def send(backend, body):
+    project = backend.project(1)
+    project.store.apply(body)
+    backend.worker.on_event(project, body["action"])
+
+
+def test_a_burst_of_events_becomes_one_run(backend):
+    project = backend.project(1)
+    project.setup(CONFIG)
+    for i in range(100):
+        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    assert backend.worker.wait_idle(60)
+    status = read_status(project, "head")
+    assert status.state == "done" and status.runs == 1
+    info = project.registry.info(project.registry.versions()[-1])
+    assert info["labels"] == 100
+
+
+def test_deleted_annotations_are_not_in_the_next_run(backend):
+    project = backend.project(1)
+    project.setup(CONFIG)
+    for i in range(40):
+        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    assert backend.worker.wait_idle(60)
+    send(
+        backend,
+        {
+            "action": "ANNOTATIONS_DELETED",
+            "annotations": [{"id": 3}, {"id": 4}],
+            "project": {"id": 1},
+        },
+    )
+    assert backend.worker.wait_idle(60)
+    latest = project.registry.path(project.registry.versions()[-1])
+    seen = json.loads((latest / "annotations.json").read_text())
+    everything = set(seen["trained_on"]) | set(seen["held_out"])
+    assert everything == set(range(40)) - {3, 4}
+
+
+def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkeypatch):
+    project = backend.project(1)
+    project.setup(CONFIG)
+    for i in range(6):
+        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    assert backend.worker.wait_idle(60)
+    serving = project.registry.current()
+
+    def explode(*_args, **_kwargs):
+        raise MemoryError("out of memory while training")
+
+    monkeypatch.setattr("ls_backend.worker.run_round", explode)
+    send(backend, event(99, 2000, "A"))
+    assert backend.worker.wait_idle(60)
+    status = read_status(project, "head")
+    assert status.state == "failed" and "out of memory" in status.last_error
+    assert project.registry.current() == serving
+    assert project.predict([{"id": 1, "data": {"text": "still serving"}}]).model_version == serving
+    monkeypatch.undo()
+    send(backend, event(100, 2001, "B"))  # the next event retries, and succeeds
+    assert backend.worker.wait_idle(60)
+    assert read_status(project, "head").state == "done"
+
+
+def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
+    """Another process training the same lane: this one waits, then trains what it missed."""
+    from ls_backend.worker import try_lock
+
+    project = backend.project(1)
+    project.setup(CONFIG)
+    with try_lock(project.dir / "head.lock") as mine:  # stands in for another gunicorn worker
+        assert mine
+        for i in range(6):
+            send(backend, event(i, 1000 + i, "AB"[i % 2]))
+        assert not backend.worker.wait_idle(1.0)
+        assert read_status(project, "head").runs == 0
+    assert backend.worker.wait_idle(60)
+    assert read_status(project, "head").runs == 1
