@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
@@ -36,6 +37,7 @@ class ClassificationConfig:
     space: LabelSpace
 
     @classmethod
+    @lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
     def parse(cls, label_config: str) -> ClassificationConfig:
         try:
             interface = LabelInterface(label_config)
