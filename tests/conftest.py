@@ -1,0 +1,107 @@
+"""Shared fixtures: a real Label Studio server (see tests/labelstudio_server.py) and test data.
+
+- `label_studio`: one server for the whole session; each test makes its own project.
+- `fresh_label_studio`: a private server for a test that stops or restarts Label Studio.
+- `make_ls_project`: creates a text-classification project on the shared server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from labelstudio_server import (
+    LabelStudioServer,
+    ensure_template,
+    label_studio_executable,
+    running_server,
+)
+
+# The shared datasets sit beside the checkout (../shared/data), in CI as on a developer machine.
+DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+TREC_DIR = Path(os.environ.get("TREC_DIR", DATA_DIR / "trec"))
+
+
+def text_classification_config(
+    labels: list[str], from_name: str = "label", to_name: str = "text"
+) -> str:
+    """A Choices-over-Text label config, the kind of project this backend serves."""
+    choices = "".join(f'<Choice value="{label}"/>' for label in labels)
+    return (
+        f'<View><Text name="{to_name}" value="$text"/>'
+        f'<Choices name="{from_name}" toName="{to_name}" choice="single">{choices}</Choices></View>'
+    )
+
+
+@pytest.fixture(scope="session")
+def ls_template() -> Path:
+    """The migrated Label Studio data dir every test server is copied from (built once)."""
+    if label_studio_executable() is None:
+        pytest.skip("label-studio is not installed (pip install -e '.[test]')")
+    path, _built_s = ensure_template()
+    return path
+
+
+@pytest.fixture(scope="session")
+def label_studio(
+    ls_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabelStudioServer]:
+    """A running Label Studio shared by the session: `.url`, `.token`, `.client` (SDK).
+
+    Shared state: create your own project, and do not stop it or reset its token.
+    """
+    with running_server(ls_template, tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_label_studio(
+    ls_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabelStudioServer]:
+    """A private Label Studio for this test only (about 10 s to start): it may `.stop()`,
+    `.start()` or `.restart()` it (same port, same data)."""
+    with running_server(ls_template, tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+@pytest.fixture
+def make_ls_project(label_studio: LabelStudioServer) -> Callable[..., dict[str, Any]]:
+    """`make_ls_project(labels, tasks=[{"text": ...}], title=...)` -> {"id", "task_ids", ...}."""
+    sdk = label_studio.client
+    counter = iter(range(1, 1_000_000))
+
+    def make(
+        labels: list[str],
+        tasks: list[dict[str, Any]] | None = None,
+        title: str | None = None,
+    ) -> dict[str, Any]:
+        project = sdk.projects.create(
+            title=title or f"test project {next(counter)}",  # LS wants >= 3 characters
+            label_config=text_classification_config(labels),
+        )
+        task_ids: list[int] = []
+        if tasks:
+            imported = sdk.projects.import_tasks(id=project.id, request=tasks, return_task_ids=True)
+            task_ids = list(imported.task_ids or [])
+        return {"id": project.id, "task_ids": task_ids, "labels": labels}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trec_labels() -> list[str]:
+    path = TREC_DIR / "labels.json"
+    if not path.exists():
+        pytest.skip(f"no TREC data at {TREC_DIR} (set TREC_DIR)")
+    return list(json.loads(path.read_text())["labels"])
+
+
+@pytest.fixture(scope="session")
+def trec_test_rows(trec_labels: list[str]) -> list[dict[str, str]]:
+    """The 500 TREC test rows: {"text", "label", "label_fine"}."""
+    with open(TREC_DIR / "test.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]

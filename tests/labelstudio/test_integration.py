@@ -1,0 +1,155 @@
+"""End to end against a real Label Studio 1.23 and `ls-backend serve` on loopback."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from backend_server import BackendServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    server = BackendServer(
+        tmp_path_factory.mktemp("backend") / "models", env={"LORA_ENABLED": "false"}
+    ).start()
+    yield server
+    server.stop()
+
+
+def api(label_studio) -> httpx.Client:
+    return httpx.Client(
+        base_url=label_studio.url,
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=120,
+    )
+
+
+def connect(label_studio, project_id: int, backend: BackendServer) -> dict:
+    ml = label_studio.client.ml.create(project=project_id, url=backend.url, title="ls-backend")
+    assert ml.state == "CO", ml  # Connected: /health and /setup answered
+    return {"id": ml.id}
+
+
+def predictions_of(client: httpx.Client, task_id: int) -> list[dict]:
+    return client.get(f"/api/tasks/{task_id}").json()["predictions"]
+
+
+def setup_version(backend: BackendServer, project_id: int, config: str) -> str:
+    reply = httpx.post(
+        f"{backend.url}/setup", json={"project": f"{project_id}.1", "schema": config}
+    )
+    return reply.json()["model_version"]
+
+
+def test_predictions_round_trip_through_next_and_retrieve(
+    label_studio, make_ls_project, backend, trec_labels, trec_test_rows
+):
+    rows = trec_test_rows[:100]
+    project = make_ls_project(trec_labels, tasks=[{"text": r["text"]} for r in rows])
+    connect(label_studio, project["id"], backend)
+    client = api(label_studio)
+
+    served = client.get(f"/api/projects/{project['id']}/next").json()
+    (prediction,) = predictions_of(client, served["id"])
+    version = prediction["model_version"]
+    assert version.endswith("-prototype")
+
+    others = [t for t in project["task_ids"] if t != served["id"]]
+    reply = client.post(
+        "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project["id"]},
+        json={"selectedItems": {"all": False, "included": others}},
+    )
+    assert reply.status_code == 200, reply.text
+    tasks = client.get(
+        "/api/tasks", params={"project": project["id"], "fields": "all", "page_size": 200}
+    ).json()["tasks"]
+    assert len(tasks) == 100
+    for task in tasks:
+        (stored,) = task["predictions"]
+        assert stored["model_version"] == version
+        (result,) = stored["result"]
+        assert result["from_name"] == "label" and result["to_name"] == "text"
+        assert result["value"]["choices"][0] in trec_labels
+        assert 0 < stored["score"] <= 1
+        # Our figures survive inside the result item (where Label Studio keeps extra keys).
+        assert set(result["uncertainty"]) >= {"least_confidence", "margin", "entropy"}
+        assert set(result["probabilities"]) == set(trec_labels)
+
+
+def test_annotations_train_a_new_version_that_serves(
+    label_studio, make_ls_project, backend, trec_labels, trec_test_rows
+):
+    rows = trec_test_rows[100:180]
+    project = make_ls_project(trec_labels, tasks=[{"text": r["text"]} for r in rows])
+    connect(label_studio, project["id"], backend)
+    client = api(label_studio)
+    config = client.get(f"/api/projects/{project['id']}").json()["label_config"]
+    first = setup_version(backend, project["id"], config)
+
+    annotation_ids = []
+    for task_id, row in zip(project["task_ids"][:30], rows[:30], strict=True):
+        result = [
+            {
+                "from_name": "label",
+                "to_name": "text",
+                "type": "choices",
+                "value": {"choices": [row["label"]]},
+            }
+        ]
+        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+        assert created.status_code == 201, created.text
+        annotation_ids.append(created.json()["id"])
+    # A skip (was_cancelled) arrives as an annotation too, and must not become a label.
+    skipped_task = project["task_ids"][30]
+    client.post(
+        f"/api/tasks/{skipped_task}/annotations", json={"result": [], "was_cancelled": True}
+    )
+
+    version = wait_for(lambda: (v := setup_version(backend, project["id"], config)) != first and v)
+    assert version.endswith("-head")
+    status = httpx.get(f"{backend.url}/status").json()["projects"][str(project["id"])]
+    assert status["annotations"] == 31  # 30 labels and the skip, all stored
+
+    # Label Studio skips tasks already predicted with the current version: a new one asks again.
+    served = client.get(f"/api/projects/{project['id']}/next").json()
+    assert version in {p["model_version"] for p in predictions_of(client, served["id"])}
+
+    # A deleted annotation is not in the next run.
+    deleted = annotation_ids[0]
+    before = set(versions_seen(backend, project["id"]))
+    assert client.delete(f"/api/annotations/{deleted}").status_code == 204
+    # (A run that started before the delete may still save a 30-label version meanwhile.)
+    newer = wait_for(
+        lambda: [
+            seen
+            for version, seen in versions_seen(backend, project["id"]).items()
+            if version not in before and len(seen) == 29
+        ]
+    )
+    assert all(deleted not in seen for seen in newer)
+
+
+def wait_for(probe, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError("timed out")
+
+
+def versions_seen(backend: BackendServer, project_id: int) -> dict[str, list[int]]:
+    """Every saved version of the project -> the annotation ids it trained and evaluated on."""
+    seen = {}
+    for folder in (backend.model_dir / str(project_id) / "models").glob("v*"):
+        if (folder / "annotations.json").is_file():
+            record = json.loads((folder / "annotations.json").read_text())
+            seen[folder.name] = record["trained_on"] + record["held_out"]
+    return seen
