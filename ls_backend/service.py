@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
-from ls_backend.core.labels import LabelSpace
+from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion, decided_labels
 from ls_backend.core.registry import Registry
 from ls_backend.core.training import LabeledData, prototype_model, save_prototype
@@ -37,6 +38,19 @@ def project_key(raw: Any) -> str:
     if not _PROJECT.match(text):
         raise ValueError(f"project must be a Label Studio project id, got {raw!r}")
     return text
+
+
+@dataclass
+class Scored:
+    model: ModelVersion
+    probs: Probs
+    figures: dict[str, NDArray[np.float64]]
+    results: list[dict[str, Any]]  # one Label Studio prediction per text
+
+    @property
+    def uncertainty(self) -> NDArray[np.float64]:
+        """What ranking orders by: STAR's mixed uncertainty when an adapter serves, else margin."""
+        return self.figures.get("star", self.figures["margin"])
 
 
 @dataclass
@@ -116,37 +130,52 @@ class Project:
 
     def predict(self, tasks: list[dict[str, Any]]) -> PredictionBatch:
         config = self.config()
-        texts = [config.text_of(task) for task in tasks]
+        scored = self.score([config.text_of(task) for task in tasks])
+        return PredictionBatch(scored.model.version, scored.results)
+
+    def score(self, texts: list[str], embeddings: Embeddings | None = None) -> Scored:
+        """Predict ``texts`` with the serving model: Label Studio prediction dicts, the
+        probabilities and the uncertainty figures (STAR's mix when an adapter serves)."""
+        config = self.config()
         model = self.model()
-        embeddings = self.backend.encoder.encode(texts)
-        prediction = model.predict(texts, embeddings, mc_samples=self.backend.settings.mc_samples)
+        if embeddings is None:
+            embeddings = self.backend.encoder.encode(texts)
+        settings = self.backend.settings
+        prediction = model.predict(texts, embeddings, mc_samples=settings.mc_samples)
         space = model.space
         figures = uncertainty.uncertainty_figures(prediction.probs, space.multi_label)
         if model.lora is not None:
-            lam = uncertainty.star_lambda(model.lora_round, self.backend.settings.star_lambda_decay)
+            lam = uncertainty.star_lambda(model.lora_round, settings.star_lambda_decay)
             base = uncertainty.scores(prediction.base_probs, "margin", space.multi_label)
             figures["star"] = uncertainty.dynamic_uncertainty(base, figures["margin"], lam)
         names, confidence = decided_labels(space, prediction.probs)
         mean = prediction.probs.mean(axis=2)
+
+        def per_label(values: NDArray[np.float64] | NDArray[np.float32]) -> dict[str, float]:
+            return dict(zip(space.labels, (round(float(v), 6) for v in values), strict=True))
+
         results = []
         for row, chosen in enumerate(names):
-            figures_row: dict[str, Any] = {
-                name: (
-                    dict(zip(space.labels, (round(float(v), 6) for v in values[row]), strict=True))
-                    if values.ndim == 2
-                    else round(float(values[row]), 6)
-                )
+            figures_row = {
+                name: per_label(values[row]) if values.ndim == 2 else round(float(values[row]), 6)
                 for name, values in figures.items()
             }
-            probabilities = dict(
-                zip(space.labels, (round(float(p), 6) for p in mean[row]), strict=True)
-            )
             score = round(float(confidence[row]), 6)
-            item = config.result_item(
-                chosen, score=score, uncertainty=figures_row, probabilities=probabilities
+            # Multi-label with no label above 0.5: an empty pre-annotation, not a wrong one.
+            result = (
+                [
+                    config.result_item(
+                        chosen,
+                        score=score,
+                        uncertainty=figures_row,
+                        probabilities=per_label(mean[row]),
+                    )
+                ]
+                if chosen
+                else []
             )
-            results.append({"result": [item], "score": score, "model_version": model.version})
-        return PredictionBatch(model.version, results)
+            results.append({"result": result, "score": score, "model_version": model.version})
+        return Scored(model, prediction.probs, figures, results)
 
     # --- training data ------------------------------------------------------------------------
 

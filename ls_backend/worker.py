@@ -90,7 +90,12 @@ class Worker:
         self._stopping = threading.Event()
         self._running = 0
         self.sync_job: SyncJob | None = None
+        self.reread: Callable[[Project], int] | None = None
         backend.worker = self
+
+    def attach_label_studio(self, sync_job: SyncJob, reread: Callable[[Project], int]) -> None:
+        """With LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: queue ranking and re-reads."""
+        self.sync_job, self.reread = sync_job, reread
 
     # --- triggers (called from request threads: cheap, never block) --------------------------
 
@@ -225,6 +230,12 @@ class Worker:
         if lane == "sync":
             assert self.sync_job is not None
             return self.sync_job(project, progress)
+        store = project.store
+        requested = int(store.meta("train_requested") or 0)
+        if self.reread is not None and requested > int(store.meta("reread_done") or 0):
+            progress(0.0, "re-reading labeled tasks from Label Studio")
+            log.info("project %s: re-read %d labeled tasks", project.key, self.reread(project))
+            store.set_meta("reread_done", str(requested))
         space, data = project.labeled_data()
         metrics.LABELS_SEEN.labels(project.key).set(len(data))
         if len(data) < self.settings.head_min_labels:

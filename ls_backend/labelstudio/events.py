@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 LABEL_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+#: How a skip (ANNOTATION_CREATED with was_cancelled) is logged: stored, but not a label event.
+SKIPPED = "ANNOTATION_SKIPPED"
 KNOWN_ACTIONS = LABEL_ACTIONS | {
     "TASKS_CREATED",
     "TASKS_DELETED",
@@ -101,10 +103,15 @@ class AnnotationStore:
         action = body.get("action")
         if not isinstance(action, str):
             raise EventError("'action' must be a string")
+        logged = action
+        annotation = body.get("annotation")
+        if action == "ANNOTATION_CREATED" and isinstance(annotation, dict):
+            if annotation.get("was_cancelled"):
+                logged = SKIPPED  # kept, but not a label: it must not trigger training
         with self._tx() as db:
             seq = db.execute(
                 "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
-                (action, time.time(), json.dumps(body)),
+                (logged, time.time(), json.dumps(body)),
             ).lastrowid
             assert seq is not None
             self._apply(db, action, body, seq)

@@ -69,3 +69,13 @@ def test_malformed_events_are_rejected_and_not_stored(tmp_path, body):
     with pytest.raises(EventError):
         store.apply(body)
     assert store.count("events") == 0
+
+
+def test_a_skip_is_logged_but_is_not_a_label_event(tmp_path):
+    from ls_backend.labelstudio.events import LABEL_ACTIONS
+
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    store.apply(annotation("ANNOTATION_CREATED", 2, 11, None, cancelled=True))
+    assert store.count("events") == 2
+    assert store.last_seq(LABEL_ACTIONS) == 1
