@@ -1,0 +1,48 @@
+"""What can be checked of the Docker set-up without a Docker engine."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = str(Path(sys.executable).with_name("hadolint"))
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint is not installed (pip install -e '.[test]')")
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_installs_and_starts_with_the_readme_commands():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    serve = (ROOT / "scripts" / "serve").read_text()
+    # The image runs the same install script as `scripts/serve` and CI, then the same command.
+    assert re.search(r"^RUN .*scripts/install", dockerfile, flags=re.M)
+    assert "scripts/install" in serve and "ls-backend serve" in serve
+    assert 'CMD [".venv/bin/ls-backend", "serve"]' in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
+    assert "MODEL_DIR=/data" in dockerfile and 'VOLUME ["/data"]' in dockerfile
+    assert "scripts/install" in (ROOT / "scripts" / "test").read_text()
+
+
+def test_compose_wires_label_studio_and_the_backend():
+    compose = yaml.safe_load((ROOT / "docker" / "docker-compose.yml").read_text())
+    studio, backend = compose["services"]["label-studio"], compose["services"]["ls-backend"]
+    assert studio["image"].startswith("heartexlabs/label-studio:1.23")
+    assert backend["environment"]["LABEL_STUDIO_URL"] == "http://label-studio:8080"
+    # One token: Label Studio creates the user with it, the backend calls back with it.
+    assert "LABEL_STUDIO_API_KEY" in studio["environment"]["LABEL_STUDIO_USER_TOKEN"]
+    assert "LABEL_STUDIO_API_KEY" in backend["environment"]["LABEL_STUDIO_API_KEY"]
+    assert studio["environment"]["ML_BLOCK_LOCAL_IP"] == "false"
+    assert studio["environment"]["SSRF_PROTECTION_ENABLED"] == "false"
+    for service in (studio, backend):
+        (volume,) = service["volumes"]
+        assert volume.split(":")[0] in compose["volumes"]  # persistent, named volumes
+    assert backend["volumes"][0].endswith(":/data")
+    assert backend["build"]["context"] == ".."
