@@ -2,30 +2,15 @@
 
 import json
 
-import numpy as np
 import pytest
+from fakes import HashEncoder
 
-from ls_backend.core.embeddings import Encoder
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
 from ls_backend.worker import Worker, read_status
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
-
-
-class HashEncoder(Encoder):
-    """Deterministic stand-in embeddings: worker tests are about jobs, not about models."""
-
-    def __init__(self) -> None:
-        self.model_name = "hash"
-        self.dim = 16
-        self.cache = None
-
-    def encode(self, texts, progress=False):
-        rows = [np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(16) for t in texts]
-        out = np.asarray(rows, dtype=np.float32).reshape(len(texts), 16)
-        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-9)
 
 
 @pytest.fixture
