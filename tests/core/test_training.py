@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from ls_backend.core.labels import LabelSpace
+from ls_backend.core.model import ModelVersion
+from ls_backend.core.registry import Registry
+from ls_backend.core.training import (
+    LabeledData,
+    NotEnoughLabels,
+    RoundConfig,
+    prototype_model,
+    run_round,
+    save_prototype,
+)
+
+SPACE = LabelSpace(("a", "b", "c"))
+
+
+def data(n: int, noise: float = 0.05, seed: int = 0) -> LabeledData:
+    """Three well-separated classes in 8 dimensions."""
+    rng = np.random.default_rng(seed)
+    targets = np.arange(n) % 3
+    x = np.eye(8)[targets] + noise * rng.standard_normal((n, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return LabeledData(
+        keys=list(range(n)),
+        strata_keys=list(range(1000, 1000 + n)),
+        texts=[f"t{i}" for i in range(n)],
+        targets=targets.astype(np.int64),
+        embeddings=x.astype(np.float32),
+    )
+
+
+def loader(registry: Registry):
+    def load():
+        version = registry.current()
+        return ModelVersion.load(registry.path(version), version) if version else None
+
+    return load
+
+
+def bad_prototypes() -> ModelVersion:
+    # Prototypes pointing at the wrong classes: zero-shot is wrong on everything.
+    return prototype_model(SPACE, np.roll(np.eye(8, dtype=np.float32)[:3], 1, axis=0))
+
+
+def test_few_labels_kfold_head_beats_bad_zero_shot_and_is_promoted(tmp_path):
+    registry = Registry(tmp_path)
+    save_prototype(registry, bad_prototypes(), "test")
+    result = run_round(
+        "head", registry, SPACE, data(12), loader(registry), RoundConfig(eval_min_labels=30)
+    )
+    assert result.promoted and result.kind == "head"
+    assert registry.current() == result.version
+    info = registry.info(result.version)
+    assert info["evaluation"] == "k-fold" and info["metrics"]["accuracy"] == 1.0
+    assert info["baseline"]["accuracy"] == 0.0 and info["labels"] == 12
+
+
+def test_held_out_regime_compares_on_the_same_labels_and_keeps_the_better_model(tmp_path):
+    registry = Registry(tmp_path)
+    config = RoundConfig(eval_min_labels=30)
+    good = run_round("head", registry, SPACE, data(90), loader(registry), config)
+    assert good.promoted and registry.info(good.version)["evaluation"] == "held-out"
+    # Same items, labels scrambled: worse on the held-out labels, so saved but not served.
+    scrambled = data(90)
+    scrambled.targets = np.random.default_rng(1).permutation(scrambled.targets)
+    worse = run_round("head", registry, SPACE, scrambled, loader(registry), config)
+    assert not worse.promoted
+    assert registry.current() == good.version
+    assert worse.version in registry.versions()
+
+
+def test_one_class_is_not_enough(tmp_path):
+    one_class = data(6)
+    one_class.targets[:] = 0
+    with pytest.raises(NotEnoughLabels):
+        run_round("head", Registry(tmp_path), SPACE, one_class, lambda: None, RoundConfig())
+
+
+def test_label_space_change_promotes_without_comparison(tmp_path):
+    registry = Registry(tmp_path)
+    save_prototype(
+        registry, prototype_model(LabelSpace(("x", "y")), np.eye(8, dtype=np.float32)[:2]), "old"
+    )
+    result = run_round("head", registry, SPACE, data(12), loader(registry), RoundConfig())
+    assert result.promoted and result.baseline is None
