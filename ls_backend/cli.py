@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # OpenMP threads that spin while they wait make torch 2-9x slower on a busy machine
+    # (measured: LoRA 36 vs 4 samples/s on 2 cores); must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     args.func(args)
 

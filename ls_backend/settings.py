@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         50, ge=1, description="New annotations between LoRA runs (the head refits on every one)."
     )
     lora_epochs: int = Field(10, ge=1, description="Maximum LoRA epochs (best epoch on held-out).")
+    lora_min_steps: int = Field(
+        100, ge=0, description="Add epochs until this many optimiser steps ran (few labels)."
+    )
+    lora_mixed_precision: str = Field(
+        "auto", description="`auto` (bf16, else fp16 on CUDA; off on CPU), `bf16`, `fp16`, `no`."
+    )
     lora_lr: float = Field(2e-3, gt=0, description="LoRA learning rate (AdamW).")
     lora_batch_size: int = Field(16, ge=1, description="LoRA training batch size.")
     lora_r: int = Field(8, ge=1, description="LoRA rank.")

@@ -158,6 +158,13 @@ class Worker:
                         continue
                 time.sleep(LOCK_RETRY_S)  # another process runs it; check again when it is done
 
+    def status(self, project: Project, lane: str) -> dict[str, Any]:
+        """The lane's last run, with ``queued`` when work waits and no run is in flight."""
+        status = read_status(project, lane)
+        if status.state != "running" and self._pending(project, lane):
+            status.state = "queued"
+        return asdict(status)
+
     def _settle(self, wake: threading.Event) -> None:
         """Let a burst land: wait for a quiet spell of TRAIN_DEBOUNCE_S, at most a few of them."""
         quiet = self.settings.train_debounce_s
@@ -258,18 +265,18 @@ class Worker:
             "promoted" if result.promoted else "kept",
             result.reason,
         )
-        if result.promoted and self._sync_due(project, lane):
+        if self._sync_due(project, lane, result.promoted):
             self.request_sync(project)
         return asdict(result)
 
-    def _sync_due(self, project: Project, lane: str) -> bool:
-        """Re-rank after every promoted adapter, and after every SYNC_EVERY labels otherwise."""
+    def _sync_due(self, project: Project, lane: str, promoted: bool) -> bool:
+        """Re-rank after every promoted model, and every SYNC_EVERY labels in any case: the
+        labeled set itself shapes the ranking (diversity is measured against it)."""
         if self.sync_job is None:
             return False
         store = project.store
-        last = int(store.meta("sync_label_seq") or 0)
-        fresh = store.count_events(LABEL_ACTIONS, after=last)
-        if lane == "head" and fresh < self.settings.sync_every:
+        fresh = store.count_events(LABEL_ACTIONS, after=int(store.meta("sync_label_seq") or 0))
+        if not promoted and not (lane == "head" and fresh >= self.settings.sync_every):
             return False
         store.set_meta("sync_label_seq", str(store.last_seq(LABEL_ACTIONS)))
         return True
@@ -284,6 +291,8 @@ class Worker:
                 backbone=s.lora_backbone,
                 max_length=s.max_length,
                 epochs=s.lora_epochs,
+                min_steps=s.lora_min_steps,
+                mixed_precision=s.lora_mixed_precision,
                 lr=s.lora_lr,
                 batch_size=s.lora_batch_size,
                 r=s.lora_r,

@@ -77,9 +77,7 @@ class ModelVersion:
         return cls(version, space, head, lora, int(serving["lora_round"]))
 
 
-def decided_labels(
-    space: LabelSpace, probs: Probs
-) -> tuple[list[list[str]], NDArray[np.float32]]:
+def decided_labels(space: LabelSpace, probs: Probs) -> tuple[list[list[str]], NDArray[np.float32]]:
     """Chosen label names per item, and the confidence of what was chosen."""
     chosen = space.decide(probs)
     mean = probs.mean(axis=2)
