@@ -25,7 +25,7 @@ from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.lora import LoraClassifier, LoraTrainConfig, find_target_modules
 
-TREC = Path("/work/shared/data/trec")
+TREC = Path(__file__).resolve().parents[3] / "shared" / "data" / "trec"
 SPACE = LabelSpace(("positive", "negative"))
 TEXTS = [f"{w} movie number {i}" for i in range(8) for w in ("great", "awful")]
 TARGETS = np.array([0, 1] * 8, dtype=np.int64)

@@ -85,3 +85,39 @@ def test_label_space_change_promotes_without_comparison(tmp_path):
     )
     result = run_round("head", registry, SPACE, data(12), loader(registry), RoundConfig())
     assert result.promoted and result.baseline is None
+
+
+def test_a_lora_round_saves_adapter_and_head_and_serves_when_better(tmp_path):
+    """The background lane end to end on a tiny random BERT (seconds, not minutes)."""
+    from test_lora import save_tiny_bert, tiny_config
+
+    backbone = save_tiny_bert(tmp_path / "tiny")
+    registry = Registry(tmp_path / "models")
+    save_prototype(registry, bad_prototypes(), "test")
+    labeled = data(60)
+    words = ["alpha", "bravo", "charlie"]
+    labeled.texts = [f"{words[t]} item {i}" for i, t in enumerate(labeled.targets)]
+    config = RoundConfig(eval_min_labels=30, lora=tiny_config(backbone, epochs=4, mc_samples=3))
+    result = run_round("lora", registry, SPACE, labeled, loader(registry), config)
+    assert result.kind == "lora"
+    folder = registry.path(result.version)
+    assert (folder / "lora" / "adapter_config.json").is_file() and (folder / "head").is_dir()
+    assert registry.info(result.version)["settings"]["lora"]["backbone"] == backbone
+    assert result.promoted  # zero-shot here is wrong on every item
+    served = ModelVersion.load(folder, result.version)
+    assert served.kind == "lora" and served.lora_round == 1
+    prediction = served.predict(labeled.texts[:5], labeled.embeddings[:5])
+    assert prediction.probs.shape == (5, 3, 3)  # MC dropout samples
+    assert prediction.base_probs.shape == (5, 3, 1)  # the head, for STAR's base uncertainty
+
+
+def test_lora_needs_a_held_out_set(tmp_path):
+    with pytest.raises(NotEnoughLabels):
+        run_round(
+            "lora",
+            Registry(tmp_path),
+            SPACE,
+            data(12),
+            lambda: None,
+            RoundConfig(eval_min_labels=30),
+        )
