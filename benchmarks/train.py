@@ -1,7 +1,10 @@
-"""Training figures: LoRA time per round, mixed-precision throughput, held-out accuracy.
+"""Training figures: round times, webhook acks during training, held-out accuracy.
 
-    .venv/bin/python benchmarks/train.py [--part all|lora-time|lora-precision|lora-accuracy]
-                                         [--quick] [--threads N]
+    .venv/bin/python benchmarks/train.py [--part all|head-time|webhook-ack|lora-time|
+                                          lora-precision|lora-accuracy] [--quick] [--threads N]
+
+- head-time: one light-head round, as the worker runs it, at 100, 500 and 1,000 labels.
+- webhook-ack: /webhook latency through `ls-backend serve`, idle and during a LoRA run.
 
 - lora-time: one LoRA round on the embedded MiniLM (max_length 64, `trec`) at 100, 500 and
   1,000 labels: seconds per round, seconds per epoch, training samples/s.
@@ -137,11 +140,114 @@ def lora_accuracy(args: argparse.Namespace) -> None:
             )
 
 
+def head_time(args: argparse.Namespace) -> None:
+    """A full head round as the worker runs it (split, fit, k-fold or held-out evaluation,
+    comparison with the serving model, atomic save, promotion), embeddings cached."""
+    import tempfile
+
+    from ls_backend.core.embeddings import Encoder
+    from ls_backend.core.model import ModelVersion
+    from ls_backend.core.registry import Registry
+    from ls_backend.core.training import LabeledData, RoundConfig, run_round
+
+    texts, labels = load("trec", "train")
+    space = LabelSpace(tuple(sorted(set(labels))))
+    encoder = Encoder()
+    print("\n## Light head: one round (trec, embeddings cached)")
+    print("| labels | round s | of which fit + evaluate s |\n|---|---|---|")
+    for n in (100, 500, 1000):
+        picked = sample(len(texts), n)
+        chosen = [texts[i] for i in picked]
+        data = LabeledData(
+            picked,
+            picked,
+            chosen,
+            space.encode([[labels[i]] for i in picked]),
+            encoder.encode(chosen),
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            registry = Registry(Path(tmp))
+
+            def current(registry: Registry = registry) -> ModelVersion | None:
+                version = registry.current()
+                return ModelVersion.load(registry.path(version), version) if version else None
+
+            run_round("head", registry, space, data, current, RoundConfig())  # a model to beat
+            started = time.perf_counter()
+            result = run_round("head", registry, space, data, current, RoundConfig())
+            total = time.perf_counter() - started
+            fit = registry.info(result.version)["train_seconds"]
+        print(f"| {n} | {total:.3f} | {fit:.3f} |")
+
+
+def webhook_ack(args: argparse.Namespace) -> None:
+    """Webhook ack latency through `ls-backend serve`, idle and while a LoRA run trains."""
+    import sys
+    import tempfile
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from backend_server import BackendServer
+
+    texts, labels = load("trec", "train")
+    names = sorted(set(labels))
+    config = '<View><Text name="text" value="$text"/><Choices name="label" toName="text">'
+    config += "".join(f'<Choice value="{n}"/>' for n in names) + "</Choices></View>"
+    env = {"LORA_MIN_LABELS": "40", "LORA_EVERY": "40", "LORA_EPOCHS": "2", "MAX_LENGTH": "32"}
+    n = 40 if args.quick else 200
+
+    def body(i: int) -> dict[str, object]:
+        result = [{"from_name": "label", "to_name": "text", "type": "choices",
+                   "value": {"choices": [labels[i]]}}]  # fmt: skip
+        return {
+            "action": "ANNOTATION_CREATED",
+            "annotation": {"id": i, "task": i, "result": result, "was_cancelled": False},
+            "task": {"id": i, "data": {"text": texts[i]}},
+            "project": {"id": 1, "label_config": config},
+        }
+
+    def lora_state(client: httpx.Client) -> str:
+        jobs = client.get("/status").json()["projects"].get("1", {}).get("jobs", {})
+        return str(jobs.get("lora", {}).get("state", "idle"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = BackendServer(Path(tmp) / "models", env=env).start()
+        try:
+            client = httpx.Client(base_url=server.url, timeout=10)
+            idle = [_post(client, body(i)) for i in range(40)]  # 40 labels: the LoRA lane starts
+            deadline = time.monotonic() + 120
+            while lora_state(client) != "running" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            busy, i = [], 40
+            while lora_state(client) == "running" and len(busy) < n:
+                busy.append(_post(client, body(i)))
+                i += 1
+        finally:
+            server.stop()
+    print("\n## Webhook ack through `ls-backend serve` (ms)")
+    print("| while | n | p50 | p99 | max |\n|---|---|---|---|---|")
+    for name, values in (("idle (head refits)", idle), ("a LoRA run trains", busy)):
+        if values:
+            ms = np.asarray(values) * 1000
+            print(f"| {name} | {len(ms)} | {np.percentile(ms, 50):.1f} | "
+                  f"{np.percentile(ms, 99):.1f} | {ms.max():.1f} |")  # fmt: skip
+
+
+def _post(client: object, body: dict[str, object]) -> float:
+    started = time.perf_counter()
+    reply = client.post("/webhook", json=body)  # type: ignore[attr-defined]
+    reply.raise_for_status()
+    return time.perf_counter() - started
+
+
 def accuracy(probs: NDArray[np.float32], targets: NDArray[np.int64]) -> float:
     return float((probs.argmax(axis=1) == targets).mean())
 
 
 PARTS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "head-time": head_time,
+    "webhook-ack": webhook_ack,
     "lora-time": lora_time,
     "lora-precision": lora_precision,
     "lora-accuracy": lora_accuracy,
