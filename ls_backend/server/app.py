@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from ls_backend import __version__, metrics
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
+from ls_backend.labelstudio.sync import make_reader, make_sync_job
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import LANES, Worker, read_status
+from ls_backend.worker import LANES, Worker
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
-    state: dict[str, Any] = {}
+    # A backend handed in (tests, fuzzing) serves even where no lifespan runs.
+    state: dict[str, Any] = {"backend": backend} if backend else {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Everything heavy loads here, once per process, never per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
-        state["backend"] = backend or Backend(settings)
+        state.setdefault("backend", backend or Backend(settings))
         state["worker"] = state["backend"].worker or Worker(state["backend"])
-        if not settings.sync_configured:
+        if settings.sync_configured:
+            state["worker"].attach_label_studio(make_sync_job(settings), make_reader(settings))
+        else:
             log.warning(
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
                 "but the backend cannot reorder Label Studio's queue or re-read annotations"
@@ -103,6 +107,8 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         )
 
     def the_backend() -> Backend:
+        if backend is not None and backend.worker is None:
+            Worker(backend)
         return state["backend"]  # type: ignore[no-any-return]
 
     @app.exception_handler(RequestValidationError)
@@ -173,7 +179,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         projects = {}
         for key in backend.known_projects():
             project = backend.project(key)
-            jobs = {lane: vars(read_status(project, lane)) for lane in LANES}
+            jobs = {lane: backend.worker.status(project, lane) for lane in LANES}
             projects[key] = {
                 "model_version": project.registry.current(),
                 "annotations": project.store.count("annotations"),

@@ -1,0 +1,192 @@
+"""Sync against a real Label Studio: the annotator's queue follows the backend's ranking."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from backend_server import BackendServer
+
+pytestmark = pytest.mark.integration
+
+MULTI = """<View><Text name="text" value="$text"/>
+<Choices name="label" toName="text" choice="multiple">
+<Choice value="question"/><Choice value="about a person"/><Choice value="about a place"/><Choice value="about a number"/>
+</Choices></View>"""
+
+
+@pytest.fixture(scope="module")
+def backend(label_studio, tmp_path_factory):
+    env = {
+        "LORA_ENABLED": "false",
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "SYNC_EVERY": "2",
+    }
+    server = BackendServer(tmp_path_factory.mktemp("synced") / "models", env=env).start()
+    yield server
+    server.stop()
+
+
+def api(label_studio) -> httpx.Client:
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    return httpx.Client(base_url=label_studio.url, headers=headers, timeout=120)
+
+
+def sync_runs(backend, project_id) -> int:
+    projects = httpx.get(f"{backend.url}/status").json()["projects"]
+    job = projects.get(str(project_id), {}).get("jobs", {}).get("sync", {})
+    return job.get("runs", 0) if job.get("state") == "done" else -1
+
+
+def wait_for(probe, timeout=120.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def idle(backend, project_id) -> bool:
+    jobs = httpx.get(f"{backend.url}/status").json()["projects"][str(project_id)]["jobs"]
+    return all(job["state"] not in {"queued", "running"} for job in jobs.values())
+
+
+def wait_for_sync(backend, project_id, after: int) -> None:
+    """Until a sync newer than run ``after`` is done and nothing else is queued or running."""
+    wait_for(
+        lambda: sync_runs(backend, project_id) > after and idle(backend, project_id),
+        what="a sync to finish",
+    )
+
+
+def ranking(client, project_id) -> list[int]:
+    """Unlabeled task ids in Label Studio's serving order: the current version's scores, lowest first."""
+    version = client.get(f"/api/projects/{project_id}").json()["model_version"]
+    tasks = client.get(
+        "/api/tasks", params={"project": project_id, "fields": "all", "page_size": 1000}
+    ).json()["tasks"]
+    scored = []
+    for task in tasks:
+        if task["annotations"]:
+            continue
+        for prediction in task["predictions"]:
+            if prediction["model_version"] == version:
+                scored.append((prediction["score"], task["id"]))
+    return [task_id for _, task_id in sorted(scored)]
+
+
+def label(client, task_id, choice, from_name="label"):
+    result = [
+        {
+            "from_name": from_name,
+            "to_name": "text",
+            "type": "choices",
+            "value": {"choices": [choice]},
+        }
+    ]
+    reply = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+    assert reply.status_code == 201, reply.text
+
+
+def skip(client, task_id):
+    reply = client.post(
+        f"/api/tasks/{task_id}/annotations", json={"result": [], "was_cancelled": True}
+    )
+    assert reply.status_code == 201, reply.text
+
+
+def test_queue_follows_the_ranking_new_tasks_are_served_and_labels_rerank(
+    label_studio, make_ls_project, backend, trec_labels, trec_test_rows
+):
+    rows = trec_test_rows[200:260]
+    project = make_ls_project(trec_labels, tasks=[{"text": r["text"]} for r in rows])
+    pid = project["id"]
+    client = api(label_studio)
+    label_studio.client.ml.create(project=pid, url=backend.url, title="ls-backend")
+    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+    wait_for_sync(backend, pid, 0)
+
+    # The annotator's stream serves the backend's order exactly.
+    expected = ranking(client, pid)
+    assert sorted(expected) == sorted(project["task_ids"])
+    served = []
+    for _ in range(4):
+        task = client.get(f"/api/projects/{pid}/next").json()
+        served.append(task["id"])
+        skip(client, task["id"])  # a skip is not a label: no re-rank in between
+    assert served == expected[:4]
+
+    # Newly imported tasks get a prediction of the current ranking (else never served).
+    runs = sync_runs(backend, pid)
+    new_ids = client.post(
+        f"/api/projects/{pid}/import",
+        params={"return_task_ids": "true"},
+        json=[{"text": r["text"]} for r in trec_test_rows[260:265]],
+    ).json()["task_ids"]
+    wait_for_sync(backend, pid, runs)
+    assert set(new_ids) <= set(ranking(client, pid))
+
+    # Labels re-rank: a new ranking version, and the order of the rest changes.
+    before = ranking(client, pid)
+    version = client.get(f"/api/projects/{pid}").json()["model_version"]
+    runs = sync_runs(backend, pid)
+    by_text = {r["text"]: r["label"] for r in trec_test_rows}
+    for task_id in before[:4]:
+        label(client, task_id, by_text[client.get(f"/api/tasks/{task_id}").json()["data"]["text"]])
+    wait_for_sync(backend, pid, runs)
+    assert client.get(f"/api/projects/{pid}").json()["model_version"] != version
+    after = ranking(client, pid)
+    assert not set(after) & set(before[:4])  # labeled tasks leave the queue
+    remaining = [t for t in before if t in set(after)]
+    assert after != remaining
+
+
+def test_multi_label_project_end_to_end(label_studio, backend, trec_test_rows):
+    client = api(label_studio)
+    project = label_studio.client.projects.create(title="multi-label", label_config=MULTI)
+    texts = [r["text"] for r in trec_test_rows[300:330]]
+    task_ids = client.post(
+        f"/api/projects/{project.id}/import",
+        params={"return_task_ids": "true"},
+        json=[{"text": t} for t in texts],
+    ).json()["task_ids"]
+    label_studio.client.ml.create(project=project.id, url=backend.url, title="ls-backend")
+    runs = max(sync_runs(backend, project.id), 0)
+    for i, task_id in enumerate(task_ids[:6]):
+        choices = ["question", ["about a person", "about a place", "about a number"][i % 3]]
+        result = [
+            {
+                "from_name": "label",
+                "to_name": "text",
+                "type": "choices",
+                "value": {"choices": choices},
+            }
+        ]
+        assert (
+            client.post(f"/api/tasks/{task_id}/annotations", json={"result": result}).status_code
+            == 201
+        )
+    wait_for_sync(backend, project.id, runs)
+    order = ranking(client, project.id)
+    assert sorted(order) == sorted(task_ids[6:])
+    task = client.get(f"/api/projects/{project.id}/next").json()
+    assert task["id"] == order[0]
+    version = client.get(f"/api/projects/{project.id}").json()["model_version"]
+    (prediction,) = [p for p in task["predictions"] if p["model_version"] == version]
+    for item in prediction["result"]:
+        assert set(item["value"]["choices"]) <= {
+            "question",
+            "about a person",
+            "about a place",
+            "about a number",
+        }
+        assert set(item["uncertainty"]["entropy_per_label"]) == {
+            "question",
+            "about a person",
+            "about a place",
+            "about a number",
+        }
