@@ -190,3 +190,37 @@ def test_multi_label_project_end_to_end(label_studio, backend, trec_test_rows):
             "about a place",
             "about a number",
         }
+
+
+def test_start_training_rereads_every_label_from_label_studio(
+    label_studio, make_ls_project, backend, trec_labels, trec_test_rows
+):
+    rows = trec_test_rows[340:352]
+    project = make_ls_project(trec_labels, tasks=[{"text": r["text"]} for r in rows])
+    client = api(label_studio)
+    # Labels made before the backend was connected: no webhook ever told it about them.
+    for task_id, row in zip(project["task_ids"][:8], rows, strict=False):
+        label(client, task_id, row["label"])
+    skip(client, project["task_ids"][8])
+    ml = label_studio.client.ml.create(project=project["id"], url=backend.url, title="ls-backend")
+    assert (
+        httpx.get(f"{backend.url}/status")
+        .json()["projects"]
+        .get(str(project["id"]), {})
+        .get("annotations", 0)
+        == 0
+    )
+    label_studio.client.ml.train(id=ml.id)  # the "Start Training" button
+    status = wait_for(
+        lambda: (
+            (p := httpx.get(f"{backend.url}/status").json()["projects"].get(str(project["id"])))
+            and p["annotations"] == 8
+            and p["jobs"]["head"]["state"] == "done"
+            and p
+        ),
+        what="the re-read and a head run",
+    )
+    assert (
+        status["model_version"].endswith("-head")
+        or status["jobs"]["head"]["last_result"]["labels"] == 8
+    )
