@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from ls_backend.core.embeddings import EmbeddingCache, Encoder, text_key
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return Encoder(cache_path=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+
+
+def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
+    seen: list[str] = []
+    original = encoder.encode_uncached
+
+    def counting(texts, progress=False):
+        seen.extend(texts)
+        return original(texts, progress)
+
+    monkeypatch.setattr(encoder, "encode_uncached", counting)
+    first = encoder.encode(
+        ["a man is eating food", "the stock market fell", "a man is eating food"]
+    )
+    second = encoder.encode(["the stock market fell", "a man is eating bread"])
+    assert seen == ["a man is eating food", "the stock market fell", "a man is eating bread"]
+    assert np.array_equal(first[1], second[0])
+    assert np.array_equal(first[0], first[2])
+
+
+def test_cache_survives_a_restart_and_is_per_model(encoder, tmp_path):
+    path = encoder.cache._path
+    again = Encoder(cache_path=path)
+    vector = encoder.encode(["persisted text"])[0]
+    assert np.array_equal(
+        again.cache.get_many([text_key("persisted text")])[text_key("persisted text")], vector
+    )
+    other = EmbeddingCache(path, "another-model")
+    assert other.get_many([text_key("persisted text")]) == {}
+
+
+def test_embeddings_are_normalised_and_meaningful(encoder):
+    food, bread, market = encoder.encode(
+        [
+            "A man is eating food.",
+            "A man is eating a piece of bread.",
+            "The stock market fell sharply.",
+        ]
+    )
+    assert np.allclose(np.linalg.norm([food, bread, market], axis=1), 1.0, atol=1e-5)
+    assert food @ bread > 0.5 > food @ market
