@@ -153,3 +153,36 @@ def versions_seen(backend: BackendServer, project_id: int) -> dict[str, list[int
             record = json.loads((folder / "annotations.json").read_text())
             seen[folder.name] = record["trained_on"] + record["held_out"]
     return seen
+
+
+def test_label_studio_connects_with_basic_auth_credentials(
+    label_studio, make_ls_project, tmp_path, trec_labels, trec_test_rows
+):
+    env = {
+        "LORA_ENABLED": "false",
+        "BASIC_AUTH_USER": "annotation-bot",
+        "BASIC_AUTH_PASS": "s3cret-pass",
+    }
+    server = BackendServer(tmp_path / "models", env=env).start()
+    try:
+        assert httpx.post(f"{server.url}/setup", json={"project": "1.1"}).status_code == 401
+        project = make_ls_project(
+            trec_labels, tasks=[{"text": r["text"]} for r in trec_test_rows[400:405]]
+        )
+        ml = label_studio.client.ml.create(
+            project=project["id"],
+            url=server.url,
+            title="ls-backend",
+            auth_method="BASIC_AUTH",
+            basic_auth_user="annotation-bot",
+            basic_auth_pass="s3cret-pass",
+        )
+        assert ml.state == "CO", ml
+        client = api(label_studio)
+        served = client.get(f"/api/projects/{project['id']}/next").json()
+        assert predictions_of(client, served["id"]), (
+            "Label Studio got predictions through basic auth"
+        )
+    finally:
+        server.stop()
+    assert "s3cret-pass" not in server.log_tail(100_000)
