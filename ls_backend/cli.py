@@ -87,9 +87,19 @@ def models(args: argparse.Namespace) -> None:
 
 
 def sync(args: argparse.Namespace) -> None:
-    from ls_backend.labelstudio.sync import sync_project_once
+    from ls_backend.labelstudio.client import LabelStudioClient
+    from ls_backend.labelstudio.sync import sync_project
+    from ls_backend.service import Backend
 
-    print(json.dumps(sync_project_once(get_settings(), args.project), indent=2))
+    settings = get_settings()
+    if not settings.sync_configured:
+        sys.exit("sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    client = LabelStudioClient.from_settings(settings)
+    try:
+        result = sync_project(Backend(settings).project(args.project), client, settings)
+    finally:
+        client.close()
+    print(json.dumps(result, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,15 +13,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ls_backend.core.ranking import rank_pool
 from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem
 from ls_backend.labelstudio.config import TaskError
-from ls_backend.service import Backend, Project
 from ls_backend.settings import Settings
+
+if TYPE_CHECKING:  # the service calls into this adapter; it does not import the service
+    from ls_backend.service import Project
 
 log = logging.getLogger(__name__)
 
@@ -176,15 +178,3 @@ def make_reader(settings: Settings) -> Callable[[Project], int]:
         return len(tasks)
 
     return reread
-
-
-def sync_project_once(settings: Settings, project: str) -> dict[str, Any]:
-    """``ls-backend sync --project ID``: a one-off sync in this process."""
-    if not settings.sync_configured:
-        raise SystemExit("sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    backend = Backend(settings)
-    client = LabelStudioClient.from_settings(settings)
-    try:
-        return sync_project(backend.project(project), client, settings)
-    finally:
-        client.close()
