@@ -231,3 +231,39 @@ def test_the_api_key_never_appears_in_the_logs(label_studio, backend):
     log = backend.log_tail(1_000_000)
     assert "rank-" in log  # the module's syncs did run and log
     assert label_studio.token not in log
+
+
+def test_sync_command_ranks_a_project_on_demand(
+    label_studio, make_ls_project, tmp_path, trec_labels, trec_test_rows
+):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = make_ls_project(
+        trec_labels, tasks=[{"text": r["text"]} for r in trec_test_rows[420:440]]
+    )
+    env = {
+        **os.environ,
+        "MODEL_DIR": str(tmp_path),
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+    }
+    command = [
+        str(Path(sys.executable).with_name("ls-backend")),
+        "sync",
+        "--project",
+        str(project["id"]),
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout[done.stdout.index("{") :])
+    assert result["ranked"] == 20 and result["pushed"] == 20
+    client = api(label_studio)
+    assert (
+        client.get(f"/api/projects/{project['id']}").json()["model_version"]
+        == result["ranking_version"]
+    )
+    assert sorted(ranking(client, project["id"])) == sorted(project["task_ids"])
