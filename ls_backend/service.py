@@ -123,7 +123,7 @@ class Project:
         self.backend.on_label_space_changed(self)
         return self.current_model() or model
 
-    def label_embeddings(self, space: LabelSpace) -> np.ndarray:
+    def label_embeddings(self, space: LabelSpace) -> Embeddings:
         return self.backend.encoder.encode(label_prototype_texts(space))
 
     # --- predictions ----------------------------------------------------------------------

@@ -20,11 +20,13 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ls_backend import metrics
 from ls_backend.core.registry import write_json_atomic
 from ls_backend.core.training import NotEnoughLabels, RoundConfig, run_round
+from ls_backend.labelstudio.client import LabelStudioAuthError, LabelStudioError
 from ls_backend.labelstudio.events import LABEL_ACTIONS
 from ls_backend.service import Backend, Project
 
@@ -35,8 +37,13 @@ Progress = Callable[[float, str], None]
 SyncJob = Callable[[Project, Progress], dict[str, Any]]
 #: How long a loser of the lock waits before checking whether work is still pending.
 LOCK_RETRY_S = 0.5
-#: A steady stream of events still gets a run after this many debounce spells.
-MAX_SETTLE_SPELLS = 8
+#: A steady stream of events still gets a run after this long (a bulk burst of 1,000
+#: webhooks takes ~10 s to arrive on 2 cores; annotators pause far longer than one spell).
+MAX_SETTLE_S = 10.0
+#: A sync that fails on Label Studio being away (restart, 5xx) is retried this many times,
+#: waiting SYNC_RETRY_S, 2 * SYNC_RETRY_S, ... : together longer than a Label Studio restart.
+SYNC_RETRIES = 3
+SYNC_RETRY_S = 15.0
 
 
 @dataclass
@@ -47,6 +54,7 @@ class JobStatus:
     progress: float = 0.0
     stage: str = ""
     runs: int = 0
+    failures: int = 0  # consecutive failed runs
     last_error: str | None = None
     last_result: dict[str, Any] | None = None
     started: float | None = None
@@ -68,7 +76,7 @@ def try_lock(path: os.PathLike[str]) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def status_path(project: Project, lane: str) -> os.PathLike[str]:
+def status_path(project: Project, lane: str) -> Path:
     return project.dir / f"status-{lane}.json"
 
 
@@ -125,6 +133,12 @@ class Worker:
         for thread in self._threads.values():
             thread.join(timeout)
 
+    def resume(self) -> None:
+        """At start: run what a killed or stopped process left pending (its events are stored)."""
+        for key in self.backend.known_projects():
+            for lane in LANES:
+                self.request(key, lane)
+
     def request_sync(self, project: Project) -> None:
         project.store.set_meta("sync_wanted", str(time.time_ns()))
         self.request(project.key, "sync")
@@ -154,9 +168,25 @@ class Worker:
             while self._pending(project, lane) and not self._stopping.is_set():
                 with try_lock(project.dir / f"{lane}.lock") as mine:
                     if mine:
-                        self._run(project, lane)
-                        continue
-                time.sleep(LOCK_RETRY_S)  # another process runs it; check again when it is done
+                        with self._in_flight():  # until its status is written (wait_idle)
+                            failures = self._run(project, lane)
+                        if failures:  # only a sync left pending after a failure: back off
+                            self._stopping.wait(SYNC_RETRY_S * failures)
+                            continue
+                if not mine:
+                    time.sleep(LOCK_RETRY_S)  # another process runs it; check when it is done
+                elif wake.is_set():
+                    self._settle(wake)  # events came in during the run: let the burst land first
+
+    @contextmanager
+    def _in_flight(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def status(self, project: Project, lane: str) -> dict[str, Any]:
         """The lane's last run, with ``queued`` when work waits and no run is in flight."""
@@ -166,9 +196,9 @@ class Worker:
         return asdict(status)
 
     def _settle(self, wake: threading.Event) -> None:
-        """Let a burst land: wait for a quiet spell of TRAIN_DEBOUNCE_S, at most a few of them."""
+        """Let a burst land: wait for a quiet spell of TRAIN_DEBOUNCE_S (MAX_SETTLE_S at most)."""
         quiet = self.settings.train_debounce_s
-        deadline = time.monotonic() + MAX_SETTLE_SPELLS * quiet
+        deadline = time.monotonic() + MAX_SETTLE_S
         wake.clear()
         while wake.wait(quiet) and time.monotonic() < deadline:
             wake.clear()
@@ -197,7 +227,8 @@ class Worker:
         due = store.count_events(LABEL_ACTIONS, after=done) >= self.settings.lora_every
         return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
 
-    def _run(self, project: Project, lane: str) -> None:
+    def _run(self, project: Project, lane: str) -> int:
+        """One run; returns the consecutive failures of a sync that is to be retried, else 0."""
         seen = self._marker(project, lane)
         status = read_status(project, lane)
         status.state, status.progress, status.stage = "running", 0.0, "starting"
@@ -209,9 +240,7 @@ class Worker:
             write_json_atomic(status_path(project, lane), asdict(status))
 
         started = time.monotonic()
-        outcome = "done"
-        with self._lock:
-            self._running += 1
+        outcome, transient = "done", False
         try:
             status.last_result = self._job(project, lane, progress)
             status.last_error = None
@@ -219,17 +248,22 @@ class Worker:
             status.last_result = {"skipped": str(exc)}
         except Exception as exc:  # a failed run must never take serving down
             outcome = "failed"
+            transient = isinstance(exc, LabelStudioError) and not isinstance(
+                exc, LabelStudioAuthError
+            )
             status.last_error = f"{type(exc).__name__}: {exc}"
             log.error("%s run, project %s, failed:\n%s", lane, project.key, traceback.format_exc())
-        finally:
-            with self._lock:
-                self._running -= 1
+        status.failures = status.failures + 1 if outcome == "failed" else 0
         # Failed runs count as handled: the next event retries, a bad input does not loop.
-        project.store.set_meta(f"{lane}_done", str(seen))
+        # Except a sync that Label Studio's absence broke: that one comes back by itself.
+        retry = transient and status.failures <= SYNC_RETRIES
+        if not retry:
+            project.store.set_meta(f"{lane}_done", str(seen))
         status.state, status.runs, status.finished = outcome, status.runs + 1, time.time()
         status.progress = 1.0
         write_json_atomic(status_path(project, lane), asdict(status))
         metrics.record_run(lane, outcome, time.monotonic() - started)
+        return status.failures if retry else 0
 
     def _job(
         self, project: Project, lane: str, progress: Callable[[float, str], None]

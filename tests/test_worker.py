@@ -1,6 +1,7 @@
 """The background worker: bursts coalesce, failures never touch what serves."""
 
 import json
+import time
 
 import pytest
 from fakes import HashEncoder
@@ -120,3 +121,44 @@ def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
         assert read_status(project, "head").runs == 0
     assert backend.worker.wait_idle(60)
     assert read_status(project, "head").runs == 1
+
+
+def test_a_sync_broken_by_label_studio_being_away_retries_by_itself(backend, monkeypatch):
+    from ls_backend.labelstudio.client import LabelStudioError
+
+    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    calls = []
+
+    def flaky_sync(project, progress):
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise LabelStudioError("import/predictions failed after 5 tries: ConnectError")
+        return {"ranked": 1}
+
+    backend.worker.attach_label_studio(flaky_sync, lambda project: 0)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    backend.worker.request_sync(project)
+    assert backend.worker.wait_idle(30)
+    assert len(calls) == 3
+    status = read_status(project, "sync")
+    assert status.state == "done" and status.failures == 0 and status.last_result == {"ranked": 1}
+
+
+def test_a_sync_refused_for_a_bad_key_is_not_retried(backend, monkeypatch):
+    from ls_backend.labelstudio.client import LabelStudioAuthError
+
+    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    calls = []
+
+    def refused(project, progress):
+        calls.append(1)
+        raise LabelStudioAuthError("401: check LABEL_STUDIO_API_KEY")
+
+    backend.worker.attach_label_studio(refused, lambda project: 0)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    backend.worker.request_sync(project)
+    assert backend.worker.wait_idle(30)
+    assert calls == [1]
+    assert read_status(project, "sync").state == "failed"

@@ -91,10 +91,12 @@ class Registry:
     def save(self, kind: str, write: Callable[[Path], None], info: dict[str, Any]) -> str:
         """Write a new version with ``write(dir)`` plus ``info.json``; returns its name.
 
-        Callers serialise saves per project (the registry lock), so numbering is race-free.
+        Callers serialise saves per project (the registry lock), so numbering is race-free
+        and any ``.tmp-*`` left now is a killed writer's, removed here.
         """
         if not re.fullmatch(r"[a-z]+", kind):
             raise ValueError(f"bad model kind {kind!r}")
+        self.clean()
         existing = self.versions()
         number = version_number(existing[-1]) + 1 if existing else 1
         name = f"v{number:04d}-{kind}"

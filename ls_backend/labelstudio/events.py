@@ -103,11 +103,10 @@ class AnnotationStore:
         action = body.get("action")
         if not isinstance(action, str):
             raise EventError("'action' must be a string")
-        logged = action
         annotation = body.get("annotation")
-        if action == "ANNOTATION_CREATED" and isinstance(annotation, dict):
-            if annotation.get("was_cancelled"):
-                logged = SKIPPED  # kept, but not a label: it must not trigger training
+        skipped = isinstance(annotation, dict) and bool(annotation.get("was_cancelled"))
+        # A skip is kept, but it is not a label: it must not trigger training.
+        logged = SKIPPED if action == "ANNOTATION_CREATED" and skipped else action
         with self._tx() as db:
             seq = db.execute(
                 "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",

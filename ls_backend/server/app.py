@@ -87,6 +87,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
                 "but the backend cannot reorder Label Studio's queue or re-read annotations"
             )
+        state["worker"].resume()  # events stored before a crash or a restart still train
         yield
         state["worker"].stop()
 
