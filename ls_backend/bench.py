@@ -1,22 +1,30 @@
-"""The simulated annotator: replay a labeled dataset through the core's own head and ranking.
+"""The simulated annotator: replay a labeled dataset through the core's own models and ranking.
 
 Protocol (AL_REFERENCE.md): the pool is the train split, stratified-subsampled to
 ``pool_size``; every strategy starts from the same ``init`` random labels per seed, labels the
-top ``batch`` items of its order each round up to ``budget``, and is evaluated on the whole
-test split after every round. Embeddings come from the cached encoder, so reruns are fast.
+top ``batch`` items of its order each round up to ``budget``, and is evaluated on the test
+split (optionally stratified-subsampled to ``test_size``) after every round. Embeddings come
+from the cached encoder, so reruns are fast.
+
+Models (the one loop, ``simulate``, with a different ``Fit``):
+- ``head``: the light head on frozen embeddings, refit every round (fast on CPU);
+- ``lora``: a fresh LoRA classifier from the backbone every round (the server's lora lane),
+  ranking with its MC-dropout probabilities; diversity still uses the embeddings;
+- ``prepal-then-lora``: select with the head (exactly the ``head`` loop), then fine-tune LoRA
+  once on the acquired labels; compared with ``lora`` (run here, or read from ``--compare``).
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -29,11 +37,16 @@ from ls_backend.core.heads import LinearHead
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.ranking import STRATEGIES, rank_pool
 
+if TYPE_CHECKING:
+    from ls_backend.core.lora import LoraTrainConfig
+
 MODELS = ("head", "lora", "prepal-then-lora")
 #: What the server ranks with unless STRATEGY says otherwise (Settings.strategy's default).
 DEFAULT_STRATEGY = "default"
 #: Share of the full-pool ("ceiling") accuracy that ``labels_to_target`` counts labels to.
 TARGET_SHARE = 0.95
+#: Strategies whose order ignores the predictions: no pool prediction is made for them.
+PROB_FREE = frozenset({"random", "k_center"})
 
 
 @dataclass
@@ -43,16 +56,24 @@ class BenchData:
     pool_y: NDArray[np.int64]
     test_x: Embeddings
     test_y: NDArray[np.int64]
+    pool_texts: list[str] = field(default_factory=list)  # for LoRA; the head needs none
+    test_texts: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Run:
-    """One strategy, one seed: figures after each round."""
+    """One strategy, one seed: figures after each round, and the labeled rows at the end."""
 
     labels: list[int] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
     macro_f1: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    acquired: list[int] = field(default_factory=list)
+
+
+#: ``(data, labeled rows, predict the pool?)`` -> (pool probabilities ``[N, C, T]`` or None,
+#: test predictions ``[M]``).
+Fit = Callable[[BenchData, NDArray[np.int64], bool], tuple[Probs | None, NDArray[np.int64]]]
 
 
 def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
@@ -62,24 +83,31 @@ def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
     return [r["text"] for r in rows], [str(r["label"]) for r in rows]
 
 
+def _subsample(texts: list[str], labels: list[str], size: int) -> tuple[list[str], list[str]]:
+    """A stratified subsample; fixed seed: it is part of the dataset, not of the experiment."""
+    if len(texts) <= size:
+        return texts, labels
+    keep, _ = train_test_split(
+        np.arange(len(texts)), train_size=size, stratify=labels, random_state=0
+    )
+    keep = np.sort(keep)
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
 def load_data(
-    train: Path, test: Path, pool_size: int, cache_path: Path, progress: bool = True
+    train: Path,
+    test: Path,
+    pool_size: int,
+    cache_path: Path,
+    progress: bool = True,
+    test_size: int | None = None,
 ) -> BenchData:
     from ls_backend.core.embeddings import Encoder  # torch: only when embedding
 
-    train_texts, train_labels = read_jsonl(train)
+    train_texts, train_labels = _subsample(*read_jsonl(train), pool_size)
     test_texts, test_labels = read_jsonl(test)
-    if len(train_texts) > pool_size:
-        # Fixed seed: the pool is part of the dataset, not of the experiment's seed.
-        keep, _ = train_test_split(
-            np.arange(len(train_texts)),
-            train_size=pool_size,
-            stratify=train_labels,
-            random_state=0,
-        )
-        keep = np.sort(keep)
-        train_texts = [train_texts[i] for i in keep]
-        train_labels = [train_labels[i] for i in keep]
+    if test_size is not None:
+        test_texts, test_labels = _subsample(test_texts, test_labels, test_size)
     space = LabelSpace(tuple(sorted(set(train_labels) | set(test_labels))))
     encoder = Encoder(cache_path=cache_path, max_length=128)
     return BenchData(
@@ -88,11 +116,16 @@ def load_data(
         space.encode([[label] for label in train_labels]),
         encoder.encode(test_texts, progress),
         space.encode([[label] for label in test_labels]),
+        train_texts,
+        test_texts,
     )
 
 
-def fit_predict(data: BenchData, labeled: NDArray[np.int64]) -> tuple[Probs, NDArray[np.int64]]:
-    """Pool probabilities and test predictions of the light head trained on ``labeled``."""
+def fit_predict(
+    data: BenchData, labeled: NDArray[np.int64], pool: bool = True
+) -> tuple[Probs | None, NDArray[np.int64]]:
+    """Pool probabilities (None unless ``pool``) and test predictions of the light head trained
+    on ``labeled``."""
     targets = data.pool_y[labeled]
     if np.unique(targets).size < 2:
         # One class seen: it is the only answer the model can give.
@@ -101,27 +134,67 @@ def fit_predict(data: BenchData, labeled: NDArray[np.int64]) -> tuple[Probs, NDA
         return probs, np.full(data.test_y.size, targets[0], dtype=np.int64)
     head = LinearHead.fit(data.space, data.pool_x[labeled], targets)
     test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1)
-    return head.predict_proba(data.pool_x), test_pred.astype(np.int64)
+    return head.predict_proba(data.pool_x) if pool else None, test_pred.astype(np.int64)
 
 
-def simulate(data: BenchData, strategy: str, seed: int, init: int, batch: int, budget: int) -> Run:
+@dataclass(frozen=True)
+class LoraFit:
+    """A ``Fit``: a fresh LoRA classifier from the backbone on the labeled texts (the server's
+    lora lane, without its held-out split: the last epoch is kept); test predictions are one
+    deterministic pass, pool probabilities ``config.mc_samples`` MC-dropout passes."""
+
+    config: LoraTrainConfig
+
+    def __call__(
+        self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True
+    ) -> tuple[Probs | None, NDArray[np.int64]]:
+        from ls_backend.core.lora import LoraClassifier
+
+        texts = [data.pool_texts[i] for i in labeled]
+        clf = LoraClassifier.train(data.space, texts, data.pool_y[labeled], self.config)
+        test_pred = clf.predict_proba(data.test_texts, mc_samples=1)[:, :, 0].argmax(axis=1)
+        if not pool:
+            return None, test_pred.astype(np.int64)
+        # Only the unlabeled rows are ranked: the labeled ones get a placeholder.
+        n, classes, samples = data.pool_y.size, data.space.size, self.config.mc_samples
+        probs = np.full((n, classes, samples), 1 / classes, dtype=np.float32)
+        rest = np.setdiff1d(np.arange(n), labeled)
+        probs[rest] = clf.predict_proba([data.pool_texts[i] for i in rest])
+        return probs, test_pred.astype(np.int64)
+
+
+def simulate(
+    data: BenchData,
+    strategy: str,
+    seed: int,
+    init: int,
+    batch: int,
+    budget: int,
+    fit: Fit = fit_predict,
+    on_round: Callable[[], object] | None = None,
+) -> Run:
     labeled = np.random.default_rng(seed).choice(data.pool_y.size, init, replace=False)
     rng = np.random.default_rng([seed, 1])  # the strategy's own tie-breaking
     run = Run()
     while True:
         start = time.perf_counter()
-        probs, pred = fit_predict(data, labeled)
+        last = labeled.size >= budget
+        probs, pred = fit(data, labeled, not last and strategy not in PROB_FREE)
         run.labels.append(int(labeled.size))
         run.accuracy.append(float((pred == data.test_y).mean()))
         run.macro_f1.append(float(f1_score(data.test_y, pred, average="macro", zero_division=0)))
-        if labeled.size >= budget:
-            run.seconds.append(time.perf_counter() - start)
-            return run
-        order = rank_pool(strategy, probs, data.pool_x, labeled, rng=rng)
-        # Sorted, so the fit does not depend on the order within a batch: otherwise float
-        # rounding alone sends two strategies with the same picks down different paths.
-        labeled = np.sort(np.concatenate([labeled, order[: min(batch, budget - labeled.size)]]))
+        if not last:
+            order = rank_pool(strategy, probs, data.pool_x, labeled, rng=rng)
+            # Sorted, so the fit does not depend on the order within a batch: otherwise float
+            # rounding alone sends two strategies with the same picks down different paths.
+            picks = order[: min(batch, budget - labeled.size)]
+            labeled = np.sort(np.concatenate([labeled, picks]))
         run.seconds.append(time.perf_counter() - start)
+        if on_round is not None:
+            on_round()
+        if last:
+            run.acquired = labeled.tolist()
+            return run
 
 
 def ceiling(data: BenchData) -> float:
@@ -131,13 +204,13 @@ def ceiling(data: BenchData) -> float:
 
 
 def summarise(
-    runs: dict[str, list[Run]], full_pool_accuracy: float, budget: int
+    runs: dict[str, list[Run]], full_pool_accuracy: float, budget: int, model: str = "head"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in %, labels
     to reach 95% of the ceiling, savings against random there, and the mean curve. details:
     std bands, macro-F1, labels to match random's final accuracy, time per round."""
-    out: dict[str, Any] = {"default": DEFAULT_STRATEGY, "strategies": {}}
-    details: dict[str, Any] = {"ceiling": full_pool_accuracy, "strategies": {}}
+    out: dict[str, Any] = {"default": DEFAULT_STRATEGY, "model": model, "strategies": {}}
+    details: dict[str, Any] = {"ceiling": full_pool_accuracy, "model": model, "strategies": {}}
     target = TARGET_SHARE * full_pool_accuracy
     aucs = {name: [lc.curve_auc(r.accuracy) for r in rs] for name, rs in runs.items()}
     random_auc = float(np.mean(aucs["random"])) if "random" in runs else None
@@ -166,15 +239,18 @@ def summarise(
             if random_final is None
             else lc.labels_to_reach(labels, curves[name], random_final),
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
+            "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
     details["budget"] = budget
+    details["seeds"] = len(runs[next(iter(runs))])
     return out, details
 
 
 def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> str:
     budget = details["budget"]
+    ceiling_of = ": the head on the full pool" if details.get("model") == "lora" else ""
     lines = [
-        f"### {title} (ceiling {details['ceiling']:.3f})",
+        f"### {title} (ceiling {details['ceiling']:.3f}{ceiling_of})",
         "",
         "| strategy | AUC | RIPL % | final acc. | final macro-F1 | labels to 95% ceiling "
         "| savings vs random | labels to random@budget | s / round |",
@@ -217,14 +293,137 @@ def plot(title: str, summary: dict[str, Any], details: dict[str, Any], path: Pat
     plt.close(fig)
 
 
-def _require_model(model: str) -> None:
-    if model == "head":
-        return
+def _lora_config(model: str, lora: LoraTrainConfig | None) -> LoraTrainConfig | None:
+    """The LoRA settings the model needs (None for ``head``), with a clear error without LoRA."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {MODELS}")
-    if importlib.util.find_spec("ls_backend.core.lora") is None:
-        raise RuntimeError(f"--model {model} needs ls_backend.core.lora, which is not available")
-    raise NotImplementedError(f"--model {model}: the bench runs only the light head so far")
+    if model == "head":
+        return None
+    try:
+        from ls_backend.core.lora import LoraTrainConfig
+    except ImportError as e:  # torch, transformers or peft missing
+        raise RuntimeError(f"--model {model} needs ls_backend.core.lora: {e}") from e
+    return lora or LoraTrainConfig()
+
+
+def _loop(
+    data: BenchData,
+    strategies: Sequence[str],
+    seeds: int,
+    init: int,
+    batch: int,
+    budget: int,
+    fit_for: Callable[[int], Fit],
+    desc: str,
+) -> dict[str, list[Run]]:
+    """``simulate`` every strategy for every seed, with the seed's ``Fit``."""
+    runs: dict[str, list[Run]] = {name: [] for name in strategies}
+    rounds = 1 + -(-(budget - init) // batch)
+    with tqdm(total=len(strategies) * seeds * rounds, desc=desc, unit="round") as bar:
+        for seed in range(seeds):
+            fit = fit_for(seed)
+            for name in strategies:
+                bar.set_postfix(strategy=name, seed=seed)
+                step = partial(bar.update, 1)
+                runs[name].append(simulate(data, name, seed, init, batch, budget, fit, step))
+    return runs
+
+
+def lora_once(
+    data: BenchData, runs: dict[str, list[Run]], fit_for: Callable[[int], Fit]
+) -> dict[str, list[tuple[float, float]]]:
+    """Fit once on each run's acquired labels: (test accuracy, seconds) per strategy and seed."""
+    once: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    with tqdm(total=sum(map(len, runs.values())), desc="lora once", unit="fit") as bar:
+        for name, rs in runs.items():
+            for seed, run in enumerate(rs):  # _loop appends seed by seed
+                start = time.perf_counter()
+                _, pred = fit_for(seed)(data, np.array(run.acquired, dtype=np.int64), False)
+                accuracy = float((pred == data.test_y).mean())
+                once[name].append((accuracy, time.perf_counter() - start))
+                bar.update(1)
+    return once
+
+
+Report = tuple[dict[str, Any], dict[str, Any]]  # (results.json, details.json)
+
+
+def compare(
+    head: Report,
+    head_runs: dict[str, list[Run]],
+    once: dict[str, list[tuple[float, float]]],
+    every_round: Report | None,
+) -> dict[str, Any]:
+    """Per strategy: head in the loop then LoRA once vs LoRA every round. Final test accuracy
+    (mean, std over seeds) and wall seconds of the whole loop per seed (the once-fit included)."""
+    table: dict[str, Any] = {}
+    for name, results in once.items():
+        accuracy = np.array([a for a, _ in results])
+        seconds = [sum(r.seconds) + s for r, (_, s) in zip(head_runs[name], results, strict=True)]
+        row: dict[str, Any] = {
+            "head_final_accuracy": head[0]["strategies"][name]["curve"][-1],
+            "prepal_then_lora": {
+                "final_accuracy": float(accuracy.mean()),
+                "final_accuracy_std": float(accuracy.std()),
+                "seconds": float(np.mean(seconds)),
+                "lora_seconds": float(np.mean([s for _, s in results])),
+            },
+            "lora_every_round": None,
+        }
+        if every_round is not None and name in every_round[0]["strategies"]:
+            s, d = every_round[0]["strategies"][name], every_round[1]["strategies"][name]
+            row["lora_every_round"] = {
+                "final_accuracy": s["curve"][-1],
+                "final_accuracy_std": d["accuracy_std"][-1],
+                "auc": s["auc"],
+                "seconds": d["seconds_total"],
+            }
+        table[name] = row
+    return table
+
+
+def comparison_markdown(table: dict[str, Any], budget: int, seeds: int) -> str:
+    lines = [
+        f"### LoRA every round vs head in the loop, LoRA once ({budget} labels, {seeds} seeds)",
+        "",
+        "| strategy | head final acc. | LoRA every round: final acc. | time (s) "
+        "| head loop + LoRA once: final acc. | time (s) | speed-up |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in table.items():
+        once, every = row["prepal_then_lora"], row["lora_every_round"]
+        if every is None:
+            every_cells, speedup = "- | -", "-"
+        else:
+            every_cells = (
+                f"{every['final_accuracy']:.3f} ± {every['final_accuracy_std']:.3f} "
+                f"| {every['seconds']:.0f}"
+            )
+            speedup = f"{every['seconds'] / once['seconds']:.1f}x"
+        lines.append(
+            f"| {name} | {row['head_final_accuracy']:.3f} | {every_cells} "
+            f"| {once['final_accuracy']:.3f} ± {once['final_accuracy_std']:.3f} "
+            f"| {once['seconds']:.0f} | {speedup} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write(out: Path, title: str, report: Report, extra_markdown: str = "") -> None:
+    summary, details = report
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "details.json").write_text(json.dumps(details, indent=2))
+    (out / "results.md").write_text(markdown(title, summary, details) + extra_markdown)
+    plot(title, summary, details, out / "curves.png")
+
+
+def _read_report(folder: Path, budget: int) -> Report:
+    """A ``--model lora`` output folder, for comparison."""
+    summary = json.loads((folder / "results.json").read_text())
+    details = json.loads((folder / "details.json").read_text())
+    if summary.get("model") != "lora" or details["budget"] != budget:
+        raise ValueError(f"{folder} is not a --model lora run with budget {budget}")
+    return summary, details
 
 
 def run_bench(
@@ -239,36 +438,69 @@ def run_bench(
     model: str = "head",
     pool_size: int = 4000,
     cache_path: Path | None = None,
+    test_size: int | None = None,
+    lora: LoraTrainConfig | None = None,
+    compare_with: Path | None = None,
 ) -> dict[str, Any]:
     """Run every strategy for every seed; write results.json, details.json, results.md and
-    curves.png under ``out`` and return the results.json content."""
-    _require_model(model)
+    curves.png under ``out`` and return the results.json content.
+
+    ``prepal-then-lora`` adds the comparison (results.json key ``prepal_then_lora``, a table in
+    results.md) against LoRA every round, which it runs into ``out/lora`` unless
+    ``compare_with`` names the folder of an earlier ``--model lora`` run.
+    """
+    lora_config = _lora_config(model, lora)
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
     if not init < budget:
         raise ValueError("--init must be below --budget")
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data(train, test, pool_size, cache_path or out / "embeddings.sqlite")
+    cache = cache_path or out / "embeddings.sqlite"
+    data = load_data(train, test, pool_size, cache, test_size=test_size)
     if init > data.pool_y.size or budget > data.pool_y.size:
         raise ValueError("--init and --budget must not exceed the pool")
-    runs: dict[str, list[Run]] = {name: [] for name in strategies}
-    rounds = 1 + -(-(budget - init) // batch)
-    with tqdm(total=len(strategies) * seeds * rounds, desc="bench", unit="round") as bar:
-        for seed in range(seeds):
-            for name in strategies:
-                runs[name].append(simulate(data, name, seed, init, batch, budget))
-                bar.update(rounds)
-    summary, details = summarise(runs, ceiling(data), budget)
+    full_pool = ceiling(data)
     title = train.parent.name or train.stem
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "details.json").write_text(json.dumps(details, indent=2))
-    (out / "results.md").write_text(markdown(title, summary, details))
-    plot(title, summary, details, out / "curves.png")
-    return summary
+    loop = partial(_loop, data, strategies, seeds, init, batch, budget)
+
+    def lora_fit(seed: int) -> Fit:
+        assert lora_config is not None
+        return LoraFit(replace(lora_config, seed=seed))
+
+    if model == "lora":
+        report = summarise(loop(lora_fit, "lora"), full_pool, budget, model)
+        _write(out, f"{title}: LoRA every round", report)
+        return report[0]
+    runs = loop(lambda _: fit_predict, "head")
+    report = summarise(runs, full_pool, budget, model)
+    _write(out, title, report)
+    if model == "prepal-then-lora":
+        once = lora_once(data, runs, lora_fit)
+        if compare_with is None:
+            every_round = summarise(loop(lora_fit, "lora"), full_pool, budget, "lora")
+            _write(out / "lora", f"{title}: LoRA every round", every_round)
+        else:
+            every_round = _read_report(compare_with, budget)
+        table = compare(report, runs, once, every_round)
+        report[0]["prepal_then_lora"] = table
+        _write(out, title, report, "\n" + comparison_markdown(table, budget, seeds))
+    return report[0]
 
 
 def _main(args: argparse.Namespace) -> None:
+    lora = None
+    if args.model != "head":
+        from ls_backend.core.lora import LoraTrainConfig
+
+        given = {
+            "backbone": args.backbone,
+            "epochs": args.lora_epochs,
+            "min_steps": args.lora_min_steps,
+            "max_length": args.max_length,
+            "mc_samples": args.mc_samples,
+        }
+        lora = LoraTrainConfig(**{k: v for k, v in given.items() if v is not None})
     run_bench(
         args.train,
         args.test,
@@ -281,6 +513,9 @@ def _main(args: argparse.Namespace) -> None:
         args.model,
         args.pool_size,
         args.cache,
+        args.test_size,
+        lora,
+        args.compare,
     )
     print((args.out / "results.md").read_text(), end="")
 
@@ -302,10 +537,34 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=10, help="labels added per round")
     p.add_argument("--budget", type=int, default=300, help="labels at the last round")
     p.add_argument("--seeds", type=int, default=5, help="repetitions (seeds 0..N-1)")
-    p.add_argument("--model", choices=MODELS, default="head", help="model trained each round")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="head",
+        help="head: light head every round; lora: LoRA every round; prepal-then-lora: select "
+        "with the head, fine-tune LoRA once, compare with LoRA every round",
+    )
     p.add_argument("--pool-size", type=int, default=4000, help="stratified pool subsample size")
     p.add_argument(
+        "--test-size", type=int, default=None, help="stratified test subsample (default: all)"
+    )
+    p.add_argument(
         "--cache", type=Path, default=None, help="embedding cache (default OUT/embeddings.sqlite)"
+    )
+    lora = p.add_argument_group("LoRA (--model lora / prepal-then-lora; default: the server's)")
+    lora.add_argument("--backbone", default=None, help="`embedded`, a local path or a HF id")
+    lora.add_argument("--lora-epochs", type=int, default=None, help="epochs per fit")
+    lora.add_argument(
+        "--lora-min-steps", type=int, default=None, help="add epochs up to this many steps"
+    )
+    lora.add_argument("--max-length", type=int, default=None, help="tokens per text")
+    lora.add_argument("--mc-samples", type=int, default=None, help="MC-dropout passes (pool)")
+    lora.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="prepal-then-lora: compare with this --model lora output folder instead of "
+        "running LoRA every round again",
     )
     p.set_defaults(func=_main)
     return p

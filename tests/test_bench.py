@@ -1,6 +1,8 @@
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,9 +97,138 @@ def test_bench_command_writes_results_table_and_plot(
     assert (out / "curves.png").stat().st_size > 0
 
 
-def test_lora_modes_are_accepted_but_refused_clearly_until_wired(tmp_path: Path) -> None:
-    with pytest.raises((RuntimeError, NotImplementedError), match="lora"):
-        bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "out", model="lora")
+def test_an_unknown_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "out", model="bert")
+
+
+def test_the_pool_is_predicted_only_when_the_strategy_ranks_with_it() -> None:
+    calls: dict[str, list[bool]] = {}
+    for strategy in ("random", "margin"):
+        flags = calls[strategy] = []
+
+        def fit(data: bench.BenchData, labeled: np.ndarray, pool: bool, flags=flags) -> Any:
+            flags.append(pool)
+            return bench.fit_predict(data, labeled, pool)
+
+        bench.simulate(toy_data(), strategy, 0, 6, 5, 16, fit)
+    assert calls == {"random": [False] * 3, "margin": [True, True, False]}
+
+
+def test_subsample_is_stratified_sorted_and_fixed() -> None:
+    texts = [f"t{i}" for i in range(40)]
+    labels = ["a"] * 30 + ["b"] * 10
+    kept, kept_labels = bench._subsample(texts, labels, 20)
+    assert kept_labels.count("b") == 5 and kept == sorted(kept, key=lambda t: int(t[1:]))
+    assert bench._subsample(texts, labels, 20) == (kept, kept_labels)
+    assert bench._subsample(texts, labels, 50) == (texts, labels)
+
+
+# --- LoRA modes, on a tiny random BERT (seconds on CPU) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import torch
+    from core.test_lora import save_tiny_bert  # tests/ is on sys.path (rootdir imports)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CPUs: see tests/core/test_lora.py
+    yield save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    torch.set_num_threads(before)
+
+
+def toy_text_data() -> bench.BenchData:
+    data = toy_data()
+    words = ("alpha", "bravo", "charlie")
+    data.pool_texts = [f"{words[y]} item {i}" for i, y in enumerate(data.pool_y)]
+    data.test_texts = [f"{words[y]} thing {i}" for i, y in enumerate(data.test_y)]
+    return data
+
+
+def tiny_lora(backbone: str) -> Any:
+    from ls_backend.core.lora import LoraTrainConfig
+
+    return LoraTrainConfig(
+        backbone=backbone, max_length=16, epochs=2, min_steps=0, batch_size=4, mc_samples=2
+    )
+
+
+LORA_BENCH = {"strategies": ("random", "default"), "init": 6, "batch": 5, "budget": 21, "seeds": 1}
+SUMMARY_KEYS = {"auc", "auc_std", "ripl", "labels_to_target", "savings", "curve"}
+
+
+def test_lora_every_round_writes_the_usual_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
+) -> None:
+    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_text_data())
+    out = tmp_path / "lora"
+    results = bench.run_bench(
+        tmp_path / "train.jsonl",
+        tmp_path / "test.jsonl",
+        out,
+        model="lora",
+        lora=tiny_lora(tiny_backbone),
+        **LORA_BENCH,
+    )
+    assert results == json.loads((out / "results.json").read_text())
+    assert results["model"] == "lora" and set(results["strategies"]) == {"random", "default"}
+    for entry in results["strategies"].values():
+        assert set(entry) == SUMMARY_KEYS and len(entry["curve"]) == 4  # 6, 11, 16, 21 labels
+        assert all(0 <= a <= 1 for a in entry["curve"])
+    details = json.loads((out / "details.json").read_text())
+    assert details["strategies"]["default"]["seconds_total"] > 0
+    assert "| default |" in (out / "results.md").read_text()
+    assert (out / "curves.png").stat().st_size > 0
+
+    # prepal-then-lora against this run (--compare): no second LoRA-every-round loop.
+    both = bench.run_bench(
+        tmp_path / "train.jsonl",
+        tmp_path / "test.jsonl",
+        tmp_path / "prepal",
+        model="prepal-then-lora",
+        lora=tiny_lora(tiny_backbone),
+        compare_with=out,
+        **LORA_BENCH,
+    )
+    assert not (tmp_path / "prepal" / "lora").exists()
+    every = both["prepal_then_lora"]["default"]["lora_every_round"]
+    assert every["final_accuracy"] == results["strategies"]["default"]["curve"][-1]
+
+
+def test_prepal_then_lora_selects_like_head_and_compares_with_lora_every_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
+) -> None:
+    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_text_data())
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    out = tmp_path / "out"
+    files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    args = parser.parse_args(
+        ["bench", *files, "--out", str(out), "--model", "prepal-then-lora"]
+        + ["--strategies", "random,default", "--init", "6", "--batch", "5", "--budget", "21"]
+        + ["--seeds", "1", "--backbone", tiny_backbone, "--lora-epochs", "2"]
+        + ["--lora-min-steps", "0", "--max-length", "16", "--mc-samples", "2"]
+    )
+    args.func(args)
+    results = json.loads((out / "results.json").read_text())
+    head = bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "head", **LORA_BENCH)
+    for name, entry in results["strategies"].items():  # the selection is the head loop's
+        assert set(entry) == SUMMARY_KEYS and entry["curve"] == head["strategies"][name]["curve"]
+    table = results["prepal_then_lora"]
+    assert set(table) == {"random", "default"}
+    for row in table.values():
+        assert 0 <= row["prepal_then_lora"]["final_accuracy"] <= 1
+        assert row["prepal_then_lora"]["seconds"] > row["prepal_then_lora"]["lora_seconds"] > 0
+        assert row["lora_every_round"]["seconds"] > 0
+    # Random picks the same labels whatever the model: the same final LoRA fit.
+    random = table["random"]
+    assert (
+        random["prepal_then_lora"]["final_accuracy"] == random["lora_every_round"]["final_accuracy"]
+    )
+    assert json.loads((out / "lora" / "results.json").read_text())["model"] == "lora"
+    text = (out / "results.md").read_text()
+    assert "LoRA every round vs head in the loop, LoRA once" in text and "| random |" in text
 
 
 def test_reads_plain_and_gzipped_jsonl(tmp_path: Path) -> None:
