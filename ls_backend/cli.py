@@ -36,6 +36,8 @@ def serve(args: argparse.Namespace) -> None:
                 "worker_class": "uvicorn_worker.UvicornWorker",
                 "timeout": 300,
                 "graceful_timeout": 10,
+                # Gunicorn's 2 s default closes pooled client connections under their feet.
+                "keepalive": 75,
                 "loglevel": settings.log_level.lower(),
                 "accesslog": "-" if settings.log_level.upper() == "DEBUG" else None,
             }
