@@ -46,3 +46,27 @@ def test_compose_wires_label_studio_and_the_backend():
         assert volume.split(":")[0] in compose["volumes"]  # persistent, named volumes
     assert backend["volumes"][0].endswith(":/data")
     assert backend["build"]["context"] == ".."
+
+
+def test_compose_file_validates_with_docker_compose(tmp_path):
+    """`docker-compose config` (Debian's docker-compose) where installed; no engine needed."""
+    import shutil
+
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    env_file = ROOT / "docker" / ".env.example"
+    result = subprocess.run(
+        [
+            compose,
+            "-f",
+            str(ROOT / "docker" / "docker-compose.yml"),
+            "--env-file",
+            str(env_file),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "http://label-studio:8080" in result.stdout
