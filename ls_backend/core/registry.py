@@ -124,11 +124,6 @@ class Registry:
         data: dict[str, Any] = json.loads((self.path(version) / "info.json").read_text())
         return data
 
-    def update_info(self, version: str, **changes: Any) -> None:
-        info = self.info(version)
-        info.update(changes)
-        write_json_atomic(self.path(version) / "info.json", info)
-
     @property
     def pointer(self) -> Path:
         return self.root / "current"

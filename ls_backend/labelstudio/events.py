@@ -192,20 +192,10 @@ class AnnotationStore:
         row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def last_seq(self, actions: set[str] | None = None) -> int:
-        if actions is None:
-            row = self._db().execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
-        else:
-            marks = ",".join("?" * len(actions))
-            row = (
-                self._db()
-                .execute(
-                    f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})",
-                    list(actions),
-                )
-                .fetchone()
-            )
-        return int(row[0])
+    def last_seq(self, actions: set[str]) -> int:
+        marks = ",".join("?" * len(actions))
+        query = f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})"
+        return int(self._db().execute(query, list(actions)).fetchone()[0])
 
     def count_events(self, actions: set[str], after: int) -> int:
         marks = ",".join("?" * len(actions))
@@ -230,10 +220,6 @@ class AnnotationStore:
         for task_id, annotation_id, data, result in rows:
             latest[task_id] = Labeled(task_id, annotation_id, json.loads(data), json.loads(result))
         return list(latest.values())
-
-    def tasks(self) -> dict[int, dict[str, Any]]:
-        rows = self._db().execute("SELECT task_id, data FROM tasks")
-        return {task_id: json.loads(data) for task_id, data in rows}
 
     def count(self, table: str) -> int:
         if table not in {"events", "tasks", "annotations"}:
