@@ -21,3 +21,36 @@ class HashEncoder(Encoder):
         ]
         out = np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dim)
         return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-9)
+
+
+def annotation_event(
+    annotation_id: int,
+    task_id: int,
+    choices: list[str],
+    *,
+    text: str | None = None,
+    config: str,
+    project: int = 1,
+    from_name: str = "label",
+    action: str = "ANNOTATION_CREATED",
+) -> dict:
+    """A webhook body shaped like Label Studio 1.23's (LABEL_STUDIO.md 4.4)."""
+    result = [
+        {
+            "from_name": from_name,
+            "to_name": "text",
+            "type": "choices",
+            "value": {"choices": choices},
+        }
+    ]
+    return {
+        "action": action,
+        "annotation": {
+            "id": annotation_id,
+            "task": task_id,
+            "was_cancelled": False,
+            "result": result,
+        },
+        "task": {"id": task_id, "data": {"text": text if text is not None else f"text {task_id}"}},
+        "project": {"id": project, "label_config": config},
+    }

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from fakes import HashEncoder
+from fakes import HashEncoder, annotation_event
 
 from ls_backend import cli
 from ls_backend.service import Backend
@@ -26,21 +26,7 @@ def trained(tmp_path, monkeypatch):
     project = backend.project(5)
     project.setup(CONFIG)
     for i in range(8):
-        result = [
-            {
-                "from_name": "label",
-                "to_name": "text",
-                "type": "choices",
-                "value": {"choices": ["AB"[i % 2]]},
-            }
-        ]
-        body = {
-            "action": "ANNOTATION_CREATED",
-            "annotation": {"id": i, "task": i, "result": result},
-            "task": {"id": i, "data": {"text": f"text {i}"}},
-            "project": {"id": 5, "label_config": CONFIG},
-        }
-        project.store.apply(body)
+        project.store.apply(annotation_event(i, i, ["AB"[i % 2]], config=CONFIG, project=5))
     worker.request("5", "head")
     assert worker.wait_idle(30)
     worker.stop()

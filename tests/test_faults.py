@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from backend_server import BackendServer
-from fakes import HashEncoder
+from fakes import HashEncoder, annotation_event
 
 from ls_backend.core.registry import Registry
 from ls_backend.labelstudio.events import LABEL_ACTIONS
@@ -40,24 +40,10 @@ TASKS = [{"id": 1, "data": {"text": "is this A?"}}, {"id": 2, "data": {"text": "
 
 def event(annotation_id: int) -> dict:
     task_id = 100_000 + annotation_id
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {
-            "id": annotation_id,
-            "task": task_id,
-            "was_cancelled": False,
-            "result": [
-                {
-                    "from_name": "label",
-                    "to_name": "text",
-                    "type": "choices",
-                    "value": {"choices": ["ABC"[annotation_id % 3]]},
-                }
-            ],
-        },
-        "task": {"id": task_id, "data": {"text": f"text number {annotation_id}"}},
-        "project": {"id": 1, "label_config": CONFIG},
-    }
+    choice = "ABC"[annotation_id % 3]
+    return annotation_event(
+        annotation_id, task_id, [choice], text=f"text number {annotation_id}", config=CONFIG
+    )
 
 
 def settings(model_dir: Path) -> Settings:

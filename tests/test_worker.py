@@ -4,7 +4,7 @@ import json
 import time
 
 import pytest
-from fakes import HashEncoder
+from fakes import HashEncoder, annotation_event
 
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
@@ -24,24 +24,7 @@ def backend(tmp_path):
 
 
 def event(ann_id, task_id, label, action="ANNOTATION_CREATED"):
-    return {
-        "action": action,
-        "annotation": {
-            "id": ann_id,
-            "task": task_id,
-            "was_cancelled": False,
-            "result": [
-                {
-                    "from_name": "label",
-                    "to_name": "text",
-                    "type": "choices",
-                    "value": {"choices": [label]},
-                }
-            ],
-        },
-        "task": {"id": task_id, "data": {"text": f"text {task_id}"}},
-        "project": {"id": 1, "label_config": CONFIG},
-    }
+    return annotation_event(ann_id, task_id, [label], config=CONFIG, action=action)
 
 
 def send(backend, body):

@@ -3,6 +3,7 @@ import json
 import time
 
 import pytest
+from fakes import annotation_event
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="sentiment" toName="text"><Choice value="Positive"/><Choice value="Negative"/></Choices></View>"""
@@ -20,27 +21,10 @@ TRAIN = [
 ]
 
 
-def annotate(
-    client, ann_id, task_id, text, label, project=7, config=CONFIG, action="ANNOTATION_CREATED"
-):
-    body = {
-        "action": action,
-        "annotation": {
-            "id": ann_id,
-            "task": task_id,
-            "was_cancelled": False,
-            "result": [
-                {
-                    "from_name": "sentiment",
-                    "to_name": "text",
-                    "type": "choices",
-                    "value": {"choices": [label]},
-                }
-            ],
-        },
-        "task": {"id": task_id, "data": {"text": text}},
-        "project": {"id": project, "label_config": config},
-    }
+def annotate(client, ann_id, task_id, text, label, project=7, config=CONFIG):
+    body = annotation_event(
+        ann_id, task_id, [label], text=text, config=config, project=project, from_name="sentiment"
+    )
     return client.post("/webhook", json=body)
 
 
