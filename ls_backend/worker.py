@@ -13,19 +13,29 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ls_backend import metrics
-from ls_backend.core.registry import write_json_atomic
-from ls_backend.core.training import NotEnoughLabels, RoundConfig, run_round
+from ls_backend.core.labels import LabelSpace
+from ls_backend.core.model import ModelVersion
+from ls_backend.core.registry import Registry, write_json_atomic
+from ls_backend.core.training import (
+    LabeledData,
+    NotEnoughLabels,
+    RoundConfig,
+    RoundResult,
+    run_round,
+)
 from ls_backend.labelstudio.client import LabelStudioAuthError, LabelStudioError
 from ls_backend.labelstudio.events import LABEL_ACTIONS
 from ls_backend.service import Backend, Project
@@ -44,6 +54,9 @@ MAX_SETTLE_S = 10.0
 #: waiting SYNC_RETRY_S, 2 * SYNC_RETRY_S, ... : together longer than a Label Studio restart.
 SYNC_RETRIES = 3
 SYNC_RETRY_S = 15.0
+#: LoRA runs in a child process at this niceness: requests get the CPU first.
+CHILD_NICENESS = 10
+T = TypeVar("T")
 
 
 @dataclass
@@ -60,6 +73,44 @@ class JobStatus:
     started: float | None = None
     finished: float | None = None
     pid: int = field(default_factory=os.getpid)
+
+
+@dataclass
+class ProgressFile:
+    """Writes a run's progress into its status file; picklable, so a child process reports too."""
+
+    path: Path
+    status: JobStatus
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        self.status.progress, self.status.stage = round(fraction, 3), stage
+        write_json_atomic(self.path, asdict(self.status))
+
+
+def isolated_round(
+    registry_root: Path,
+    space: LabelSpace,
+    data: LabeledData,
+    config: RoundConfig,
+    device: str,
+    progress: ProgressFile,
+) -> RoundResult:
+    """A LoRA round as run in a child process: it loads the serving model itself."""
+    os.nice(CHILD_NICENESS)
+    registry = Registry(registry_root)
+
+    def current() -> ModelVersion | None:
+        version = registry.current()
+        return ModelVersion.load(registry.path(version), version, device) if version else None
+
+    return run_round("lora", registry, space, data, current, config, progress)
+
+
+def run_isolated(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a fresh process; a killed child raises BrokenProcessPool here."""
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
 
 
 @contextmanager
@@ -235,10 +286,7 @@ class Worker:
         status.started, status.finished, status.pid = time.time(), None, os.getpid()
         write_json_atomic(status_path(project, lane), asdict(status))
 
-        def progress(fraction: float, stage: str) -> None:
-            status.progress, status.stage = round(fraction, 3), stage
-            write_json_atomic(status_path(project, lane), asdict(status))
-
+        progress = ProgressFile(status_path(project, lane), status)
         started = time.monotonic()
         outcome, transient = "done", False
         try:
@@ -282,15 +330,17 @@ class Worker:
         if len(data) < self.settings.head_min_labels:
             needed = self.settings.head_min_labels
             raise NotEnoughLabels(f"{len(data)} labels; the head needs {needed}")
-        result = run_round(
-            lane,
-            project.registry,
-            space,
-            data,
-            project.current_model,
-            self.round_config(lane),
-            progress,
-        )
+        config = self.round_config(lane)
+        if lane == "lora":
+            # Minutes of training, possibly out of memory: in a child process, niced, so a
+            # crash or an OOM kill fails the run instead of the server, and serving keeps the CPU.
+            device = self.settings.resolved_device()
+            registry = project.registry.root
+            result = run_isolated(isolated_round, registry, space, data, config, device, progress)
+        else:
+            result = run_round(
+                lane, project.registry, space, data, project.current_model, config, progress
+            )
         log.info(
             "project %s: %s round -> %s (%s: %s)",
             project.key,

@@ -54,3 +54,11 @@ def annotation_event(
         "task": {"id": task_id, "data": {"text": text if text is not None else f"text {task_id}"}},
         "project": {"id": project, "label_config": config},
     }
+
+
+def die(*_args: object) -> None:
+    """Stands in for a training run that the kernel kills (OOM) in its child process."""
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)

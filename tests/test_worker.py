@@ -1,6 +1,7 @@
 """The background worker: bursts coalesce, failures never touch what serves."""
 
 import json
+import os
 import time
 
 import pytest
@@ -145,3 +146,54 @@ def test_a_sync_refused_for_a_bad_key_is_not_retried(backend, monkeypatch):
     assert backend.worker.wait_idle(30)
     assert calls == [1]
     assert read_status(project, "sync").state == "failed"
+
+
+@pytest.fixture
+def lora_backend(tmp_path):
+    from core.test_lora import save_tiny_bert
+
+    settings = Settings(
+        model_dir=tmp_path / "models",
+        train_debounce_s=0.05,
+        lora_backbone=save_tiny_bert(tmp_path / "tiny"),
+        lora_min_labels=30,
+        lora_every=30,
+        lora_epochs=1,
+        lora_min_steps=0,
+        max_length=16,
+        mc_samples=2,
+        device="cpu",
+    )
+    backend = Backend(settings, encoder=HashEncoder())
+    Worker(backend)
+    yield backend
+    backend.worker.stop()
+
+
+def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend):
+    project = lora_backend.project(1)
+    project.setup(CONFIG)
+    for i in range(40):
+        send(lora_backend, event(i, 1000 + i, "AB"[i % 2]))
+    assert lora_backend.worker.wait_idle(180)
+    status = read_status(project, "lora")
+    assert status.state == "done", status.last_error
+    assert status.pid == os.getpid()  # the lane ran here; the training itself in a child
+    version = status.last_result["version"]
+    assert version.endswith("-lora") and (project.registry.path(version) / "lora").is_dir()
+
+
+def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monkeypatch):
+    from fakes import die
+
+    monkeypatch.setattr("ls_backend.worker.isolated_round", die)
+    project = lora_backend.project(1)
+    project.setup(CONFIG)
+    for i in range(40):
+        send(lora_backend, event(i, 1000 + i, "AB"[i % 2]))
+    assert lora_backend.worker.wait_idle(120)
+    status = read_status(project, "lora")
+    assert status.state == "failed" and "BrokenProcessPool" in status.last_error
+    serving = project.registry.current()
+    assert serving.endswith("-head")
+    assert project.predict([{"id": 1, "data": {"text": "still here"}}]).model_version == serving
