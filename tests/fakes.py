@@ -62,3 +62,16 @@ def die(*_args: object) -> None:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def wait_for(probe, timeout: float = 120.0, what: str = "condition"):
+    """Poll ``probe`` until it returns something truthy; that value is returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -34,11 +34,17 @@ def send(backend, body):
     backend.worker.on_event(project, body["action"])
 
 
-def test_a_burst_of_events_becomes_one_run(backend):
+def label_many(backend, n):
+    """Set the project up and send ``n`` alternating A/B annotations; returns the project."""
     project = backend.project(1)
     project.setup(CONFIG)
-    for i in range(100):
+    for i in range(n):
         send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    return project
+
+
+def test_a_burst_of_events_becomes_one_run(backend):
+    project = label_many(backend, 100)
     assert backend.worker.wait_idle(60)
     status = read_status(project, "head")
     assert status.state == "done" and status.runs == 1
@@ -47,10 +53,7 @@ def test_a_burst_of_events_becomes_one_run(backend):
 
 
 def test_deleted_annotations_are_not_in_the_next_run(backend):
-    project = backend.project(1)
-    project.setup(CONFIG)
-    for i in range(40):
-        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    project = label_many(backend, 40)
     assert backend.worker.wait_idle(60)
     send(
         backend,
@@ -68,10 +71,7 @@ def test_deleted_annotations_are_not_in_the_next_run(backend):
 
 
 def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkeypatch):
-    project = backend.project(1)
-    project.setup(CONFIG)
-    for i in range(6):
-        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+    project = label_many(backend, 6)
     assert backend.worker.wait_idle(60)
     serving = project.registry.current()
 
@@ -171,10 +171,7 @@ def lora_backend(tmp_path):
 
 
 def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend):
-    project = lora_backend.project(1)
-    project.setup(CONFIG)
-    for i in range(40):
-        send(lora_backend, event(i, 1000 + i, "AB"[i % 2]))
+    project = label_many(lora_backend, 40)
     assert lora_backend.worker.wait_idle(180)
     status = read_status(project, "lora")
     assert status.state == "done", status.last_error
@@ -187,10 +184,7 @@ def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monk
     from fakes import die
 
     monkeypatch.setattr("ls_backend.worker.isolated_round", die)
-    project = lora_backend.project(1)
-    project.setup(CONFIG)
-    for i in range(40):
-        send(lora_backend, event(i, 1000 + i, "AB"[i % 2]))
+    project = label_many(lora_backend, 40)
     assert lora_backend.worker.wait_idle(120)
     status = read_status(project, "lora")
     assert status.state == "failed" and "BrokenProcessPool" in status.last_error

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from backend_server import BackendServer
+from fakes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -133,16 +133,6 @@ def test_annotations_train_a_new_version_that_serves(
         ]
     )
     assert all(deleted not in seen for seen in newer)
-
-
-def wait_for(probe, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError("timed out")
 
 
 def versions_seen(backend: BackendServer, project_id: int) -> dict[str, list[int]]:
