@@ -206,9 +206,10 @@ def ceiling(data: BenchData) -> float:
 def summarise(
     runs: dict[str, list[Run]], full_pool_accuracy: float, budget: int, model: str = "head"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in %, labels
-    to reach 95% of the ceiling, savings against random there, and the mean curve. details:
-    std bands, macro-F1, labels to match random's final accuracy, time per round."""
+    """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in % and its
+    standard error over paired seeds, labels to reach 95% of the ceiling, savings against
+    random there, and the mean curve. details: std bands, macro-F1, labels to match random's
+    final accuracy, time per round."""
     out: dict[str, Any] = {"default": DEFAULT_STRATEGY, "model": model, "strategies": {}}
     details: dict[str, Any] = {"ceiling": full_pool_accuracy, "model": model, "strategies": {}}
     target = TARGET_SHARE * full_pool_accuracy
@@ -224,6 +225,9 @@ def summarise(
             "auc": auc,
             "auc_std": float(np.std(aucs[name])),
             "ripl": None if random_auc is None else 100 * lc.ripl(auc, random_auc),
+            "ripl_se": None if random_auc is None else _percent(
+                lc.ripl_standard_error(aucs[name], aucs["random"])
+            ),
             "labels_to_target": to_target[name],
             "savings": lc.savings(to_target[name], to_target.get("random")),
             "curve": [float(a) for a in curves[name]],
@@ -246,13 +250,17 @@ def summarise(
     return out, details
 
 
+def _percent(share: float | None) -> float | None:
+    return None if share is None else 100 * share
+
+
 def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> str:
     budget = details["budget"]
     ceiling_of = ": the head on the full pool" if details.get("model") == "lora" else ""
     lines = [
         f"### {title} (ceiling {details['ceiling']:.3f}{ceiling_of})",
         "",
-        "| strategy | AUC | RIPL % | final acc. | final macro-F1 | labels to 95% ceiling "
+        "| strategy | AUC | RIPL % (± SE) | final acc. | final macro-F1 | labels to 95% ceiling "
         "| savings vs random | labels to random@budget | s / round |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -264,8 +272,9 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
         d = details["strategies"][name]
         reach = d["labels_to_random_final"]
         share = "-" if reach is None else f"{reach} ({100 * reach / budget:.0f}%)"
+        se = "" if s.get("ripl_se") is None else f" ± {s['ripl_se']:.1f}"
         lines.append(
-            f"| {name} | {s['auc']:.3f} ± {s['auc_std']:.3f} | {fmt(s['ripl'], '+.1f')} "
+            f"| {name} | {s['auc']:.3f} ± {s['auc_std']:.3f} | {fmt(s['ripl'], '+.1f')}{se} "
             f"| {s['curve'][-1]:.3f} ± {d['accuracy_std'][-1]:.3f} | {d['macro_f1'][-1]:.3f} "
             f"| {fmt(s['labels_to_target'], 'd')} | {fmt(s['savings'], '.0%')} | {share} "
             f"| {d['seconds_per_round']:.2f} |"

@@ -45,6 +45,9 @@ def test_one_seen_class_predicts_that_class() -> None:
     assert probs.shape == (90, 3, 1)
 
 
+SUMMARY_KEYS = {"auc", "auc_std", "ripl", "ripl_se", "labels_to_target", "savings", "curve"}
+
+
 def test_summary_has_the_promised_shape() -> None:
     runs = {
         "random": [bench.Run([10, 20], [0.5, 0.6], [0.4, 0.5], [0.1, 0.1])],
@@ -53,8 +56,9 @@ def test_summary_has_the_promised_shape() -> None:
     results, details = bench.summarise(runs, full_pool_accuracy=0.8, budget=20)
     assert results["default"] == "default"
     entry = results["strategies"]["default"]
-    assert set(entry) == {"auc", "auc_std", "ripl", "labels_to_target", "savings", "curve"}
+    assert set(entry) == SUMMARY_KEYS
     assert entry["auc"] == pytest.approx(0.65)
+    assert entry["ripl_se"] is None  # one seed: no spread to judge the gain by
     assert entry["ripl"] == pytest.approx(100 * (0.65 - 0.55) / 0.45)
     assert entry["labels_to_target"] == 20  # 0.95 * 0.8 = 0.76
     assert results["strategies"]["random"]["labels_to_target"] is None
@@ -155,7 +159,6 @@ def tiny_lora(backbone: str) -> Any:
 
 
 LORA_BENCH = {"strategies": ("random", "default"), "init": 6, "batch": 5, "budget": 21, "seeds": 1}
-SUMMARY_KEYS = {"auc", "auc_std", "ripl", "labels_to_target", "savings", "curve"}
 
 
 def test_lora_every_round_writes_the_usual_results(

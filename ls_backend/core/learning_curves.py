@@ -22,6 +22,17 @@ def ripl(auc: float, auc_random: float) -> float:
     return (auc - auc_random) / (1.0 - auc_random)
 
 
+def ripl_standard_error(aucs: Sequence[float], random_aucs: Sequence[float]) -> float | None:
+    """Standard error of RIPL over seeds, paired: seed s of a strategy against seed s of random
+    (same initial labels), so the spread of the seeds themselves cancels. None below 2 seeds."""
+    if len(aucs) != len(random_aucs):
+        raise ValueError("pairing needs one random run per seed")
+    if len(aucs) < 2:
+        return None
+    gains = (np.asarray(aucs) - np.asarray(random_aucs)) / (1.0 - float(np.mean(random_aucs)))
+    return float(gains.std(ddof=1) / np.sqrt(len(gains)))
+
+
 def labels_to_reach(
     labels: Sequence[int], accuracies: Sequence[float], target: float
 ) -> int | None:

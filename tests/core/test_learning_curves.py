@@ -15,6 +15,17 @@ def test_ripl_is_the_share_of_the_gap_to_perfect_that_a_strategy_closes() -> Non
     assert lc.ripl(0.5, 0.6) < 0
 
 
+def test_ripl_standard_error_pairs_seeds_so_a_steady_gain_is_certain() -> None:
+    # Seeds differ a lot, but the strategy beats random by 0.1 on every one: no doubt left.
+    random = [0.5, 0.6, 0.7]
+    assert lc.ripl_standard_error([0.6, 0.7, 0.8], random) == pytest.approx(0.0)
+    # Gains of +0.2 and 0 against a mean random AUC of 0.6: RIPL 0.5 and 0, SE 0.25.
+    assert lc.ripl_standard_error([0.8, 0.6], [0.6, 0.6]) == pytest.approx(0.25)
+    assert lc.ripl_standard_error([0.8], [0.6]) is None
+    with pytest.raises(ValueError):
+        lc.ripl_standard_error([0.8, 0.7], [0.6])
+
+
 def test_labels_to_reach_is_the_first_point_at_or_above_target() -> None:
     labels = [10, 20, 30, 40]
     assert lc.labels_to_reach(labels, [0.5, 0.8, 0.7, 0.9], 0.8) == 20
