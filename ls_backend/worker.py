@@ -68,6 +68,7 @@ class JobStatus:
     stage: str = ""
     runs: int = 0
     failures: int = 0  # consecutive failed runs
+    retries: int = 0  # transient failures of the sync request now being retried
     last_error: str | None = None
     last_result: dict[str, Any] | None = None
     started: float | None = None
@@ -146,6 +147,7 @@ class Worker:
         self._wake: dict[tuple[str, str], threading.Event] = {}
         self._threads: dict[tuple[str, str], threading.Thread] = {}
         self._lock = threading.Lock()
+        self._reread_lock = threading.Lock()
         self._stopping = threading.Event()
         self._running = 0
         self.sync_job: SyncJob | None = None
@@ -187,8 +189,10 @@ class Worker:
     def resume(self) -> None:
         """At start: run what a killed or stopped process left pending (its events are stored)."""
         for key in self.backend.known_projects():
+            project = self.backend.project(key)
             for lane in LANES:
-                self.request(key, lane)
+                if self._pending(project, lane):
+                    self.request(key, lane)
 
     def request_sync(self, project: Project) -> None:
         project.store.set_meta("sync_wanted", str(time.time_ns()))
@@ -279,7 +283,7 @@ class Worker:
         return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
 
     def _run(self, project: Project, lane: str) -> int:
-        """One run; returns the consecutive failures of a sync that is to be retried, else 0."""
+        """One run; returns how often a sync to be retried has failed so far, else 0."""
         seen = self._marker(project, lane)
         status = read_status(project, lane)
         status.state, status.progress, status.stage = "running", 0.0, "starting"
@@ -304,14 +308,35 @@ class Worker:
         status.failures = status.failures + 1 if outcome == "failed" else 0
         # Failed runs count as handled: the next event retries, a bad input does not loop.
         # Except a sync that Label Studio's absence broke: that one comes back by itself.
-        retry = transient and status.failures <= SYNC_RETRIES
+        retry = transient and status.retries < SYNC_RETRIES
+        status.retries = status.retries + 1 if retry else 0  # each new request: a fresh budget
         if not retry:
             project.store.set_meta(f"{lane}_done", str(seen))
         status.state, status.runs, status.finished = outcome, status.runs + 1, time.time()
         status.progress = 1.0
         write_json_atomic(status_path(project, lane), asdict(status))
         metrics.record_run(lane, outcome, time.monotonic() - started)
-        return status.failures if retry else 0
+        return status.retries
+
+    def _reread_once(self, project: Project, progress: Callable[[float, str], None]) -> None:
+        """START_TRAINING: re-read the labels from Label Studio once per request (the head and
+        lora lanes both wake for it), and best effort: a Label Studio that fails to answer
+        must not stop training on the labels already stored."""
+        assert self.reread is not None
+        store = project.store
+        with self._reread_lock:
+            requested = int(store.meta("train_requested") or 0)
+            if requested <= int(store.meta("reread_done") or 0):
+                return
+            progress(0.0, "re-reading labeled tasks from Label Studio")
+            try:
+                log.info("project %s: re-read %d labeled tasks", project.key, self.reread(project))
+            except Exception:
+                log.warning(
+                    "project %s: re-reading labels from Label Studio failed; training on the"
+                    " stored ones:\n%s", project.key, traceback.format_exc(),
+                )  # fmt: skip
+            store.set_meta("reread_done", str(requested))
 
     def _job(
         self, project: Project, lane: str, progress: Callable[[float, str], None]
@@ -319,12 +344,8 @@ class Worker:
         if lane == "sync":
             assert self.sync_job is not None
             return self.sync_job(project, progress)
-        store = project.store
-        requested = int(store.meta("train_requested") or 0)
-        if self.reread is not None and requested > int(store.meta("reread_done") or 0):
-            progress(0.0, "re-reading labeled tasks from Label Studio")
-            log.info("project %s: re-read %d labeled tasks", project.key, self.reread(project))
-            store.set_meta("reread_done", str(requested))
+        if self.reread is not None:
+            self._reread_once(project, progress)
         space, data = project.labeled_data()
         metrics.LABELS_SEEN.labels(project.key).set(len(data))
         if len(data) < self.settings.head_min_labels:

@@ -191,3 +191,42 @@ def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monk
     serving = project.registry.current()
     assert serving.endswith("-head")
     assert project.predict([{"id": 1, "data": {"text": "still here"}}]).model_version == serving
+
+
+def test_each_sync_request_gets_its_own_retries(backend, monkeypatch):
+    from ls_backend.labelstudio.client import LabelStudioError
+    from ls_backend.worker import SYNC_RETRIES
+
+    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    calls = []
+
+    def away(project, progress):
+        calls.append(1)
+        raise LabelStudioError("import/predictions failed after 5 tries: ConnectError")
+
+    backend.worker.attach_label_studio(away, lambda project: 0)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    for request in (1, 2):
+        backend.worker.request_sync(project)
+        assert backend.worker.wait_idle(30)
+        assert len(calls) == request * (1 + SYNC_RETRIES)
+    assert read_status(project, "sync").state == "failed"
+
+
+def test_a_label_studio_that_fails_the_reread_does_not_stop_training(backend):
+    rereads = []
+
+    def broken_reread(project):
+        rereads.append(1)
+        raise ConnectionError("Label Studio is away")
+
+    backend.worker.attach_label_studio(lambda project, progress: {}, broken_reread)
+    project = label_many(backend, 10)
+    send(backend, {"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
+    assert backend.worker.wait_idle(60)
+    assert read_status(project, "head").state == "done"
+    assert project.registry.info(project.registry.versions()[-1])["labels"] == 10
+    label_many(backend, 12)  # later runs do not try the failed re-read again
+    assert backend.worker.wait_idle(60)
+    assert len(rereads) == 1

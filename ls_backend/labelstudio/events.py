@@ -168,16 +168,20 @@ class AnnotationStore:
         with self._tx() as db:
             self._set_meta(db, key, value)
 
-    def replace_labeled(self, tasks: list[dict[str, Any]]) -> None:
-        """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read)."""
+    def replace_labeled(self, tasks: list[dict[str, Any]], upto: int) -> None:
+        """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read).
+
+        ``upto`` is the last event sequence number stored before Label Studio was read: rows
+        from later webhooks are newer than the read and stay as they are.
+        """
         with self._tx() as db:
-            db.execute("DELETE FROM annotations")
+            db.execute("DELETE FROM annotations WHERE seq <= ?", (upto,))
             for task in tasks:
                 task_id = _task_id(task)
                 self._put_task(db, task_id, task.get("data") or {})
                 for annotation in task.get("annotations") or []:
                     db.execute(
-                        "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, 0)",
+                        "INSERT OR IGNORE INTO annotations VALUES (?, ?, ?, ?, 0)",
                         (
                             annotation["id"],
                             task_id,

@@ -20,6 +20,7 @@ import numpy as np
 from ls_backend.core.ranking import rank_pool
 from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem
 from ls_backend.labelstudio.config import TaskError
+from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED
 from ls_backend.settings import Settings
 
 if TYPE_CHECKING:  # the service calls into this adapter; it does not import the service
@@ -173,8 +174,9 @@ def make_reader(settings: Settings) -> Callable[[Project], int]:
     client = _client_once(settings)
 
     def reread(project: Project) -> int:
+        upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
         tasks = client().labeled_tasks(int(project.key))
-        project.store.replace_labeled([dict(task) for task in tasks])
+        project.store.replace_labeled([dict(task) for task in tasks], upto)
         return len(tasks)
 
     return reread

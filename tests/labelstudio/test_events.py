@@ -79,3 +79,17 @@ def test_a_skip_is_logged_but_is_not_a_label_event(tmp_path):
     store.apply(annotation("ANNOTATION_CREATED", 2, 11, None, cancelled=True))
     assert store.count("events") == 2
     assert store.last_seq(LABEL_ACTIONS) == 1
+
+
+def test_a_reread_replaces_what_it_read_and_keeps_webhooks_that_came_during_it(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    store.apply(annotation("ANNOTATION_CREATED", 2, 11, "a"))  # deleted in Label Studio since
+    upto = store.last_seq({"ANNOTATION_CREATED"})
+    store.apply(annotation("ANNOTATION_CREATED", 3, 12, "c"))  # arrives while Label Studio is read
+    read = [
+        {"id": 10, "data": {"text": "task 10"}, "annotations": [annotation("", 1, 10, "b")["annotation"]]},
+        {"id": 13, "data": {"text": "task 13"}, "annotations": [annotation("", 4, 13, "d")["annotation"]]},
+    ]
+    store.replace_labeled(read, upto)
+    assert choices(store) == {10: "b", 12: "c", 13: "d"}
