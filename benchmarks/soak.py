@@ -41,7 +41,9 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+import fakes  # noqa: E402
 from backend_server import BackendServer  # noqa: E402
+from fakes import wait_for  # noqa: E402
 from labelstudio_server import ensure_template, running_server  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "trec"
@@ -62,32 +64,9 @@ CONFIG = (
 
 
 def annotation_event(annotation_id: int, task_id: int, row: dict[str, str]) -> dict[str, Any]:
-    """An ANNOTATION_CREATED body shaped like Label Studio's (LABEL_STUDIO.md 4.4)."""
-    result = [
-        {
-            "id": f"r{annotation_id}",
-            "from_name": "label",
-            "to_name": "text",
-            "type": "choices",
-            "origin": "manual",
-            "value": {"choices": [row["label"]]},
-        }
-    ]
-    return {
-        "action": "ANNOTATION_CREATED",
-        "annotation": {
-            "id": annotation_id,
-            "result": result,
-            "task": task_id,
-            "project": PROJECT,
-            "completed_by": 1,
-            "was_cancelled": False,
-            "ground_truth": False,
-            "lead_time": 3.2,
-        },
-        "task": {"id": task_id, "data": {"text": row["text"]}, "meta": {}, "is_labeled": True},
-        "project": {"id": PROJECT, "label_config": CONFIG, "model_version": "ls-backend"},
-    }
+    return fakes.annotation_event(  # type: ignore[no-any-return]
+        annotation_id, task_id, [row["label"]], text=row["text"], config=CONFIG, project=PROJECT
+    )
 
 
 def predict_body(texts: list[str], first_id: int = 1) -> dict[str, Any]:
@@ -103,19 +82,24 @@ def p50_p99(values: list[float]) -> str:
     return f"p50 {ms(values, 50):.1f} ms, p99 {ms(values, 99):.1f} ms (n={len(values)})"
 
 
-def wait_for(probe: Callable[[], Any], timeout_s: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def jobs(server: BackendServer, project: int = PROJECT) -> dict[str, dict[str, Any]]:
     projects = httpx.get(f"{server.url}/status", timeout=30).json()["projects"]
     return projects.get(str(project), {}).get("jobs", {})  # type: ignore[no-any-return]
+
+
+def sync_ended(
+    server: BackendServer, project: int, runs_before: int, timeout: float, what: str
+) -> dict[str, Any]:
+    """The sync job once a run after the first ``runs_before`` has ended (done or failed)."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (
+            (j := jobs(server, project)["sync"])["state"] in {"done", "failed"}
+            and j["runs"] > runs_before
+            and j
+        ),
+        timeout,
+        what,
+    )
 
 
 def idle(server: BackendServer, project: int = PROJECT) -> bool:
@@ -366,7 +350,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
             base_url=ls.url, headers={"Authorization": f"Token {ls.token}"}, timeout=120
         )
         project = ls.client.projects.create(title="soak ls-restart", label_config=CONFIG)
-        pid = int(project.id)  # type: ignore[arg-type]
+        pid = int(project.id)
         task_ids = api.post(
             f"/api/projects/{pid}/import",
             params={"return_task_ids": "true"},
@@ -381,7 +365,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
         with backend(tmp, **env) as server, httpx.Client(base_url=server.url, timeout=60) as http:
             ls.client.ml.create(project=pid, url=server.url, title="ls-backend")
             for task_id, text in zip(task_ids[:n_labeled], texts, strict=False):
-                result = [
+                choice = [
                     {
                         "from_name": "label",
                         "to_name": "text",
@@ -389,7 +373,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
                         "value": {"choices": [label_of[text]]},
                     }
                 ]
-                api.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+                api.post(f"/api/tasks/{task_id}/annotations", json={"result": choice})
             wait_for(lambda: idle(server, pid), 120, "the webhooks' head run")
             runs = jobs(server, pid).get("sync", {}).get("runs", 0)
             http.post(f"/sync/{pid}").raise_for_status()
@@ -431,15 +415,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
                 f"the sync was {state} when the restart began"
             )
             try:
-                sync = wait_for(
-                    lambda: (
-                        (j := jobs(server, pid)["sync"])["state"] in {"done", "failed"}
-                        and j["runs"] > runs
-                        and j
-                    ),
-                    120,
-                    "the interrupted sync to end",
-                )
+                sync = sync_ended(server, pid, runs, 120, "the interrupted sync to end")
             except TimeoutError as exc:
                 sync = {"state": "timeout", "last_error": str(exc), "runs": runs}
             retried = sync["state"] == "done"
@@ -449,15 +425,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
                 print("  no automatic retry completed the sync; POST /sync again")
                 later = sync["runs"]
                 http.post(f"/sync/{pid}").raise_for_status()
-                sync = wait_for(
-                    lambda: (
-                        (j := jobs(server, pid)["sync"])["state"] in {"done", "failed"}
-                        and j["runs"] > later
-                        and j
-                    ),
-                    300,
-                    "the second sync",
-                )
+                sync = sync_ended(server, pid, later, 300, "the second sync")
             result = sync["last_result"] or {}
             stored = len(stored_annotations(server, pid))
         version = api.get(f"/api/projects/{pid}").json()["model_version"]

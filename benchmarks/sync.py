@@ -1,12 +1,11 @@
-"""Sync cost: ranking alone on synthetic pools, and a full sync against a real Label Studio.
+"""Sync cost: a full sync against a real Label Studio (ranking alone: `benchmarks/rank.py`).
 
-    .venv/bin/python benchmarks/sync.py [--part rank|full|all] [--sizes 1000,10000]
+    .venv/bin/python benchmarks/sync.py [--sizes 1000,10000]
 
-- rank: `benchmarks/rank.py` (ranking 1k / 10k / 100k synthetic embeddings, time and memory).
-- full: a real Label Studio 1.23 on 127.0.0.1 (started like the tests start it), a project of
-  `movie_review_snippets` sentences, and `ls_backend.labelstudio.sync.sync_project` timed stage
-  by stage (fetch / embed / predict / rank / push): a cold sync (nothing cached, zero-shot
-  model, pure diversity), a warm one (embeddings cached), and one after 20 labels (light head).
+A real Label Studio 1.23 on 127.0.0.1 (started like the tests start it), a project of
+`movie_review_snippets` sentences, and `ls_backend.labelstudio.sync.sync_project` timed stage
+by stage (fetch / embed / predict / rank / push): a cold sync (nothing cached, zero-shot
+model, pure diversity), a warm one (embeddings cached), and one after 20 labels (light head).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))
 
 CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
@@ -54,6 +53,7 @@ def timed_sync(name: str, project: Any, client: Any, settings: Any) -> None:
 
 
 def full(sizes: list[int]) -> None:
+    from fakes import annotation_event
     from labelstudio_server import ensure_template, running_server
 
     from ls_backend.labelstudio.client import LabelStudioClient
@@ -88,14 +88,12 @@ def full(sizes: list[int]) -> None:
                 timed_sync("cold (zero-shot)", local, client, settings)
                 timed_sync("warm cache", local, client, settings)
                 for i, (task_id, row) in enumerate(zip(ids[:20], rows, strict=False)):
-                    result = [{"from_name": "sentiment", "to_name": "text", "type": "choices",
-                               "value": {"choices": [row["label"]]}}]  # fmt: skip
-                    local.store.apply({
-                        "action": "ANNOTATION_CREATED",
-                        "annotation": {"id": i + 1, "task": task_id, "result": result},
-                        "task": {"id": task_id, "data": {"text": row["text"]}},
-                        "project": {"id": project.id, "label_config": CONFIG},
-                    })  # fmt: skip
+                    local.store.apply(
+                        annotation_event(
+                            i + 1, task_id, [row["label"]], text=row["text"], config=CONFIG,
+                            project=project.id, from_name="sentiment",
+                        )
+                    )  # fmt: skip
                 worker.request(local.key, "head")
                 worker.wait_idle(60)
                 timed_sync(f"head ({local.registry.current()})", local, client, settings)
@@ -105,17 +103,9 @@ def full(sizes: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["rank", "full", "all"], default="all")
     parser.add_argument("--sizes", default="1000,10000", help="tasks in the full-sync runs")
     args = parser.parse_args()
-    if args.part in ("rank", "all"):
-        import rank
-
-        print("## Ranking alone (synthetic 384-d embeddings)")
-        sys.argv = [sys.argv[0]]
-        rank.main()
-    if args.part in ("full", "all"):
-        full([int(s) for s in args.sizes.split(",")])
+    full([int(s) for s in args.sizes.split(",")])
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ def webhook_ack(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from backend_server import BackendServer
+    from fakes import annotation_event
 
     texts, labels = load("trec", "train")
     names = sorted(set(labels))
@@ -198,14 +199,7 @@ def webhook_ack(args: argparse.Namespace) -> None:
     n = 40 if args.quick else 200
 
     def body(i: int) -> dict[str, object]:
-        result = [{"from_name": "label", "to_name": "text", "type": "choices",
-                   "value": {"choices": [labels[i]]}}]  # fmt: skip
-        return {
-            "action": "ANNOTATION_CREATED",
-            "annotation": {"id": i, "task": i, "result": result, "was_cancelled": False},
-            "task": {"id": i, "data": {"text": texts[i]}},
-            "project": {"id": 1, "label_config": config},
-        }
+        return annotation_event(i, i, [labels[i]], text=texts[i], config=config)  # type: ignore[no-any-return]
 
     def lora_state(client: httpx.Client) -> str:
         jobs = client.get("/status").json()["projects"].get("1", {}).get("jobs", {})

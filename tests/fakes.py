@@ -74,4 +74,4 @@ def wait_for(probe, timeout: float = 120.0, what: str = "condition"):
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
