@@ -34,8 +34,9 @@ def test_simulate_labels_batch_by_batch_up_to_the_budget() -> None:
 
 def test_every_strategy_starts_from_the_same_labels_for_a_seed() -> None:
     data = toy_data()
-    first = [bench.simulate(data, s, 3, 6, 5, 6).accuracy[0] for s in ("random", "margin")]
+    first = [bench.simulate(data, s, 3, 6, 5, 6).acquired for s in ("random", "margin")]
     assert first[0] == first[1]
+    assert bench.simulate(data, "random", 4, 6, 5, 6).acquired != first[0]
 
 
 def test_one_seen_class_predicts_that_class() -> None:

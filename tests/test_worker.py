@@ -1,7 +1,6 @@
 """The background worker: bursts coalesce, failures never touch what serves."""
 
 import json
-import os
 import time
 
 import pytest
@@ -170,12 +169,22 @@ def lora_backend(tmp_path):
     backend.worker.stop()
 
 
-def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend):
+def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkeypatch):
+    from ls_backend import worker
+
+    children = []
+
+    def spy(fn, *args):
+        children.append(fn.__name__)
+        return run_isolated(fn, *args)
+
+    run_isolated = worker.run_isolated
+    monkeypatch.setattr(worker, "run_isolated", spy)
     project = label_many(lora_backend, 40)
     assert lora_backend.worker.wait_idle(180)
     status = read_status(project, "lora")
     assert status.state == "done", status.last_error
-    assert status.pid == os.getpid()  # the lane ran here; the training itself in a child
+    assert children == ["isolated_round"]  # the training itself ran in a child process
     version = status.last_result["version"]
     assert version.endswith("-lora") and (project.registry.path(version) / "lora").is_dir()
 
