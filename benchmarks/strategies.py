@@ -44,11 +44,6 @@ BAG = 8
 Prediction = tuple[Probs | None, NDArray[np.int64]]
 
 
-def _margin_order(pool: ranking.Pool) -> ranking.Order:
-    assert pool.probs is not None
-    return ranking._by_score(pool, uncertainty.margin(pool.probs))
-
-
 def badge(pool: ranking.Pool, window: int = 10) -> ranking.Order:
     if pool.probs is None:
         return ranking.k_center(pool)
@@ -69,7 +64,7 @@ def badge(pool: ranking.Pool, window: int = 10) -> ranking.Order:
         if nearest.sum() <= 0:
             break
         picks.append(int(pool.rng.choice(cand.size, p=nearest / nearest.sum())))
-    return ranking._then_rest(cand[np.array(picks)], _margin_order(pool))
+    return ranking.then_rest(cand[np.array(picks)], ranking.by_uncertainty(pool, "margin"))
 
 
 def power_margin(pool: ranking.Pool, beta: float = 2.0) -> ranking.Order:
@@ -84,7 +79,7 @@ def power_margin(pool: ranking.Pool, beta: float = 2.0) -> ranking.Order:
 def novelty_margin(pool: ranking.Pool, ridge: float = 1.0) -> ranking.Order:
     if pool.probs is None:
         return ranking.k_center(pool)
-    order = _margin_order(pool)
+    order = ranking.by_uncertainty(pool, "margin")
     x = pool.embeddings.astype(np.float64)
     labeled = x[pool.labeled]
     inverse = np.linalg.inv(ridge * np.eye(x.shape[1]) + labeled.T @ labeled)
@@ -105,7 +100,7 @@ def novelty_margin(pool: ranking.Pool, ridge: float = 1.0) -> ranking.Order:
         denom = 1.0 + variance[j]
         variance = variance - (cand @ v) ** 2 / denom
         updates.append((v, denom))
-    return ranking._then_rest(pool.unlabeled[np.array(picks)], order)
+    return ranking.then_rest(pool.unlabeled[np.array(picks)], order)
 
 
 RANKINGS: dict[str, ranking.Strategy] = {

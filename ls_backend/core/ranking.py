@@ -54,7 +54,8 @@ def _by_score(pool: Pool, scores: NDArray[np.float64]) -> Order:
     return shuffled[np.argsort(-scores[shuffled], kind="stable")]
 
 
-def _then_rest(head: Order, order: Order) -> Order:
+def then_rest(head: Order, order: Order) -> Order:
+    """``head`` first, then the rest of ``order`` in its own order."""
     return np.concatenate([head, order[~np.isin(order, head)]])
 
 
@@ -66,7 +67,7 @@ def k_center(pool: Pool, head: int = HEAD) -> Order:
     """Pure diversity: core-set picks first, the rest at random."""
     order = random_order(pool)
     picks = k_center_greedy(pool.embeddings, pool.labeled, head, order[:KCENTER_SAMPLE])
-    return _then_rest(picks, order)
+    return then_rest(picks, order)
 
 
 def by_uncertainty(pool: Pool, measure: uncertainty.Measure) -> Order:
@@ -125,7 +126,7 @@ def uncertain_spread(
         )
     ]
     spread = spread_in_order(pool.embeddings, np.concatenate([*mixed, exploit]), head, max_sim)
-    return _then_rest(spread, order)
+    return then_rest(spread, order)
 
 
 STRATEGIES: dict[str, Strategy] = {
