@@ -7,7 +7,8 @@ For each dataset (short `trec` questions, long `reuters_r8` articles) it prints:
   embedding cache (every text is new), beside raw `encode` on the same texts: the ratio
   is what the backend costs on top of the model (goal >= 0.9);
 - single-task latency p50/p99 through POST /predict (cold cache), beside raw encode of one text;
-- and the light head's test accuracy on `trec` with 100 random labels.
+- the light head's test accuracy on `trec` with 100 random labels;
+- zero-shot accuracy (label-name prototypes, no label at all) on the first 1,000 test items.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from ls_backend.core.embeddings import Encoder
-from ls_backend.core.heads import LinearHead
+from ls_backend.core.heads import LinearHead, PrototypeHead, label_prototype_texts
 from ls_backend.core.labels import LabelSpace
 from ls_backend.server.app import create_app
 from ls_backend.service import Backend
@@ -127,6 +128,21 @@ def head_accuracy(n_labels: int = 100, seeds: int = 5) -> None:
     )
 
 
+def zero_shot_accuracy(names: tuple[str, ...], n_test: int = 1000) -> None:
+    """The model a project serves before its first label: label names as prototypes."""
+    encoder = Encoder()
+    for name in names:
+        test = load(name, "test")[:n_test]
+        space = LabelSpace(tuple(sorted({r["label"] for r in load(name, "train") + test})))
+        prototypes = encoder.encode(label_prototype_texts(space))
+        probs = PrototypeHead(space, prototypes).predict_proba(
+            encoder.encode([r["text"] for r in test])
+        )[:, :, 0]
+        truth = space.encode([[r["label"]] for r in test])
+        accuracy = float((probs.argmax(axis=1) == truth).mean())
+        print(f"zero-shot on {name} ({space.size} labels, {len(test)} test items): {accuracy:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=640, help="tasks in the throughput run")
@@ -139,6 +155,7 @@ def main() -> None:
     for name in ("trec", "reuters_r8"):
         bench_dataset(name, args.tasks, args.single, args.batch)
     head_accuracy()
+    zero_shot_accuracy(("trec", "movie_review_snippets", "reuters_r8"))
 
 
 if __name__ == "__main__":
