@@ -88,6 +88,19 @@ class ProgressFile:
         write_json_atomic(self.path, asdict(self.status))
 
 
+def follow_parent(poll_s: float = 1.0) -> None:
+    """In a child process: exit when the parent goes (stopped by gunicorn, killed), so an
+    orphaned LoRA run never trains beside the one a new server starts."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
 def isolated_round(
     registry_root: Path,
     space: LabelSpace,
@@ -98,6 +111,7 @@ def isolated_round(
 ) -> RoundResult:
     """A LoRA round as run in a child process: it loads the serving model itself."""
     os.nice(CHILD_NICENESS)
+    follow_parent()
     registry = Registry(registry_root)
 
     def current() -> ModelVersion | None:

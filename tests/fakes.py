@@ -64,6 +64,30 @@ def die(*_args: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def orphan_probe(pid_file: str) -> None:
+    """Stands in for a LoRA round in its child process: says where it is, then trains on."""
+    import os
+    import time
+    from pathlib import Path
+
+    from ls_backend.worker import follow_parent
+
+    follow_parent(poll_s=0.1)
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+def alive(pid: int) -> bool:
+    """A process that has not exited (a zombie waiting for its reaper counts as gone)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return not os.path.exists(f"/proc/{pid}")
+
+
 def wait_for(probe, timeout: float = 120.0, what: str = "condition"):
     """Poll ``probe`` until it returns something truthy; that value is returned."""
     import time

@@ -16,13 +16,15 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 from backend_server import BackendServer
-from fakes import HashEncoder, annotation_event
+from fakes import HashEncoder, alive, annotation_event, wait_for
 
 from ls_backend.core.registry import Registry
 from ls_backend.labelstudio.events import LABEL_ACTIONS
@@ -235,3 +237,22 @@ def test_a_steady_stream_of_events_settles_between_runs(tmp_path, monkeypatch):
         assert worker.status(project, "head")["runs"] <= 7
     finally:
         worker.stop()
+
+
+def test_a_training_child_does_not_outlive_its_server(tmp_path):
+    """A server killed mid-run: its LoRA child exits instead of training on as an orphan."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import sys\n"
+        "from fakes import orphan_probe\n"
+        "from ls_backend.worker import run_isolated\n"
+        "if __name__ == '__main__':\n"
+        "    run_isolated(orphan_probe, sys.argv[1])\n"
+    )
+    pid_file = tmp_path / "child.pid"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    server = subprocess.Popen([sys.executable, str(script), str(pid_file)], env=env)
+    child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the child"))
+    server.kill()
+    server.wait()
+    wait_for(lambda: not alive(child), 10, "the orphan to exit")

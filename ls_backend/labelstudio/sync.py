@@ -78,17 +78,25 @@ def sync_project(
 
     embeddings = project.backend.encoder.encode(texts, progress=True)
     lap("embed", 0.5)
-    scored = project.score(texts, embeddings)
+    # Only unlabeled tasks get a prediction (MC-dropout passes are the costly part with an
+    # adapter); labeled rows stay in the pool for diversity, their zeros are never read.
+    is_labeled = np.asarray(labeled, dtype=bool)
+    unlabeled_idx = np.flatnonzero(~is_labeled)
+    scored = project.score([texts[i] for i in unlabeled_idx], embeddings[unlabeled_idx])
+    probs = np.zeros((len(ids), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
+    probs[unlabeled_idx] = scored.probs
+    scores = np.zeros(len(ids))
+    scores[unlabeled_idx] = scored.uncertainty
+    result_of = dict(zip(unlabeled_idx.tolist(), scored.results, strict=True))
     lap("predict", 0.7)
 
-    labeled_idx = np.flatnonzero(np.asarray(labeled, dtype=bool)).astype(np.int64)
     order = rank_pool(
         settings.strategy,
-        scored.probs if scored.model.kind != "prototype" else None,
+        probs if scored.model.kind != "prototype" else None,
         embeddings,
-        labeled_idx,
+        np.flatnonzero(is_labeled).astype(np.int64),
         multi_label=scored.model.space.multi_label,
-        scores=scored.uncertainty,
+        scores=scores,
     )
     lap("rank", 0.75)
 
@@ -96,7 +104,7 @@ def sync_project(
     items: list[PredictionItem] = [
         {
             "task": ids[row],
-            "result": scored.results[row]["result"],
+            "result": result_of[int(row)]["result"],
             "score": float(priority),
             "model_version": version,
         }

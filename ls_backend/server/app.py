@@ -72,13 +72,17 @@ def _describe_validation(exc: RequestValidationError) -> str:
 
 def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     # A backend handed in (tests, fuzzing) serves even where no lifespan runs.
-    state: dict[str, Any] = {"backend": backend} if backend else {}
+    state: dict[str, Any] = {}
+    if backend is not None:
+        state["backend"] = backend
+        if backend.worker is None:
+            Worker(backend)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Everything heavy loads here, once per process, never per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
-        state.setdefault("backend", backend or Backend(settings))
+        state.setdefault("backend", Backend(settings))
         state["worker"] = state["backend"].worker or Worker(state["backend"])
         if settings.sync_configured:
             state["worker"].attach_label_studio(make_sync_job(settings), make_reader(settings))
@@ -108,8 +112,6 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         )
 
     def the_backend() -> Backend:
-        if backend is not None and backend.worker is None:
-            Worker(backend)
         return state["backend"]  # type: ignore[no-any-return]
 
     @app.exception_handler(RequestValidationError)
