@@ -225,9 +225,9 @@ def summarise(
             "auc": auc,
             "auc_std": float(np.std(aucs[name])),
             "ripl": None if random_auc is None else 100 * lc.ripl(auc, random_auc),
-            "ripl_se": None if random_auc is None else _percent(
-                lc.ripl_standard_error(aucs[name], aucs["random"])
-            ),
+            "ripl_se": None
+            if random_auc is None
+            else _percent(lc.ripl_standard_error(aucs[name], aucs["random"])),
             "labels_to_target": to_target[name],
             "savings": lc.savings(to_target[name], to_target.get("random")),
             "curve": [float(a) for a in curves[name]],

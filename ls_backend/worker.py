@@ -32,6 +32,7 @@ from ls_backend.core.registry import Registry, write_json_atomic
 from ls_backend.core.training import (
     LabeledData,
     NotEnoughLabels,
+    Progress,
     RoundConfig,
     RoundResult,
     run_round,
@@ -43,7 +44,6 @@ from ls_backend.service import Backend, Project
 log = logging.getLogger(__name__)
 
 LANES = ("head", "lora", "sync")
-Progress = Callable[[float, str], None]
 SyncJob = Callable[[Project, Progress], dict[str, Any]]
 #: How long a loser of the lock waits before checking whether work is still pending.
 LOCK_RETRY_S = 0.5
@@ -332,7 +332,7 @@ class Worker:
         metrics.record_run(lane, outcome, time.monotonic() - started)
         return status.retries
 
-    def _reread_once(self, project: Project, progress: Callable[[float, str], None]) -> None:
+    def _reread_once(self, project: Project, progress: Progress) -> None:
         """START_TRAINING: re-read the labels from Label Studio once per request (the head and
         lora lanes both wake for it), and best effort: a Label Studio that fails to answer
         must not stop training on the labels already stored."""
@@ -352,9 +352,7 @@ class Worker:
                 )  # fmt: skip
             store.set_meta("reread_done", str(requested))
 
-    def _job(
-        self, project: Project, lane: str, progress: Callable[[float, str], None]
-    ) -> dict[str, Any]:
+    def _job(self, project: Project, lane: str, progress: Progress) -> dict[str, Any]:
         if lane == "sync":
             assert self.sync_job is not None
             return self.sync_job(project, progress)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ls_backend.core.ranking import rank_pool
+from ls_backend.core.training import Progress
 from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem
 from ls_backend.labelstudio.config import TaskError
 from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED
@@ -28,7 +29,6 @@ if TYPE_CHECKING:  # the service calls into this adapter; it does not import the
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[float, str], None]
 #: Ranking versions kept in Label Studio besides the current one (older ones are deleted).
 KEEP_RANKINGS = 1
 
@@ -156,35 +156,26 @@ def _forget_old_rankings(project: Project, client: LabelStudioClient, current: s
         threading.Thread(target=delete, name=f"forget-{project.key}", daemon=True).start()
 
 
-def _client_once(settings: Settings) -> Callable[[], LabelStudioClient]:
+def label_studio_jobs(
+    settings: Settings,
+) -> tuple[Callable[[Project, Progress], dict[str, Any]], Callable[[Project], int]]:
+    """The worker's sync lane and the START_TRAINING re-read, sharing one Label Studio client
+    per process, created on first use."""
     clients: list[LabelStudioClient] = []
 
-    def get() -> LabelStudioClient:
+    def client() -> LabelStudioClient:
         if not clients:
             clients.append(LabelStudioClient.from_settings(settings))
         return clients[0]
 
-    return get
-
-
-def make_sync_job(settings: Settings) -> Callable[[Project, Progress], dict[str, Any]]:
-    """The worker's sync lane: one client per process, created on first use."""
-    client = _client_once(settings)
-
-    def job(project: Project, progress: Progress) -> dict[str, Any]:
+    def sync(project: Project, progress: Progress) -> dict[str, Any]:
         return sync_project(project, client(), settings, progress)
 
-    return job
-
-
-def make_reader(settings: Settings) -> Callable[[Project], int]:
-    """START_TRAINING: make the store match every labeled task Label Studio holds."""
-    client = _client_once(settings)
-
     def reread(project: Project) -> int:
+        """Make the store match every labeled task Label Studio holds."""
         upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
         tasks = client().labeled_tasks(int(project.key))
         project.store.replace_labeled([dict(task) for task in tasks], upto)
         return len(tasks)
 
-    return reread
+    return sync, reread

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ls_backend import __version__, metrics
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
-from ls_backend.labelstudio.sync import make_reader, make_sync_job
+from ls_backend.labelstudio.sync import label_studio_jobs
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
@@ -85,7 +85,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         state.setdefault("backend", Backend(settings))
         state["worker"] = state["backend"].worker or Worker(state["backend"])
         if settings.sync_configured:
-            state["worker"].attach_label_studio(make_sync_job(settings), make_reader(settings))
+            state["worker"].attach_label_studio(*label_studio_jobs(settings))
         else:
             log.warning(
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
