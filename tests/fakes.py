@@ -15,7 +15,7 @@ class HashEncoder(Encoder):
         self.dim = dim
         self.cache = None
 
-    def encode(self, texts, progress=False):
+    def encode(self, texts, progress=False, background=False):
         rows = [
             np.random.default_rng(zlib.crc32(t.encode())).standard_normal(self.dim) for t in texts
         ]

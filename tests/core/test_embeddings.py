@@ -13,9 +13,9 @@ def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
     seen: list[str] = []
     original = encoder.encode_uncached
 
-    def counting(texts, progress=False):
+    def counting(texts, progress=False, background=False):
         seen.extend(texts)
-        return original(texts, progress)
+        return original(texts, progress, background)
 
     monkeypatch.setattr(encoder, "encode_uncached", counting)
     first = encoder.encode(
@@ -48,3 +48,20 @@ def test_embeddings_are_normalised_and_meaningful(encoder):
     )
     assert np.allclose(np.linalg.norm([food, bread, market], axis=1), 1.0, atol=1e-5)
     assert food @ bread > 0.5 > food @ market
+
+
+def test_background_embedding_matches_and_yields_to_live_requests(encoder, monkeypatch):
+    texts = [f"background text number {i}" for i in range(40)]
+    whole = encoder.encode_uncached(texts)
+
+    calls: list[int] = []
+    original = encoder._forward
+
+    def forward(batch, progress=False):
+        calls.append(len(batch))
+        return original(batch, progress)
+
+    monkeypatch.setattr(encoder, "_forward", forward)
+    chunked = encoder.encode_uncached(texts, background=True)
+    assert np.allclose(chunked, whole, atol=1e-5)
+    assert calls == [16, 16, 8]  # the lock is free between chunks for a live request
