@@ -75,6 +75,16 @@ class PredictionItem(TypedDict):
     model_version: str
 
 
+COUNT_FIELDS = ("task_number", "num_tasks_with_annotations", "total_predictions_number")
+
+
+@dataclass(frozen=True)
+class ProjectCounts:
+    task_number: int
+    num_tasks_with_annotations: int  # tasks with a non-skip, non-ground-truth annotation
+    total_predictions_number: int
+
+
 class LabelStudioError(RuntimeError):
     """A Label Studio call failed for good (not retried, or retries exhausted)."""
 
@@ -223,6 +233,13 @@ class LabelStudioClient:
         project: dict[str, Any] = self._request("GET", f"api/projects/{project_id}/")
         return project
 
+    def counts(self, project_id: int) -> ProjectCounts:
+        """Label Studio's own counters for the project (only these: the rest is costly)."""
+        body = self._request(
+            "GET", f"api/projects/{project_id}/", params={"include": ",".join(COUNT_FIELDS)}
+        )
+        return ProjectCounts(**{name: int(body.get(name) or 0) for name in COUNT_FIELDS})
+
     def iter_tasks(
         self,
         project_id: int,
@@ -230,8 +247,9 @@ class LabelStudioClient:
         page_size: int = 1000,
         include_predictions: bool = False,
         only_labeled: bool = False,
+        task_ids: Sequence[int] | None = None,
     ) -> Iterator[Task]:
-        """Every task of the project, in id order, fetched page by page.
+        """Every task of the project (or those of ``task_ids``), in id order, page by page.
 
         Pages are read by number, so a task imported mid-read may shift a page; ids already
         yielded are skipped, and a later sync picks up anything missed.
@@ -248,6 +266,11 @@ class LabelStudioClient:
         }
         if only_labeled:
             params["query"] = json.dumps(_LABELED_FILTER)
+        elif task_ids is not None:
+            if not task_ids:
+                return
+            selected = {"all": False, "included": [int(t) for t in task_ids]}
+            params["query"] = json.dumps({"selectedItems": selected})
         seen: set[int] = set()
         page = 1
         while True:
@@ -306,6 +329,16 @@ class LabelStudioClient:
             created += done
         return created
 
+    def delete_prediction(self, prediction_id: int) -> None:
+        """Delete one prediction: a write of a few milliseconds (Label Studio updates the
+        task's counter per prediction, so a bulk delete of thousands holds SQLite for
+        seconds and fails annotators' saves)."""
+        try:
+            self._request("DELETE", f"api/predictions/{prediction_id}/")
+        except LabelStudioError as exc:
+            if exc.status_code != 404:  # already gone: what we wanted
+                raise
+
     def set_queue(self, project_id: int, model_version: str) -> None:
         """Serve tasks by the scores of `model_version`'s predictions, lowest first (5.1)."""
         self._request(
@@ -313,25 +346,6 @@ class LabelStudioClient:
             f"api/projects/{project_id}/",
             json_body={"sampling": UNCERTAINTY_SAMPLING, "model_version": model_version},
         )
-
-    def delete_model_version(
-        self, project_id: int, version: str, *, allow_current: bool = False
-    ) -> int:
-        """Delete every prediction of `version`; returns how many. Slow (~2 min for 10k tasks):
-        run it off the request path.
-
-        Deleting the version the queue runs on also clears the project's model_version, and the
-        queue turns random, so that needs `allow_current=True`.
-        """
-        if not allow_current and self.get_project(project_id).get("model_version") == version:
-            raise ValueError(f"{version!r} is project {project_id}'s current queue version")
-        body = self._request(
-            "DELETE",
-            f"api/projects/{project_id}/model-versions/",
-            json_body={"model_version": version},
-            timeout_s=max(self.timeout_s, 600.0),
-        )
-        return int((body or {}).get("deleted_predictions", 0))
 
     def ensure_ml_backend(
         self,

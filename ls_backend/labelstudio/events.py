@@ -4,6 +4,10 @@ Every event is appended to an SQLite log and applied to the derived tables in on
 transaction (WAL, ``synchronous=FULL``) before the webhook answers, so no
 annotation is lost to a crash or a restart. Label Studio sends deletions as ids
 only (``ANNOTATIONS_DELETED``), so the store keeps its own annotation -> task map.
+
+The ``tasks`` table mirrors the project's tasks (data, labeled or not): one full read
+from Label Studio fills it, task and annotation webhooks keep it current, so a sync
+reads from Label Studio only what it does not have.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 LABEL_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
 #: How a skip (ANNOTATION_CREATED with was_cancelled) is logged: stored, but not a label event.
@@ -33,7 +40,7 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
     received REAL NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tasks (
-    task_id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+    task_id INTEGER PRIMARY KEY, data TEXT NOT NULL, labeled INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS annotations (
     annotation_id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL,
     result TEXT NOT NULL, was_cancelled INTEGER NOT NULL, seq INTEGER NOT NULL);
@@ -74,7 +81,11 @@ class AnnotationStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._local = threading.local()
-        self._db().executescript(_SCHEMA)
+        db = self._db()
+        db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+        if "labeled" not in columns:  # a store written before the task mirror
+            db.execute("ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -128,6 +139,12 @@ class AnnotationStore:
                 raise EventError("'annotation.id' must be an integer")
             if isinstance(task.get("data"), dict):
                 self._put_task(db, task_id, task["data"])
+            if not annotation.get("was_cancelled"):  # a skip leaves the task in the queue
+                db.execute(
+                    "INSERT INTO tasks VALUES (?, '{}', 1)"
+                    " ON CONFLICT (task_id) DO UPDATE SET labeled = 1",
+                    (task_id,),
+                )
             result = annotation.get("result") or []
             if not isinstance(result, list):
                 raise EventError("'annotation.result' must be a list")
@@ -143,7 +160,20 @@ class AnnotationStore:
             )
         elif action == "ANNOTATIONS_DELETED":
             ids = [a.get("id") for a in _require(body, "annotations", list) if isinstance(a, dict)]
+            marks = ",".join("?" * len(ids))
+            touched = [
+                row[0]
+                for row in db.execute(
+                    f"SELECT DISTINCT task_id FROM annotations WHERE annotation_id IN ({marks})",
+                    ids,
+                )
+            ]
             db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
+            db.executemany(  # labeled while another annotation of it stands
+                "UPDATE tasks SET labeled = EXISTS (SELECT 1 FROM annotations"
+                " WHERE task_id = ? AND was_cancelled = 0) WHERE task_id = ?",
+                [(t, t) for t in touched],
+            )
         elif action == "TASKS_CREATED":
             for task in _require(body, "tasks", list):
                 task_id = _task_id(task)
@@ -158,7 +188,11 @@ class AnnotationStore:
 
     @staticmethod
     def _put_task(db: sqlite3.Connection, task_id: int, data: dict[str, Any]) -> None:
-        db.execute("INSERT OR REPLACE INTO tasks VALUES (?, ?)", (task_id, json.dumps(data)))
+        db.execute(
+            "INSERT INTO tasks (task_id, data) VALUES (?, ?)"
+            " ON CONFLICT (task_id) DO UPDATE SET data = excluded.data",
+            (task_id, json.dumps(data)),
+        )
 
     @staticmethod
     def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
@@ -190,7 +224,77 @@ class AnnotationStore:
                         ),
                     )
 
+    def replace_tasks(self, tasks: Iterable[tuple[int, dict[str, Any], bool]]) -> int:
+        """Make the task mirror match a full read of Label Studio: ``(id, data, labeled)``.
+
+        Tasks created while the read ran (ids above the last one read) and labels that
+        webhooks brought meanwhile stay. Returns how many tasks were read.
+        """
+        with self._tx() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS read_ids (task_id INTEGER PRIMARY KEY)")
+            db.execute("DELETE FROM read_ids")
+            last = 0
+            for task_id, data, labeled in tasks:
+                db.execute(
+                    "INSERT INTO tasks VALUES (?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
+                    " SET data = excluded.data, labeled = excluded.labeled",
+                    (task_id, json.dumps(data), int(labeled)),
+                )
+                db.execute("INSERT OR IGNORE INTO read_ids VALUES (?)", (task_id,))
+                last = max(last, task_id)
+            db.execute(
+                "DELETE FROM tasks WHERE task_id <= ?"
+                " AND task_id NOT IN (SELECT task_id FROM read_ids)",
+                (last,),
+            )
+            db.execute(
+                "UPDATE tasks SET labeled = 1 WHERE task_id IN"
+                " (SELECT task_id FROM annotations WHERE was_cancelled = 0)"
+            )
+            read = int(db.execute("SELECT COUNT(*) FROM read_ids").fetchone()[0])
+            db.execute("DELETE FROM read_ids")
+        return read
+
     # --- reading -----------------------------------------------------------------------------
+
+    def task_states(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """Every mirrored task id, ascending, and whether it is labeled."""
+        rows = self._db().execute("SELECT task_id, labeled FROM tasks ORDER BY task_id").fetchall()
+        table = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        return table[:, 0], table[:, 1].astype(bool)
+
+    def task_data(self, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        db = self._db()
+        found: dict[int, dict[str, Any]] = {}
+        chunk = 500  # SQLite caps the number of bound parameters
+        for start in range(0, len(task_ids), chunk):
+            part = [int(t) for t in task_ids[start : start + chunk]]
+            marks = ",".join("?" * len(part))
+            rows = db.execute(f"SELECT task_id, data FROM tasks WHERE task_id IN ({marks})", part)
+            found.update((int(task_id), json.loads(data)) for task_id, data in rows)
+        return found
+
+    def touched_tasks(self) -> set[int]:
+        """Tasks someone labeled or skipped: no longer open in an annotator's editor."""
+        rows = self._db().execute(
+            "SELECT task_id FROM tasks WHERE labeled = 1 UNION SELECT task_id FROM annotations"
+        )
+        return {int(row[0]) for row in rows}
+
+    def annotators_since(self, since: float) -> int:
+        """How many people labeled or skipped a task since ``since`` (a Unix time)."""
+        row = self._db().execute(
+            "SELECT COUNT(DISTINCT json_extract(body, '$.annotation.completed_by')) FROM events"
+            " WHERE received >= ? AND action IN (?, ?, ?)",
+            (since, "ANNOTATION_CREATED", "ANNOTATION_UPDATED", SKIPPED),
+        )
+        return int(row.fetchone()[0])
+
+    def mirror_counts(self) -> tuple[int, int]:
+        """(tasks, labeled tasks) in the mirror: compared with Label Studio's own counters."""
+        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(labeled), 0) FROM tasks")
+        total, labeled = row.fetchone()
+        return int(total), int(labeled)
 
     def meta(self, key: str) -> str | None:
         row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -200,6 +304,12 @@ class AnnotationStore:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})"
         return int(self._db().execute(query, list(actions)).fetchone()[0])
+
+    def last_received(self, actions: set[str]) -> float:
+        """When the newest event of ``actions`` arrived (a Unix time; 0 if none did)."""
+        marks = ",".join("?" * len(actions))
+        query = f"SELECT COALESCE(MAX(received), 0) FROM events WHERE action IN ({marks})"
+        return float(self._db().execute(query, list(actions)).fetchone()[0])
 
     def count_events(self, actions: set[str], after: int) -> int:
         marks = ",".join("?" * len(actions))

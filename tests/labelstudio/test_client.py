@@ -148,22 +148,50 @@ def test_labeled_tasks_leave_out_skips(
 
 
 @pytest.mark.integration
-def test_delete_model_version(client: LabelStudioClient, trec_project: dict[str, Any]) -> None:
+def test_predictions_are_read_for_chosen_tasks_and_deleted_one_by_one(
+    client: LabelStudioClient, trec_project: dict[str, Any]
+) -> None:
     pid, ids = trec_project["id"], trec_project["task_ids"]
     for version in ("old", "new"):
         items: list[PredictionItem] = [
             {"task": t, "result": [], "score": 0.5, "model_version": version} for t in ids[:10]
         ]
         client.import_predictions(pid, items)
+    assert client.counts(pid).total_predictions_number == 20
 
-    client.set_queue(pid, "new")
+    chosen = list(client.iter_tasks(pid, task_ids=ids[2:5], include_predictions=True))
+    assert [t["id"] for t in chosen] == ids[2:5]
+    old = [p["id"] for t in chosen for p in t["predictions"] if p["model_version"] == "old"]
+    for prediction_id in old:
+        client.delete_prediction(prediction_id)
+    client.delete_prediction(old[0])  # already gone: nothing to do
 
-    assert client.delete_model_version(pid, "old") == 10
-    with pytest.raises(ValueError, match="current"):
-        client.delete_model_version(pid, "new")
+    counts = client.counts(pid)
+    assert counts.total_predictions_number == 17
+    assert counts.task_number == 50 and counts.num_tasks_with_annotations == 0
+    assert list(client.iter_tasks(pid, task_ids=[])) == []
 
-    tasks = list(client.iter_tasks(pid, include_predictions=True))
-    assert {p["model_version"] for t in tasks for p in t.get("predictions", [])} == {"new"}
+
+@pytest.mark.integration
+def test_a_save_naming_a_deleted_prediction_fails(
+    label_studio: LabelStudioServer, client: LabelStudioClient, trec_project: dict[str, Any]
+) -> None:
+    """Why a sync keeps the predictions an annotator may have open: the editor's save names the
+    prediction it started from (parent_prediction), and Label Studio refuses it once it is gone."""
+    pid, task = trec_project["id"], trec_project["task_ids"][0]
+    client.import_predictions(
+        pid, [{"task": task, "result": [], "score": 0.5, "model_version": "r"}]
+    )
+    (shown,) = next(client.iter_tasks(pid, task_ids=[task], include_predictions=True))[
+        "predictions"
+    ]
+    client.delete_prediction(shown["id"])
+    r = httpx.post(
+        f"{label_studio.url}/api/tasks/{task}/annotations",
+        json={"result": choice(trec_project["gold"][task]), "parent_prediction": shown["id"]},
+        headers={"Authorization": f"Token {label_studio.token}"},
+    )
+    assert r.status_code == 400 and "parent_prediction" in r.text
 
 
 @pytest.mark.integration
