@@ -90,7 +90,7 @@ def models(args: argparse.Namespace) -> None:
 
 def sync(args: argparse.Namespace) -> None:
     from ls_backend.labelstudio.client import LabelStudioClient
-    from ls_backend.labelstudio.sync import sync_project
+    from ls_backend.labelstudio.sync import Syncer
     from ls_backend.service import Backend
 
     settings = get_settings()
@@ -98,7 +98,7 @@ def sync(args: argparse.Namespace) -> None:
         sys.exit("sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     client = LabelStudioClient.from_settings(settings)
     try:
-        result = sync_project(Backend(settings).project(args.project), client, settings)
+        result = Syncer(client, settings)(Backend(settings).project(args.project), force=True)
     finally:
         client.close()
     print(json.dumps(result, indent=2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,6 @@ class Scored:
     model: ModelVersion
     probs: Probs
     figures: dict[str, NDArray[np.float64]]
-    results: list[dict[str, Any]]  # one Label Studio prediction per text
 
     @property
     def uncertainty(self) -> NDArray[np.float64]:
@@ -131,13 +131,17 @@ class Project:
     def predict(self, tasks: list[dict[str, Any]]) -> PredictionBatch:
         config = self.config()
         scored = self.score([config.text_of(task) for task in tasks])
-        return PredictionBatch(scored.model.version, scored.results)
+        return PredictionBatch(scored.model.version, self.results(scored))
 
-    def score(self, texts: list[str], embeddings: Embeddings | None = None) -> Scored:
-        """Predict ``texts`` with the serving model: Label Studio prediction dicts, the
-        probabilities and the uncertainty figures (STAR's mix when an adapter serves)."""
-        config = self.config()
-        model = self.model()
+    def score(
+        self,
+        texts: list[str],
+        embeddings: Embeddings | None = None,
+        model: ModelVersion | None = None,
+    ) -> Scored:
+        """Predict ``texts`` with ``model`` (the serving one by default): the probabilities
+        and the uncertainty figures (STAR's mix when an adapter serves)."""
+        model = model or self.model()
         if embeddings is None:
             embeddings = self.backend.encoder.encode(texts)
         settings = self.backend.settings
@@ -148,19 +152,28 @@ class Project:
             lam = uncertainty.star_lambda(model.lora_round, settings.star_lambda_decay)
             base = uncertainty.scores(prediction.base_probs, "margin", space.multi_label)
             figures["star"] = uncertainty.dynamic_uncertainty(base, figures["margin"], lam)
-        names, confidence = decided_labels(space, prediction.probs)
-        mean = prediction.probs.mean(axis=2)
+        return Scored(model, prediction.probs, figures)
+
+    def results(self, scored: Scored, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """Label Studio predictions (pre-annotation, confidence, figures) for ``rows`` of
+        ``scored`` (all of them by default)."""
+        config = self.config()
+        space = scored.model.space
+        picked = np.arange(len(scored.probs)) if rows is None else np.asarray(rows, dtype=np.int64)
+        probs = scored.probs[picked]
+        names, confidence = decided_labels(space, probs)
+        mean = probs.mean(axis=2)
 
         def per_label(values: NDArray[np.float64] | NDArray[np.float32]) -> dict[str, float]:
             return dict(zip(space.labels, (round(float(v), 6) for v in values), strict=True))
 
         results = []
-        for row, chosen in enumerate(names):
+        for i, (row, chosen) in enumerate(zip(picked, names, strict=True)):
             figures_row = {
                 name: per_label(values[row]) if values.ndim == 2 else round(float(values[row]), 6)
-                for name, values in figures.items()
+                for name, values in scored.figures.items()
             }
-            score = round(float(confidence[row]), 6)
+            score = round(float(confidence[i]), 6)
             # Multi-label with no label above 0.5: an empty pre-annotation, not a wrong one.
             result = (
                 [
@@ -168,14 +181,16 @@ class Project:
                         chosen,
                         score=score,
                         uncertainty=figures_row,
-                        probabilities=per_label(mean[row]),
+                        probabilities=per_label(mean[i]),
                     )
                 ]
                 if chosen
                 else []
             )
-            results.append({"result": result, "score": score, "model_version": model.version})
-        return Scored(model, prediction.probs, figures, results)
+            results.append(
+                {"result": result, "score": score, "model_version": scored.model.version}
+            )
+        return results
 
     # --- training data ------------------------------------------------------------------------
 

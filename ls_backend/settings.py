@@ -111,6 +111,21 @@ class Settings(BaseSettings):
     sync_every: int = Field(
         10, ge=1, description="Re-rank the queue after this many new annotations."
     )
+    sync_top_k: int = Field(
+        100,
+        ge=1,
+        description="Tasks pushed to Label Studio's queue per sync (the front of the ranking); "
+        "a sync comes again once half of them are labeled.",
+    )
+    sync_min_interval_s: float = Field(
+        5.0, ge=0, description="Least time between two pushes to Label Studio; requests coalesce."
+    )
+    sync_quiet_s: float = Field(
+        10.0,
+        ge=0,
+        description="Replaced ranking predictions are deleted once no label came for this long "
+        "(so the deletes never meet annotators' saves), or when over 10 x SYNC_TOP_K wait.",
+    )
 
     def resolved_device(self) -> str:
         if self.device != "auto":

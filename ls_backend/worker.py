@@ -181,6 +181,11 @@ class Worker:
         elif action == "TASKS_CREATED":
             self.request_sync(project)
 
+    def on_setup(self, project: Project) -> None:
+        """A project connects: rank its queue once, even before any label (diversity alone)."""
+        if self.sync_job is not None and project.store.meta("sync_forced") is None:
+            self.request_sync(project)
+
     def request(self, key: str, lane: str) -> None:
         with self._lock:
             wake = self._wake.get((key, lane))
@@ -208,8 +213,13 @@ class Worker:
                 if self._pending(project, lane):
                     self.request(key, lane)
 
-    def request_sync(self, project: Project) -> None:
-        project.store.set_meta("sync_wanted", str(time.time_ns()))
+    def request_sync(self, project: Project, forced: bool = True) -> None:
+        """Wake the sync lane. ``forced`` pushes a new ranking (POST /sync, new tasks); else
+        the lane re-ranks and pushes only when the queue needs it (``core.requeue``)."""
+        now = str(time.time_ns())
+        if forced:
+            project.store.set_meta("sync_forced", now)
+        project.store.set_meta("sync_wanted", now)
         self.request(project.key, "sync")
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
@@ -382,21 +392,9 @@ class Worker:
             "promoted" if result.promoted else "kept",
             result.reason,
         )
-        if self._sync_due(project, lane, result.promoted):
-            self.request_sync(project)
+        if self.sync_job is not None:  # new labels or a new model: the sync decides to push
+            self.request_sync(project, forced=False)
         return asdict(result)
-
-    def _sync_due(self, project: Project, lane: str, promoted: bool) -> bool:
-        """Re-rank after every promoted model, and every SYNC_EVERY labels in any case: the
-        labeled set itself shapes the ranking (diversity is measured against it)."""
-        if self.sync_job is None:
-            return False
-        store = project.store
-        fresh = store.count_events(LABEL_ACTIONS, after=int(store.meta("sync_label_seq") or 0))
-        if not promoted and not (lane == "head" and fresh >= self.settings.sync_every):
-            return False
-        store.set_meta("sync_label_seq", str(store.last_seq(LABEL_ACTIONS)))
-        return True
 
     def round_config(self, lane: str) -> RoundConfig:
         s = self.settings

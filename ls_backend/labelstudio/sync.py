@@ -1,36 +1,75 @@
-"""Sync: fetch a project's tasks -> embed -> predict -> rank -> push the order to Label Studio.
+"""Sync: rank a project's unlabeled tasks and put the front of the order into Label Studio's queue.
 
 Label Studio serves the next task by *uncertainty sampling* over the predictions of
-``project.model_version``, lowest ``score`` first (LABEL_STUDIO.md 5.1). So a sync pushes
-one prediction per unlabeled task under a new ranking version: the real pre-annotation
-(with its confidence and uncertainty inside the result item) and ``score`` = priority.
-The bulk endpoint drops ``cluster``, so batch diversity lives in the order itself.
+``project.model_version``, lowest ``score`` first (LABEL_STUDIO.md 5.1). A push writes one
+prediction for each of the ``SYNC_TOP_K`` best tasks under a new ranking version (the real
+pre-annotation, with ``score`` = queue position) and points the project at it. When the front
+is used up Label Studio falls back to random order until the next push.
+
+What annotators feel is Label Studio's database, so a sync touches it as little as it can:
+- the task mirror in the project's store (filled by one full read, kept current by webhooks,
+  checked against Label Studio's own counters before each push) means a re-rank reads no task
+  from Label Studio; embeddings of new tasks are computed in chunks that yield to live predictions;
+- a re-rank is pushed only when it changes what annotators get next (``core.requeue``), at most
+  once per ``SYNC_MIN_INTERVAL_S``;
+- a push is one insert of ``SYNC_TOP_K`` rows; the predictions it replaces are deleted one by
+  one (a bulk delete of 1,000 holds SQLite for 5-10 s and fails annotators' saves), except those
+  an annotator may still have open: their save names the prediction (``parent_prediction``) and
+  fails if it is gone, so those wait for Label Studio's task lock (a day) to run out.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from ls_backend.core import uncertainty
+from ls_backend.core.embeddings import Encoder
+from ls_backend.core.labels import Embeddings
+from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool
+from ls_backend.core.requeue import push_reason
 from ls_backend.core.training import Progress
-from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem
-from ls_backend.labelstudio.config import TaskError
-from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED
+from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem, ProjectCounts
+from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
+from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED, AnnotationStore
 from ls_backend.settings import Settings
 
 if TYPE_CHECKING:  # the service calls into this adapter; it does not import the service
-    from ls_backend.service import Project
+    from ls_backend.service import Project, Scored
 
 log = logging.getLogger(__name__)
 
-#: Ranking versions kept in Label Studio besides the current one (older ones are deleted).
-KEEP_RANKINGS = 1
+#: New tasks embedded per sync run. An import of 100,000 tasks is ranked on a growing uniform
+#: sample: the first push comes after ~30 s of embedding (2 cores), not after ~12 minutes.
+EMBED_PER_RUN = 4096
+#: With an adapter serving, only this many of the head's most uncertain tasks go through the
+#: adapter (MC dropout over a whole pool is minutes on a CPU).
+ADAPTER_CANDIDATES = 1000
+#: Tasks past the last one labeled from a ranking that an annotator may still have open, per
+#: person who labeled in the last ACTIVE_S (one open task each, doubled for safety).
+OPEN_PER_ANNOTATOR = 2
+ACTIVE_S = 3600.0
+#: Label Studio's default task lock (TASK_LOCK_TTL): nobody still has a task open after this.
+HOLD_S = 86400.0
+#: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
+RECHECK_S = 1.0
+#: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
+#: next run re-rank; while annotators label (more than STALE_CAP_K x SYNC_TOP_K waiting), 1 s.
+FORGET_S = 10.0
+FORGET_BUSY_S = 1.0
+STALE_CAP_K = 10
+#: Tasks whose predictions are read per request while forgetting.
+FORGET_BATCH = 25
+#: Pause between two deletes: Label Studio's SQLite stays free for annotators' saves between them.
+FORGET_PAUSE_S = 0.05
 
 
 def priorities(n: int) -> np.ndarray:
@@ -39,121 +78,415 @@ def priorities(n: int) -> np.ndarray:
     return (np.arange(n, dtype=np.float64) + 1.0) / (n + 1.0)
 
 
-def sync_project(
-    project: Project,
-    client: LabelStudioClient,
-    settings: Settings,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    report = progress or (lambda _fraction, _stage: None)
-    project_id = int(project.key)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+@dataclass
+class Ranking:
+    """A ranking version pushed to Label Studio, kept in the store until its predictions
+    are gone from Label Studio (recorded before its import, so a crash mid-push leaks none)."""
 
-    def lap(stage: str, fraction: float) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[stage] = round(now - clock, 3)
-        clock = now
-        report(fraction, stage)
+    version: str
+    tasks: list[int]  # in queue order
+    pushed: float
+    stale_since: float | None = None  # when another ranking replaced it
+    deleted: list[int] = field(default_factory=list)  # tasks whose prediction is gone
 
-    report(0.0, "fetch")
-    label_config = client.get_project(project_id).get("label_config")
-    if label_config:
-        project.setup(label_config)
-    config = project.config()
-    ids, texts, labeled = [], [], []
-    unreadable = 0
-    for task in client.iter_tasks(project_id):
-        try:
-            texts.append(config.text_of(task))
-        except TaskError:
-            unreadable += 1
-            continue
-        ids.append(task["id"])
-        labeled.append(bool(task["annotations"]))
-    lap("fetch", 0.2)
-    if unreadable:
-        log.warning("project %s: %d tasks lack the text field; not ranked", project_id, unreadable)
+    def deletable(self, touched: set[int], margin: int, now: float) -> list[int]:
+        """Tasks whose prediction of this ranking no editor can still hold: annotators took
+        tasks front to back, so past the last one labeled or skipped (``touched``) at most
+        ``margin`` are open; untouched ones before it may be open too (left unsaved)."""
+        gone = set(self.deleted)
+        left = [t for t in self.tasks if t not in gone]
+        if self.stale_since is not None and now - self.stale_since > HOLD_S:
+            return left
+        reached = max((i + 1 for i, t in enumerate(self.tasks) if t in touched), default=0)
+        maybe_open = {t for t in self.tasks[: reached + margin] if t not in touched}
+        return [t for t in left if t not in maybe_open]
 
-    embeddings = project.backend.encoder.encode(texts, progress=True)
-    lap("embed", 0.5)
-    # Only unlabeled tasks get a prediction (MC-dropout passes are the costly part with an
-    # adapter); labeled rows stay in the pool for diversity, their zeros are never read.
-    is_labeled = np.asarray(labeled, dtype=bool)
-    unlabeled_idx = np.flatnonzero(~is_labeled)
-    scored = project.score([texts[i] for i in unlabeled_idx], embeddings[unlabeled_idx])
-    probs = np.zeros((len(ids), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
-    probs[unlabeled_idx] = scored.probs
-    scores = np.zeros(len(ids))
-    scores[unlabeled_idx] = scored.uncertainty
-    result_of = dict(zip(unlabeled_idx.tolist(), scored.results, strict=True))
-    lap("predict", 0.7)
 
+@dataclass
+class QueueState:
+    """What Label Studio's queue holds, as the project's store remembers it."""
+
+    rankings: list[Ranking] = field(default_factory=list)  # the last one serves
+    label_seq: int = 0  # last label event counted at the last push
+    forced_seq: int = 0  # last explicit request served
+    pushes: int = 0
+    complete: bool = True  # every readable task was ranked at the last push
+    baseline: dict[str, int] | None = None  # mirror and Label Studio counts at the last full read
+
+    KEY = "queue"
+
+    @classmethod
+    def load(cls, store: AnnotationStore) -> QueueState:
+        raw = store.meta(cls.KEY)
+        if raw is None:
+            return cls()
+        data = json.loads(raw)
+        data["rankings"] = [Ranking(**r) for r in data.get("rankings", [])]
+        return cls(**data)
+
+    def save(self, store: AnnotationStore) -> None:
+        store.set_meta(self.KEY, json.dumps(asdict(self)))
+
+    @property
+    def serving(self) -> Ranking | None:
+        return self.rankings[-1] if self.rankings else None
+
+
+class TaskPool:
+    """A project's tasks as ranking sees them, kept in memory between syncs: ids (ascending),
+    texts and embeddings. A refresh reads from the mirror and embeds only tasks it lacks."""
+
+    def __init__(self, dim: int) -> None:
+        self.ids: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self.texts: list[str] = []
+        self.embeddings: Embeddings = np.zeros((0, dim), dtype=np.float32)
+        self.unreadable: set[int] = set()
+        self.config_xml: str | None = None
+
+    def refresh(
+        self,
+        store: AnnotationStore,
+        config_xml: str,
+        encoder: Encoder,
+        budget: int = EMBED_PER_RUN,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[NDArray[np.bool_], int]:
+        """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
+        tasks are still waiting to be embedded (more than ``budget`` were new)."""
+        if config_xml != self.config_xml:  # another text field: every text may differ
+            self.__init__(encoder.dim)  # type: ignore[misc]
+            self.config_xml = config_xml
+        config = ClassificationConfig.parse(config_xml)
+        all_ids, labeled = store.task_states()
+        keep = np.isin(self.ids, all_ids, assume_unique=True)
+        if not keep.all():
+            self.ids, self.embeddings = self.ids[keep], self.embeddings[keep]
+            self.texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
+        new = np.setdiff1d(all_ids, self.ids, assume_unique=True)
+        new = new[~np.isin(new, list(self.unreadable))] if self.unreadable else new
+        waiting = 0
+        if len(new) > budget:  # a uniform sample, so a partial pool ranks fairly
+            waiting = len(new) - budget
+            new = np.sort((rng or np.random.default_rng()).choice(new, budget, replace=False))
+        data = store.task_data(new.tolist())
+        ids, texts = [], []
+        for task_id in new.tolist():
+            try:
+                texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
+            except TaskError:
+                self.unreadable.add(task_id)
+                continue
+            ids.append(task_id)
+        if ids:
+            vectors = encoder.encode(texts, progress=len(texts) > 1000, background=True)
+            self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+            self.embeddings = np.concatenate([self.embeddings, vectors])
+            self.texts += texts
+            order = np.argsort(self.ids, kind="stable")
+            self.ids, self.embeddings = self.ids[order], self.embeddings[order]
+            self.texts = [self.texts[i] for i in order]
+        return labeled[np.searchsorted(all_ids, self.ids)], waiting
+
+
+@dataclass
+class Front:
+    """The new front of the queue: task ids, best first, and their predictions."""
+
+    tasks: list[int]
+    results: list[dict[str, Any]]
+    model_version: str
+
+
+def rank_front(
+    project: Project, pool: TaskPool, labeled: NDArray[np.bool_], settings: Settings
+) -> Front:
+    """Score the pool's unlabeled tasks with the serving model and rank them; predictions
+    are built for the front only."""
+    model = project.model()  # one model for the whole ranking, even if a promotion lands
+    unlabeled = np.flatnonzero(~labeled)
+    if len(unlabeled) == 0:
+        return Front([], [], model.version)
+    candidates = unlabeled
+    if model.lora is not None and len(unlabeled) > ADAPTER_CANDIDATES:
+        base = model.head.predict_proba(pool.embeddings[unlabeled])
+        doubt = uncertainty.scores(base, "margin", model.space.multi_label)
+        most = np.argsort(-doubt, kind="stable")[:ADAPTER_CANDIDATES]
+        candidates = np.sort(unlabeled[most])
+    rows = np.concatenate([candidates, np.flatnonzero(labeled)])
+    scored = _score_in_chunks(project, model, pool, candidates)
+    probs = np.zeros((len(rows), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
+    probs[: len(candidates)] = scored.probs
+    scores = np.zeros(len(rows))
+    scores[: len(candidates)] = scored.uncertainty
     order = rank_pool(
         settings.strategy,
-        probs if scored.model.kind != "prototype" else None,
-        embeddings,
-        np.flatnonzero(is_labeled).astype(np.int64),
-        multi_label=scored.model.space.multi_label,
+        probs if model.kind != "prototype" else None,
+        pool.embeddings[rows],
+        np.arange(len(candidates), len(rows), dtype=np.int64),
+        multi_label=model.space.multi_label,
         scores=scores,
+    )[: settings.sync_top_k]
+    return Front(
+        tasks=pool.ids[rows[order]].tolist(),
+        results=project.results(scored, order.tolist()),
+        model_version=model.version,
     )
-    lap("rank", 0.75)
 
-    version = f"rank-{scored.model.version}-{time.strftime('%Y%m%dT%H%M%S')}"
-    items: list[PredictionItem] = [
-        {
-            "task": ids[row],
-            "result": result_of[int(row)]["result"],
-            "score": float(priority),
-            "model_version": version,
-        }
-        for row, priority in zip(order, priorities(len(order)), strict=True)
+
+def _score_in_chunks(
+    project: Project, model: ModelVersion, pool: TaskPool, rows: NDArray[np.int64]
+) -> Scored:
+    """``model`` over ``rows`` of the pool; an adapter goes in chunks, so a live prediction
+    waiting for it gets in between."""
+    step = len(rows) if model.lora is None else 64
+    parts = [
+        project.score(
+            [pool.texts[i] for i in rows[start : start + step]],
+            pool.embeddings[rows[start : start + step]],
+            model=model,
+        )
+        for start in range(0, len(rows), step)
     ]
-    created = client.import_predictions(project_id, items) if items else 0
-    client.set_queue(project_id, version)
-    lap("push", 1.0)
+    whole = parts[0]
+    if len(parts) > 1:
+        whole.probs = np.concatenate([p.probs for p in parts])
+        whole.figures = {k: np.concatenate([p.figures[k] for p in parts]) for k in whole.figures}
+    return whole
 
-    _forget_old_rankings(project, client, version)
-    log.info(
-        "project %s: ranked %d unlabeled of %d tasks as %s (%s)",
-        project_id,
-        len(order),
-        len(ids),
-        version,
-        ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
-    )
+
+class Syncer:
+    """The sync lane's job: one Label Studio client and one task pool per project, per process."""
+
+    def __init__(self, client: LabelStudioClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.pools: dict[str, TaskPool] = {}
+
+    def __call__(
+        self, project: Project, progress: Progress | None = None, *, force: bool = False
+    ) -> dict[str, Any]:
+        """Re-rank; push when ``force`` or a request asked for it, or ``core.requeue`` says so."""
+        report = progress or (lambda _fraction, _stage: None)
+        store, settings = project.store, self.settings
+        state = QueueState.load(store)
+        serving = state.serving
+        if serving is not None:  # rate limit: what arrives meanwhile coalesces into this run
+            rest = serving.pushed + settings.sync_min_interval_s - time.time()
+            if rest > 0:
+                report(0.0, "waiting for the rate limit")
+                time.sleep(rest)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(stage: str, fraction: float) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[stage] = round(timings.get(stage, 0.0) + now - clock, 3)
+            clock = now
+            report(fraction, stage)
+
+        # Read every input before deciding: requests that came in while waiting are served now.
+        forced_seq = int(store.meta("sync_forced") or 0)
+        label_seq = store.last_seq(LABEL_ACTIONS)
+        project_id = int(project.key)
+        if state.baseline is None:
+            report(0.0, "reading every task from Label Studio")
+            state.baseline = self._full_read(project)
+            lap("read", 0.3)
+        pool = self.pools.setdefault(project.key, TaskPool(project.backend.encoder.dim))
+        labeled, waiting = pool.refresh(store, _config_xml(store), project.backend.encoder)
+        lap("embed", 0.5)
+        front = rank_front(project, pool, labeled, settings)
+        lap("rank", 0.6)
+
+        in_queue = serving.tasks if serving else []
+        still = set(pool.ids[~labeled].tolist())
+        reason = push_reason(
+            front.tasks,
+            [t for t in in_queue if t in still] if serving else None,
+            top_k=settings.sync_top_k,
+            new_labels=store.count_events(LABEL_ACTIONS, after=state.label_seq),
+            sync_every=settings.sync_every,
+            forced=force or forced_seq > state.forced_seq,
+            pool_grew=not state.complete,
+        )
+        outcome: dict[str, Any] = {}
+        if reason is not None:
+            if not self._consistent(project_id, store, state.baseline):
+                report(0.6, "healing the task mirror: reading every task from Label Studio")
+                state.baseline = self._full_read(project)
+                labeled, waiting = pool.refresh(store, _config_xml(store), project.backend.encoder)
+                front = rank_front(project, pool, labeled, settings)
+                outcome["healed"] = True
+                lap("heal", 0.7)
+            version = self._push(project_id, state, front, store)
+            state.label_seq, state.forced_seq = label_seq, forced_seq
+            state.complete = waiting == 0
+            state.save(store)
+            lap("push", 0.8)
+            outcome.update(ranking_version=version, pushed=len(front.tasks))
+        outcome["deleted"], more = self._forget_stale(project_id, state, store, report)
+        lap("forget", 1.0)
+        if waiting or more:  # the rest of a large import, or of the old predictions
+            store.set_meta("sync_wanted", str(time.time_ns()))
+        outcome.update(
+            reason=reason or "queue unchanged",
+            tasks=len(pool.ids),
+            unlabeled=int((~labeled).sum()),
+            model_version=front.model_version,
+            waiting_to_embed=waiting,
+            seconds=timings,
+        )
+        log.info(
+            "project %s: %s -> %s (%s)",
+            project_id,
+            outcome["reason"],
+            outcome.get("ranking_version", "no push"),
+            ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
+        )
+        return outcome
+
+    # --- Label Studio, read --------------------------------------------------------------------
+
+    def _full_read(self, project: Project) -> dict[str, int]:
+        """Fill the mirror from every task in Label Studio; returns the counts to compare
+        later ones with (each side's own, so a counter that counts differently is no alarm)."""
+        project_id = int(project.key)
+        label_config = self.client.get_project(project_id).get("label_config")
+        if label_config:
+            project.setup(label_config)
+        read = project.store.replace_tasks(
+            (task["id"], task["data"], bool(task["annotations"]))
+            for task in self.client.iter_tasks(project_id)
+        )
+        counts = self.client.counts(project_id)
+        log.info("project %s: read %d tasks from Label Studio into the mirror", project_id, read)
+        return _baseline(project.store, counts)
+
+    def _consistent(self, project_id: int, store: AnnotationStore, base: dict[str, int]) -> bool:
+        """A missed webhook shows as Label Studio's counters moving unlike the mirror's. A
+        webhook still in flight looks the same for a moment, so a mismatch is checked twice."""
+        for attempt in range(2):
+            now = _baseline(store, self.client.counts(project_id))
+            there = (now["ls_tasks"] - base["ls_tasks"], now["ls_labeled"] - base["ls_labeled"])
+            here = (now["tasks"] - base["tasks"], now["labeled"] - base["labeled"])
+            if there == here:
+                return True
+            if attempt == 0:
+                time.sleep(RECHECK_S)
+        log.warning(
+            "project %s: task mirror out of step with Label Studio (tasks, labeled moved %s "
+            "there, %s here): reading every task again",
+            project_id,
+            there,
+            here,
+        )
+        return False
+
+    # --- Label Studio, write -------------------------------------------------------------------
+
+    def _push(
+        self, project_id: int, state: QueueState, front: Front, store: AnnotationStore
+    ) -> str:
+        state.pushes += 1
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        version = f"rank-{front.model_version}-{stamp}-{state.pushes}"
+        now = time.time()
+        for ranking in state.rankings:
+            ranking.stale_since = ranking.stale_since or now
+        state.rankings.append(Ranking(version, front.tasks, now))
+        state.save(store)  # before the import: a crash after it still knows what to delete
+        items: list[PredictionItem] = [
+            {
+                "task": task,
+                "result": result["result"],
+                "score": float(priority),
+                "model_version": version,
+            }
+            for task, result, priority in zip(
+                front.tasks, front.results, priorities(len(front.tasks)), strict=True
+            )
+        ]
+        if items:
+            self.client.import_predictions(project_id, items)
+        self.client.set_queue(project_id, version)
+        return version
+
+    def _forget_stale(
+        self, project_id: int, state: QueueState, store: AnnotationStore, report: Progress
+    ) -> tuple[int, bool]:
+        """Delete replaced rankings' predictions, keeping those an annotator may have open.
+
+        On SQLite any write of ours can fail an annotator's save that meets it ("database is
+        locked"), so deletes wait for SYNC_QUIET_S without a label and stop when one comes; only
+        a backlog over STALE_CAP_K x SYNC_TOP_K rows is deleted while people label, 1 s a run.
+        One request per prediction. Returns how many went and whether more may go now.
+        """
+        now, actions = time.time(), LABEL_ACTIONS | {SKIPPED}
+        touched = store.touched_tasks()
+        margin = OPEN_PER_ANNOTATOR * max(1, store.annotators_since(now - ACTIVE_S))
+        work = [
+            (ranking, ranking.deletable(touched, margin, now))
+            for ranking in state.rankings[:-1]
+            if ranking.stale_since is not None
+        ]
+        backlog = sum(len(doomed) for _, doomed in work)
+        if not backlog:
+            return 0, False
+        busy = backlog > STALE_CAP_K * self.settings.sync_top_k
+        seen = store.last_seq(actions)
+        quiet_at = store.last_received(actions) + self.settings.sync_quiet_s
+        if not busy and time.time() < quiet_at:
+            report(0.9, "waiting for a quiet moment to delete old predictions")
+            while time.time() < quiet_at:
+                time.sleep(0.25)
+                if store.last_seq(actions) != seen:
+                    return 0, False  # labeling goes on: its own runs come back here
+        deleted = 0
+        deadline = time.monotonic() + (FORGET_BUSY_S if busy else FORGET_S)
+        try:
+            for ranking, doomed in work:
+                for start in range(0, len(doomed), FORGET_BATCH):
+                    batch = doomed[start : start + FORGET_BATCH]
+                    tasks = self.client.iter_tasks(
+                        project_id, task_ids=batch, include_predictions=True
+                    )
+                    for task in tasks:
+                        for prediction in task.get("predictions", []):
+                            if prediction["model_version"] != ranking.version:
+                                continue
+                            if time.monotonic() > deadline:
+                                return deleted, True
+                            if not busy and store.last_seq(actions) != seen:
+                                return deleted, False
+                            self.client.delete_prediction(prediction["id"])
+                            deleted += 1
+                            time.sleep(FORGET_PAUSE_S)
+                        ranking.deleted.append(task["id"])
+                    gone = set(batch) - set(ranking.deleted)  # tasks deleted in Label Studio
+                    ranking.deleted += sorted(gone)
+                    if len(ranking.deleted) == len(ranking.tasks):
+                        state.rankings.remove(ranking)
+            return deleted, False
+        finally:
+            state.save(store)
+
+
+def _config_xml(store: AnnotationStore) -> str:
+    xml = store.meta("label_config")
+    if xml is None:
+        raise ConfigError("the project has no label config yet: connect it to the backend")
+    return xml
+
+
+def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:
+    tasks, labeled = store.mirror_counts()
     return {
-        "ranking_version": version,
-        "model_version": scored.model.version,
-        "tasks": len(ids),
-        "ranked": len(order),
-        "pushed": created,
-        "unreadable": unreadable,
-        "seconds": timings,
+        "ls_tasks": counts.task_number,
+        "ls_labeled": counts.num_tasks_with_annotations,
+        "tasks": tasks,
+        "labeled": labeled,
     }
-
-
-def _forget_old_rankings(project: Project, client: LabelStudioClient, current: str) -> None:
-    """Delete older ranking versions in the background: Label Studio takes ~2 minutes per
-    10k predictions, and ignores them meanwhile (only the project's version counts)."""
-    store = project.store
-    history = [v for v in (store.meta("rankings") or "").split() if v]
-    history.append(current)
-    stale, keep = history[: -1 - KEEP_RANKINGS], history[-1 - KEEP_RANKINGS :]
-    store.set_meta("rankings", " ".join(keep))
-
-    def delete() -> None:
-        for version in stale:
-            try:
-                client.delete_model_version(int(project.key), version)
-            except Exception as exc:  # best effort: an old ranking left behind is harmless
-                log.warning(
-                    "could not delete ranking %s of project %s: %s", version, project.key, exc
-                )
-
-    if stale:
-        threading.Thread(target=delete, name=f"forget-{project.key}", daemon=True).start()
 
 
 def label_studio_jobs(
@@ -161,20 +494,20 @@ def label_studio_jobs(
 ) -> tuple[Callable[[Project, Progress], dict[str, Any]], Callable[[Project], int]]:
     """The worker's sync lane and the START_TRAINING re-read, sharing one Label Studio client
     per process, created on first use."""
-    clients: list[LabelStudioClient] = []
+    syncers: list[Syncer] = []
 
-    def client() -> LabelStudioClient:
-        if not clients:
-            clients.append(LabelStudioClient.from_settings(settings))
-        return clients[0]
+    def syncer() -> Syncer:
+        if not syncers:
+            syncers.append(Syncer(LabelStudioClient.from_settings(settings), settings))
+        return syncers[0]
 
     def sync(project: Project, progress: Progress) -> dict[str, Any]:
-        return sync_project(project, client(), settings, progress)
+        return syncer()(project, progress)
 
     def reread(project: Project) -> int:
         """Make the store match every labeled task Label Studio holds."""
         upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
-        tasks = client().labeled_tasks(int(project.key))
+        tasks = syncer().client.labeled_tasks(int(project.key))
         project.store.replace_labeled([dict(task) for task in tasks], upto)
         return len(tasks)
 

@@ -138,6 +138,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             version = project.setup(body.schema_)
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from exc
+        the_backend().worker.on_setup(project)
         return {"model_version": version}
 
     @app.post("/predict", summary="Pre-annotations for a batch of tasks, one per task, in order")

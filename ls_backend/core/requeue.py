@@ -1,0 +1,48 @@
+"""When a new ranking is worth pushing to Label Studio's queue.
+
+A push writes the front of the ranking (``SYNC_TOP_K`` tasks) into Label Studio as
+predictions and later deletes the ones it replaces: a few hundred small writes on the
+database annotators save into. So a re-rank is pushed only when it changes what
+annotators get next, or when the queue needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: A promoted model re-orders the queue only if it moves more than this share of the
+#: tasks still waiting out of the new front (early heads reshuffle it; later ones rarely do).
+MIN_KEPT = 0.8
+
+
+def push_reason(
+    front: Sequence[int],
+    waiting: Sequence[int] | None,
+    *,
+    top_k: int,
+    new_labels: int,
+    sync_every: int,
+    forced: bool = False,
+    pool_grew: bool = False,
+) -> str | None:
+    """Why the new ``front`` (task ids, best first) should replace the queue, or None.
+
+    ``waiting``: the pushed tasks that are still unlabeled, in queue order (None before the
+    first push); ``new_labels``: labels since the last push; ``pool_grew``: tasks that were
+    not ranked at the last push (a large import still being embedded) now are.
+    """
+    if forced:
+        return "requested"
+    if waiting is None:
+        return "first ranking"
+    if new_labels >= sync_every:
+        return f"{new_labels} new labels"
+    if len(waiting) < top_k / 2 and len(front) > len(waiting):
+        return f"queue running low ({len(waiting)} of {top_k} left)"
+    if pool_grew:
+        return "more tasks ranked"
+    if waiting:
+        kept = len(set(front[: len(waiting)]) & set(waiting)) / len(waiting)
+        if kept < MIN_KEPT:
+            return f"the new model moves {1 - kept:.0%} of the queued tasks out of the front"
+    return None

@@ -1,0 +1,26 @@
+"""Which predictions of a replaced ranking may go: never one an annotator may still have open."""
+
+from ls_backend.labelstudio.sync import HOLD_S, Ranking
+
+TASKS = list(range(1, 21))
+
+
+def test_tasks_labeled_from_a_ranking_and_its_unserved_tail_go_the_open_ones_stay():
+    ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0)
+    # Tasks 1-5 were labeled, 6 was served and left open; with one annotator, 2 may be open.
+    deletable = ranking.deletable(touched={1, 2, 3, 4, 5}, margin=2, now=200.0)
+    assert {6, 7} - set(deletable) == {6, 7}
+    assert deletable == [1, 2, 3, 4, 5, *range(8, 21)]
+
+
+def test_an_untouched_task_before_the_last_labeled_one_is_kept():
+    ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0)
+    # Task 2 was served and never saved (its lock lasts a day); 3 was labeled after it.
+    deletable = ranking.deletable(touched={1, 3}, margin=1, now=200.0)
+    assert 2 not in deletable and 4 not in deletable
+    assert {1, 3, 5} <= set(deletable)
+
+
+def test_after_the_task_lock_runs_out_everything_goes():
+    ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0, deleted=[1, 2])
+    assert ranking.deletable(touched=set(), margin=5, now=100.0 + HOLD_S + 1) == TASKS[2:]
