@@ -1,11 +1,15 @@
-"""Sync cost: a full sync against a real Label Studio (ranking alone: `benchmarks/rank.py`).
+"""The queue against a real Label Studio: first sync by stage, label -> re-ranked /next, churn.
 
-    .venv/bin/python benchmarks/sync.py [--sizes 1000,10000]
+    .venv/bin/python benchmarks/sync.py [--sizes 10000,100000] [--syncs 50,10]
 
-A real Label Studio 1.23 on 127.0.0.1 (started like the tests start it), a project of
-`movie_review_snippets` sentences, and `ls_backend.labelstudio.sync.sync_project` timed stage
-by stage (fetch / embed / predict / rank / push): a cold sync (nothing cached, zero-shot
-model, pure diversity), a warm one (embeddings cached), and one after 20 labels (light head).
+For each size: a real Label Studio 1.23 (SQLite) on 127.0.0.1 with a project of that many
+distinct movie-review sentences (the 10,072 of `movie_review_snippets`, repeated with a
+" (n)" suffix past that), and `ls-backend serve` connected to it as the README says. Prints:
+- the first sync, run by run until every task is ranked: seconds per stage, what it pushed;
+- ``--syncs`` rounds of an annotator labeling `SYNC_EVERY` tasks through `/next` (the
+  true label), then the time from the last save to `/next` serving a task of the new
+  ranking (warm: every task embedded);
+- Label Studio's prediction rows after those pushes (every version, and `rank-*` alone).
 """
 
 from __future__ import annotations
@@ -13,11 +17,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -27,85 +34,148 @@ CONFIG = (
     '<View><Text name="text" value="$text"/><Choices name="sentiment" toName="text">'
     '<Choice value="positive"/><Choice value="negative"/></Choices></View>'
 )
+SYNC_EVERY = 10
+IMPORT_CHUNK = 10_000
+STAGES = ("read", "embed", "rank", "push", "forget")
 
 
-def snippets() -> list[dict[str, str]]:
+def snippets(n: int) -> list[dict[str, str]]:
     rows = []
     for name in ("train.jsonl.gz", "test.jsonl"):  # 10,072 sentences in all
         path = DATA / "movie_review_snippets" / name
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
             rows += [json.loads(line) for line in f]
-    return rows
+    return [
+        {**row, "text": row["text"] if i < len(rows) else f"{row['text']} ({i // len(rows)})"}
+        for i, row in ((i, rows[i % len(rows)]) for i in range(n))
+    ]
 
 
-def timed_sync(name: str, project: Any, client: Any, settings: Any) -> None:
-    from ls_backend.labelstudio.sync import sync_project
+def sync_job(backend: Any, project_id: int) -> dict[str, Any]:
+    projects = httpx.get(f"{backend.url}/status", timeout=30).json()["projects"]
+    return dict(projects.get(str(project_id), {}).get("jobs", {}).get("sync", {}))
 
-    started = time.perf_counter()
-    result = sync_project(project, client, settings)
-    s = result["seconds"]
+
+def first_sync(backend: Any, ls: httpx.Client, project_id: int, started: float) -> None:
+    """Every sync run from connect until the whole pool is ranked, stage by stage."""
+    print("\n| run | reason | pushed | waiting to embed | read | embed | rank | push | forget |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    runs, first_push = 0, None
+    while True:
+        job = sync_job(backend, project_id)
+        if job.get("runs", 0) > runs and job.get("state") in {"done", "failed"}:
+            runs = job["runs"]
+            result = job.get("last_result") or {}
+            if job["state"] == "failed":
+                raise RuntimeError(job.get("last_error"))
+            seconds = result.get("seconds", {})
+            stages = " | ".join(f"{seconds.get(k, 0):.2f}" for k in STAGES)
+            print(
+                f"| {runs} | {result.get('reason')} | {result.get('pushed', 0)} | "
+                f"{result.get('waiting_to_embed', 0):,} | {stages} |"
+            )
+            if first_push is None and result.get("pushed"):
+                first_push = time.perf_counter() - started
+            if not result.get("waiting_to_embed") and job.get("state") == "done":
+                break
+        time.sleep(0.5)
     print(
-        f"| {result['tasks']:,} | {name} | {s['fetch']:.2f} | {s['embed']:.2f} | "
-        f"{s['predict']:.2f} | {s['rank']:.2f} | {s['push']:.2f} | "
-        f"{time.perf_counter() - started:.2f} |"
+        f"\nconnect -> first push: {first_push:.1f} s; "
+        f"connect -> every task ranked: {time.perf_counter() - started:.1f} s"
     )
 
 
-def full(sizes: list[int]) -> None:
-    from fakes import annotation_event
+def label_rounds(ls: httpx.Client, project_id: int, gold: dict[str, str], rounds: int) -> None:
+    latencies = []
+    for _ in range(rounds):
+        before = ls.get(f"/api/projects/{project_id}").json()["model_version"]
+        for _ in range(SYNC_EVERY):
+            task = ls.get(f"/api/projects/{project_id}/next").json()
+            result = [
+                {
+                    "from_name": "sentiment",
+                    "to_name": "text",
+                    "type": "choices",
+                    "value": {"choices": [gold[task["data"]["text"]]]},
+                }
+            ]
+            saved = ls.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
+            saved.raise_for_status()
+        labeled = time.perf_counter()
+        deadline = labeled + 120
+        while (version := ls.get(f"/api/projects/{project_id}").json()["model_version"]) == before:
+            if time.perf_counter() > deadline:
+                raise TimeoutError("no new ranking within 120 s")
+            time.sleep(0.1)
+        served = ls.get(f"/api/projects/{project_id}/next").json()
+        latencies.append(time.perf_counter() - labeled)
+        ours = [p for p in served.get("predictions", []) if p["model_version"] == version]
+        assert ours, f"/next served task {served['id']} without a prediction of {version}"
+    print(
+        f"\nlabel -> re-ranked /next over {rounds} rounds of {SYNC_EVERY} labels: "
+        f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
+    )
+
+
+def prediction_rows(ls: httpx.Client, project_id: int) -> None:
+    total = ls.get(
+        f"/api/projects/{project_id}", params={"include": "total_predictions_number"}
+    ).json()["total_predictions_number"]
+    versions = ls.get(f"/api/projects/{project_id}/model-versions").json()
+    ranking = sum(n for v, n in versions.items() if v.startswith("rank-"))
+    print(f"\nLabel Studio prediction rows: {total:,} in all, {ranking:,} of rank-* versions")
+
+
+def run(size: int, rounds: int) -> None:
+    from backend_server import BackendServer
     from labelstudio_server import ensure_template, running_server
 
     from ls_backend.labelstudio.client import LabelStudioClient
-    from ls_backend.service import Backend
-    from ls_backend.settings import Settings
-    from ls_backend.worker import Worker
 
-    rows = snippets()
-    print("\n## Full sync against Label Studio 1.23 (SQLite), seconds per stage")
-    print("| tasks | sync | fetch | embed | predict | rank | push | total |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = snippets(size)
+    gold = {r["text"]: r["label"] for r in rows}
+    print(f"\n## {size:,} tasks")
     with tempfile.TemporaryDirectory() as tmp:
         template, _ = ensure_template()
         with running_server(template, Path(tmp) / "ls") as studio:
-            for size in sizes:
-                settings = Settings(
-                    model_dir=Path(tmp) / f"models-{size}",
-                    lora_enabled=False,
-                    label_studio_url=studio.url,
-                    label_studio_api_key=studio.token,
-                )
-                backend = Backend(settings)
-                worker = Worker(backend)
-                client = LabelStudioClient.from_settings(settings)
-                project = studio.client.projects.create(title=f"sync {size}", label_config=CONFIG)
-                tasks = [{"text": r["text"]} for r in rows[:size]]
-                ids = studio.client.projects.import_tasks(
-                    id=project.id, request=tasks, return_task_ids=True
-                ).task_ids
-                local = backend.project(project.id)
-
-                timed_sync("cold (zero-shot)", local, client, settings)
-                timed_sync("warm cache", local, client, settings)
-                for i, (task_id, row) in enumerate(zip(ids[:20], rows, strict=False)):
-                    local.store.apply(
-                        annotation_event(
-                            i + 1, task_id, [row["label"]], text=row["text"], config=CONFIG,
-                            project=project.id, from_name="sentiment",
-                        )
-                    )  # fmt: skip
-                worker.request(local.key, "head")
-                worker.wait_idle(60)
-                timed_sync(f"head ({local.registry.current()})", local, client, settings)
-                worker.stop()
-                client.close()
+            ls = httpx.Client(
+                base_url=studio.url,
+                headers={"Authorization": f"Token {studio.token}"},
+                timeout=600,
+            )
+            project = studio.client.projects.create(title=f"queue {size}", label_config=CONFIG)
+            for start in range(0, size, IMPORT_CHUNK):
+                chunk = [{"text": r["text"]} for r in rows[start : start + IMPORT_CHUNK]]
+                ls.post(f"/api/projects/{project.id}/import", json=chunk).raise_for_status()
+            env = {
+                "LORA_ENABLED": "false",
+                "LABEL_STUDIO_URL": studio.url,
+                "LABEL_STUDIO_API_KEY": studio.token,
+                "SYNC_EVERY": str(SYNC_EVERY),
+            }
+            backend = BackendServer(Path(tmp) / "models", env=env).start()
+            try:
+                client = LabelStudioClient(studio.url, studio.token)
+                started = time.perf_counter()
+                client.ensure_ml_backend(project.id, backend.url, "ls-backend")
+                first_sync(backend, ls, project.id, started)
+                label_rounds(ls, project.id, gold, rounds)
+                time.sleep(10)  # the last push's deletes
+                prediction_rows(ls, project.id)
+            finally:
+                backend.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="1000,10000", help="tasks in the full-sync runs")
+    parser.add_argument("--sizes", default="10000,100000", help="tasks per project")
+    parser.add_argument("--syncs", default="50,10", help="label rounds per size")
     args = parser.parse_args()
-    full([int(s) for s in args.sizes.split(",")])
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rounds = [int(s) for s in args.syncs.split(",")]
+    for size, n in zip(sizes, rounds + rounds[-1:] * len(sizes), strict=False):
+        run(size, n)
 
 
 if __name__ == "__main__":
