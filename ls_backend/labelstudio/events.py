@@ -13,6 +13,7 @@ reads from Label Studio only what it does not have.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -25,7 +26,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-LABEL_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED"}
+LABEL_ACTIONS = {
+    "ANNOTATION_CREATED",
+    "ANNOTATIONS_CREATED",  # Data Manager: Create Annotations From Predictions
+    "ANNOTATION_UPDATED",
+    "ANNOTATIONS_DELETED",
+}
 #: How a skip (ANNOTATION_CREATED with was_cancelled) is logged: stored, but not a label event.
 SKIPPED = "ANNOTATION_SKIPPED"
 KNOWN_ACTIONS = LABEL_ACTIONS | {
@@ -46,7 +52,10 @@ CREATE TABLE IF NOT EXISTS annotations (
     result TEXT NOT NULL, was_cancelled INTEGER NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS annotations_task ON annotations (task_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deleted_annotations (annotation_id INTEGER PRIMARY KEY);
 """
+#: Keys never written to disk: the project's cloud-storage login and any credential.
+_SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNORECASE)
 
 
 class EventError(ValueError):
@@ -70,6 +79,14 @@ def _require(body: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _scrubbed(body: dict[str, Any]) -> dict[str, Any]:
+    """The event as stored: credentials (the project's storage login, any token) left out."""
+    clean = {k: v for k, v in body.items() if not _SECRET.search(k)}
+    if isinstance(clean.get("project"), dict):
+        clean["project"] = {k: v for k, v in clean["project"].items() if not _SECRET.search(k)}
+    return clean
+
+
 def _task_id(task: Any) -> int:
     if not isinstance(task, dict) or not isinstance(task.get("id"), int):
         raise EventError("every task needs an integer 'id'")
@@ -80,12 +97,15 @@ class AnnotationStore:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._local = threading.local()
+        self._local = threading.local()  # gone with the store: its connections close with it
         db = self._db()
         db.executescript(_SCHEMA)
         columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
         if "labeled" not in columns:  # a store written before the task mirror
             db.execute("ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
+        if "updated_at" not in columns:  # a store written before out-of-order webhooks
+            db.execute("ALTER TABLE annotations ADD COLUMN updated_at TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -121,7 +141,7 @@ class AnnotationStore:
         with self._tx() as db:
             seq = db.execute(
                 "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
-                (logged, time.time(), json.dumps(body)),
+                (logged, time.time(), json.dumps(_scrubbed(body))),
             ).lastrowid
             assert seq is not None
             self._apply(db, action, body, seq)
@@ -133,31 +153,13 @@ class AnnotationStore:
     def _apply(self, db: sqlite3.Connection, action: str, body: dict[str, Any], seq: int) -> None:
         if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
             annotation = _require(body, "annotation", dict)
-            task = body.get("task") or {"id": annotation.get("task")}
-            task_id = _task_id(task)
-            if not isinstance(annotation.get("id"), int):
-                raise EventError("'annotation.id' must be an integer")
-            if isinstance(task.get("data"), dict):
-                self._put_task(db, task_id, task["data"])
-            if not annotation.get("was_cancelled"):  # a skip leaves the task in the queue
-                db.execute(
-                    "INSERT INTO tasks VALUES (?, '{}', 1)"
-                    " ON CONFLICT (task_id) DO UPDATE SET labeled = 1",
-                    (task_id,),
-                )
-            result = annotation.get("result") or []
-            if not isinstance(result, list):
-                raise EventError("'annotation.result' must be a list")
-            db.execute(
-                "INSERT OR REPLACE INTO annotations VALUES (?, ?, ?, ?, ?)",
-                (
-                    annotation["id"],
-                    task_id,
-                    json.dumps(result),
-                    int(bool(annotation.get("was_cancelled"))),
-                    seq,
-                ),
-            )
+            self._put_annotation(db, annotation, body.get("task"), seq)
+        elif action == "ANNOTATIONS_CREATED":  # "annotation" and "task" are lists here
+            tasks = {t.get("id"): t for t in body.get("task") or [] if isinstance(t, dict)}
+            for annotation in _require(body, "annotation", list):
+                if not isinstance(annotation, dict):
+                    raise EventError("every item of 'annotation' must be an object")
+                self._put_annotation(db, annotation, tasks.get(annotation.get("task")), seq)
         elif action == "ANNOTATIONS_DELETED":
             ids = [a.get("id") for a in _require(body, "annotations", list) if isinstance(a, dict)]
             marks = ",".join("?" * len(ids))
@@ -169,6 +171,10 @@ class AnnotationStore:
                 )
             ]
             db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
+            db.executemany(
+                "INSERT OR IGNORE INTO deleted_annotations VALUES (?)",
+                [(i,) for i in ids if isinstance(i, int)],
+            )
             db.executemany(  # labeled while another annotation of it stands
                 "UPDATE tasks SET labeled = EXISTS (SELECT 1 FROM annotations"
                 " WHERE task_id = ? AND was_cancelled = 0) WHERE task_id = ?",
@@ -185,6 +191,52 @@ class AnnotationStore:
             db.executemany("DELETE FROM annotations WHERE task_id = ?", ids)
         elif action == "START_TRAINING":
             self._set_meta(db, "train_requested", str(seq))
+
+    def _put_annotation(
+        self, db: sqlite3.Connection, annotation: dict[str, Any], task: Any, seq: int
+    ) -> None:
+        """One annotation, unless a newer version of it (``updated_at``) is stored already or
+        it was deleted: with Redis, Label Studio sends webhooks through a queue, out of order."""
+        task = task if isinstance(task, dict) else {"id": annotation.get("task")}
+        task_id = _task_id(task)
+        annotation_id = annotation.get("id")
+        if not isinstance(annotation_id, int):
+            raise EventError("'annotation.id' must be an integer")
+        result = annotation.get("result") or []
+        if not isinstance(result, list):
+            raise EventError("'annotation.result' must be a list")
+        if isinstance(task.get("data"), dict):
+            self._put_task(db, task_id, task["data"])
+        if db.execute(
+            "SELECT 1 FROM deleted_annotations WHERE annotation_id = ?", (annotation_id,)
+        ).fetchone():
+            return  # a late update of a deleted annotation
+        updated = annotation.get("updated_at")
+        updated = updated if isinstance(updated, str) else None
+        stored = db.execute(
+            "SELECT updated_at FROM annotations WHERE annotation_id = ?", (annotation_id,)
+        ).fetchone()
+        if stored is not None and stored[0] and updated and updated < stored[0]:
+            return  # an older version arriving after a newer one
+        if not annotation.get("was_cancelled"):  # a skip leaves the task in the queue
+            db.execute(
+                "INSERT INTO tasks VALUES (?, '{}', 1)"
+                " ON CONFLICT (task_id) DO UPDATE SET labeled = 1",
+                (task_id,),
+            )
+        db.execute(
+            "INSERT OR REPLACE INTO annotations"
+            " (annotation_id, task_id, result, was_cancelled, seq, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                annotation_id,
+                task_id,
+                json.dumps(result),
+                int(bool(annotation.get("was_cancelled"))),
+                seq,
+                updated,
+            ),
+        )
 
     @staticmethod
     def _put_task(db: sqlite3.Connection, task_id: int, data: dict[str, Any]) -> None:
@@ -215,7 +267,8 @@ class AnnotationStore:
                 self._put_task(db, task_id, task.get("data") or {})
                 for annotation in task.get("annotations") or []:
                     db.execute(
-                        "INSERT OR IGNORE INTO annotations VALUES (?, ?, ?, ?, 0)",
+                        "INSERT OR IGNORE INTO annotations (annotation_id, task_id, result,"
+                        " was_cancelled, seq) VALUES (?, ?, ?, ?, 0)",
                         (
                             annotation["id"],
                             task_id,

@@ -88,8 +88,67 @@ def test_a_reread_replaces_what_it_read_and_keeps_webhooks_that_came_during_it(t
     upto = store.last_seq({"ANNOTATION_CREATED"})
     store.apply(annotation("ANNOTATION_CREATED", 3, 12, "c"))  # arrives while Label Studio is read
     read = [
-        {"id": 10, "data": {"text": "task 10"}, "annotations": [annotation("", 1, 10, "b")["annotation"]]},
-        {"id": 13, "data": {"text": "task 13"}, "annotations": [annotation("", 4, 13, "d")["annotation"]]},
+        {
+            "id": 10,
+            "data": {"text": "task 10"},
+            "annotations": [annotation("", 1, 10, "b")["annotation"]],
+        },
+        {
+            "id": 13,
+            "data": {"text": "task 13"},
+            "annotations": [annotation("", 4, 13, "d")["annotation"]],
+        },
     ]
     store.replace_labeled(read, upto)
     assert choices(store) == {10: "b", 12: "c", 13: "d"}
+
+
+def test_annotations_created_from_predictions_are_labels(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    body = {
+        "action": "ANNOTATIONS_CREATED",  # Data Manager: Create Annotations From Predictions
+        "annotation": [
+            annotation("x", 1, 10, "a")["annotation"],
+            annotation("x", 2, 11, "b")["annotation"],
+        ],
+        "task": [{"id": 10, "data": {"text": "ten"}}, {"id": 11, "data": {"text": "eleven"}}],
+        "project": PROJECT,
+    }
+    store.apply(body)
+    assert choices(store) == {10: "a", 11: "b"}
+    assert {item.data["text"] for item in store.labeled()} == {"ten", "eleven"}
+
+
+def stamped(action, ann_id, task_id, choice, updated_at):
+    body = annotation(action, ann_id, task_id, choice)
+    body["annotation"]["updated_at"] = updated_at
+    return body
+
+
+def test_out_of_order_webhooks_keep_the_newest_version_and_deletes_stay_deleted(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(stamped("ANNOTATION_UPDATED", 1, 10, "new", "2026-12-02T10:00:05.000000Z"))
+    store.apply(stamped("ANNOTATION_CREATED", 1, 10, "old", "2026-12-02T10:00:01.000000Z"))
+    assert choices(store) == {10: "new"}
+
+    store.apply({"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": PROJECT})
+    store.apply(stamped("ANNOTATION_UPDATED", 1, 10, "late", "2026-12-02T10:00:09.000000Z"))
+    assert choices(store) == {}
+
+
+def test_credentials_in_events_never_reach_the_disk(tmp_path):
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    body = annotation("ANNOTATION_CREATED", 1, 10, "a")
+    body["project"] = {
+        **PROJECT,
+        "task_data_login": "storage-user",
+        "task_data_password": "hunter2-storage",
+        "access_token": "0123456789abcdef",
+    }
+    store.apply(body)
+    raw = (tmp_path / "a.sqlite").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("a.sqlite-*")
+    )
+    assert b"hunter2-storage" not in raw and b"storage-user" not in raw
+    assert b"0123456789abcdef" not in raw
+    assert choices(store) == {10: "a"}
