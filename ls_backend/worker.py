@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +39,7 @@ from ls_backend.core.training import (
 )
 from ls_backend.labelstudio.client import LabelStudioAuthError, LabelStudioError
 from ls_backend.labelstudio.events import LABEL_ACTIONS
+from ls_backend.labelstudio.sync import webhook_check_due
 from ls_backend.service import Backend, Project
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,12 @@ MAX_SETTLE_S = 10.0
 #: waiting SYNC_RETRY_S, 2 * SYNC_RETRY_S, ... : together longer than a Label Studio restart.
 SYNC_RETRIES = 3
 SYNC_RETRY_S = 15.0
+#: Threads per lane, shared by every project: the bound on what background work holds
+#: however many projects there are. LoRA rounds (minutes, a child process each) go one at a time.
+LANE_THREADS = {"head": 2, "lora": 1, "sync": 2}
+#: Something outside a run (a full disk, a database error) is retried after this, doubling.
+TROUBLE_RETRY_S = 1.0
+TROUBLE_RETRY_MAX_S = 60.0
 #: LoRA runs in a child process at this niceness: requests get the CPU first.
 CHILD_NICENESS = 10
 T = TypeVar("T")
@@ -155,12 +162,26 @@ def read_status(project: Project, lane: str) -> JobStatus:
 
 
 class Worker:
+    """Runs lanes on a few threads per lane, shared by every project: an idle project holds
+    no thread. A request marks (project, lane) due after a quiet spell; a dispatcher hands due
+    work to the lane's threads. Anything that goes wrong outside a run's own body (a full
+    disk writing a status file, a database error checking what is pending) is kept for
+    /status and retried with a growing pause, so a lane never stops for good."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.settings = backend.settings
-        self._wake: dict[tuple[str, str], threading.Event] = {}
-        self._threads: dict[tuple[str, str], threading.Thread] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._due: dict[tuple[str, str], float] = {}  # when to look at it (monotonic)
+        self._burst: dict[tuple[str, str], float] = {}  # first request of the burst
+        self._active: set[tuple[str, str]] = set()  # handed to a thread in this process
+        self._known: set[tuple[str, str]] = set()
+        self._trouble: dict[tuple[str, str], tuple[int, str]] = {}  # failures, last error
+        self._pools = {
+            lane: ThreadPoolExecutor(n, thread_name_prefix=f"lane-{lane}")
+            for lane, n in LANE_THREADS.items()
+        }
+        self._dispatcher: threading.Thread | None = None
         self._reread_lock = threading.Lock()
         self._stopping = threading.Event()
         self._running = 0
@@ -182,28 +203,48 @@ class Worker:
             self.request_sync(project)
 
     def on_setup(self, project: Project) -> None:
-        """A project connects: rank its queue once, even before any label (diversity alone)."""
-        if self.sync_job is not None and project.store.meta("sync_forced") is None:
+        """A project connects: rank its queue once, even before any label (diversity alone);
+        with basic auth on, (re)connecting also gives its new webhook the credentials."""
+        if self.sync_job is None:
+            return
+        if project.store.meta("sync_forced") is None:
             self.request_sync(project)
+        elif self.settings.auth_enabled and webhook_check_due(project.store):
+            self.request_sync(project, forced=False)
 
     def request(self, key: str, lane: str) -> None:
-        with self._lock:
-            wake = self._wake.get((key, lane))
-            if wake is None:
-                wake = self._wake[(key, lane)] = threading.Event()
-                thread = threading.Thread(
-                    target=self._loop, args=(key, lane, wake), name=f"{lane}-{key}", daemon=True
+        """Look at (key, lane) once no request came for TRAIN_DEBOUNCE_S (MAX_SETTLE_S at most
+        after the first of a burst), so a burst becomes one run."""
+        now = time.monotonic()
+        with self._cond:
+            first = self._burst.setdefault((key, lane), now)
+            self._due[(key, lane)] = min(now + self.settings.train_debounce_s, first + MAX_SETTLE_S)
+            self._known.add((key, lane))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(
+                    target=self._dispatch, name="lane-dispatcher", daemon=True
                 )
-                self._threads[(key, lane)] = thread
-                thread.start()
-        wake.set()
+                self._dispatcher.start()
+            self._cond.notify()
+
+    def _later(self, key: str, lane: str, delay: float) -> None:
+        with self._cond:
+            due = time.monotonic() + delay
+            self._due[(key, lane)] = min(self._due.get((key, lane), due), due)
+            self._burst.setdefault((key, lane), due)
+            self._cond.notify()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        for wake in self._wake.values():
-            wake.set()
-        for thread in self._threads.values():
-            thread.join(timeout)
+        with self._cond:
+            self._cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + timeout
+        while self._active and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def resume(self) -> None:
         """At start: run what a killed or stopped process left pending (its events are stored)."""
@@ -226,62 +267,94 @@ class Worker:
         """For tests and the CLI: True once no lane has pending work or a run in flight."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = self._running > 0 or any(
-                wake.is_set() or self._pending(self.backend.project(key), lane)
-                for (key, lane), wake in list(self._wake.items())
-            )
-            if not busy:
+            with self._cond:
+                busy = self._running > 0 or bool(self._due) or bool(self._active)
+                known = list(self._known)
+            if not busy and not any(
+                self._pending(self.backend.project(key), lane) for key, lane in known
+            ):
                 return True
             time.sleep(0.05)
         return False
 
-    # --- the loop -------------------------------------------------------------------------------
+    # --- the dispatcher and the runs --------------------------------------------------------------
 
-    def _loop(self, key: str, lane: str, wake: threading.Event) -> None:
-        project = self.backend.project(key)
+    def _dispatch(self) -> None:
         while not self._stopping.is_set():
-            wake.wait()
-            if self._stopping.is_set():
-                return
-            self._settle(wake)
-            while self._pending(project, lane) and not self._stopping.is_set():
+            with self._cond:
+                now = time.monotonic()
+                waiting = {k: t for k, t in self._due.items() if k not in self._active}
+                ready = [k for k, t in waiting.items() if t <= now]
+                for item in ready:
+                    del self._due[item]
+                    self._burst.pop(item, None)
+                    self._active.add(item)
+                if not ready:
+                    pause = min(waiting.values(), default=now + 60.0) - now
+                    self._cond.wait(max(pause, 0.01))
+                    continue
+            for key, lane in ready:
+                try:
+                    self._pools[lane].submit(self._drain, key, lane)
+                except RuntimeError as exc:  # shutting down, or no thread could start
+                    with self._cond:
+                        self._active.discard((key, lane))
+                    if not self._stopping.is_set():
+                        self._trouble[(key, lane)] = (1, f"{type(exc).__name__}: {exc}")
+                        self._later(key, lane, TROUBLE_RETRY_S)
+
+    def _drain(self, key: str, lane: str) -> None:
+        """Run (key, lane) while work is pending; never raises, never stops the lane."""
+        try:
+            project = self.backend.project(key)
+            while not self._stopping.is_set() and self._pending(project, lane):
                 with try_lock(project.dir / f"{lane}.lock") as mine:
-                    if mine:
-                        with self._in_flight():  # until its status is written (wait_idle)
-                            failures = self._run(project, lane)
-                        if failures:  # only a sync left pending after a failure: back off
-                            self._stopping.wait(SYNC_RETRY_S * failures)
-                            continue
-                if not mine:
-                    time.sleep(LOCK_RETRY_S)  # another process runs it; check when it is done
-                elif wake.is_set():
-                    self._settle(wake)  # events came in during the run: let the burst land first
+                    if not mine:  # another process runs it; look again when it is done
+                        self._later(key, lane, LOCK_RETRY_S)
+                        return
+                    with self._in_flight():  # until its status is written (wait_idle)
+                        failures = self._run(project, lane)
+                if failures:  # only a sync left pending after a failure: back off
+                    self._later(key, lane, SYNC_RETRY_S * failures)
+                    return
+                with self._cond:
+                    if (key, lane) in self._due:  # events came in during the run: let the
+                        return  # burst land first, the dispatcher comes back for it
+            self._trouble.pop((key, lane), None)
+        except Exception as exc:  # outside a run's body: a full disk, a database error
+            failures = self._trouble.get((key, lane), (0, ""))[0] + 1
+            self._trouble[(key, lane)] = (failures, f"{type(exc).__name__}: {exc}")
+            pause = min(TROUBLE_RETRY_S * 2 ** (failures - 1), TROUBLE_RETRY_MAX_S)
+            log.error(
+                "%s lane, project %s: %s; trying again in %.0f s:\n%s",
+                lane, key, exc, pause, traceback.format_exc(),
+            )  # fmt: skip
+            self._later(key, lane, pause)
+        finally:
+            with self._cond:
+                self._active.discard((key, lane))
+                self._cond.notify()
 
     @contextmanager
     def _in_flight(self) -> Iterator[None]:
-        with self._lock:
+        with self._cond:
             self._running += 1
         try:
             yield
         finally:
-            with self._lock:
+            with self._cond:
                 self._running -= 1
 
     def status(self, project: Project, lane: str) -> dict[str, Any]:
-        """The lane's last run, with ``queued`` when work waits and no run is in flight."""
+        """The lane's last run, with ``queued`` when work waits and no run is in flight, and
+        ``failed`` with the error while something outside the runs keeps it from working."""
         status = read_status(project, lane)
-        if status.state != "running" and self._pending(project, lane):
+        trouble = self._trouble.get((project.key, lane))
+        if trouble is not None:
+            status.state, status.last_error = "failed", trouble[1]
+        elif status.state != "running" and self._pending(project, lane):
             status.state = "queued"
         return asdict(status)
-
-    def _settle(self, wake: threading.Event) -> None:
-        """Let a burst land: wait for a quiet spell of TRAIN_DEBOUNCE_S (MAX_SETTLE_S at most)."""
-        quiet = self.settings.train_debounce_s
-        deadline = time.monotonic() + MAX_SETTLE_S
-        wake.clear()
-        while wake.wait(quiet) and time.monotonic() < deadline:
-            wake.clear()
-        wake.clear()
 
     def _marker(self, project: Project, lane: str) -> int:
         """What a run of this lane covers: the last event seen, or the last sync request."""
@@ -368,7 +441,12 @@ class Worker:
             return self.sync_job(project, progress)
         if self.reread is not None:
             self._reread_once(project, progress)
-        space, data = project.labeled_data()
+        space, data, skipped = project.labeled_data()
+        if skipped:
+            log.warning(
+                "project %s: %d annotations have no usable choice or text; trained without them",
+                project.key, skipped,
+            )  # fmt: skip
         metrics.LABELS_SEEN.labels(project.key).set(len(data))
         if len(data) < self.settings.head_min_labels:
             needed = self.settings.head_min_labels
@@ -394,7 +472,7 @@ class Worker:
         )
         if self.sync_job is not None:  # new labels or a new model: the sync decides to push
             self.request_sync(project, forced=False)
-        return asdict(result)
+        return {**asdict(result), "labels": len(data), "skipped_annotations": skipped}
 
     def round_config(self, lane: str) -> RoundConfig:
         s = self.settings
