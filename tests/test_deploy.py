@@ -46,6 +46,20 @@ def test_compose_wires_label_studio_and_the_backend():
         assert volume.split(":")[0] in compose["volumes"]  # persistent, named volumes
     assert backend["volumes"][0].endswith(":/data")
     assert backend["build"]["context"] == ".."
+    # It holds the admin's token: auth is required and the port is the host's loopback only.
+    assert all(port.startswith("127.0.0.1:") for port in backend["ports"])
+    for name in ("BASIC_AUTH_USER", "BASIC_AUTH_PASS", "LABEL_STUDIO_API_KEY"):
+        assert ":?" in backend["environment"][name], name
+
+
+def test_the_example_env_holds_no_usable_secret():
+    values = dict(
+        line.split("=", 1)
+        for line in (ROOT / "docker" / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    for name in ("LABEL_STUDIO_API_KEY", "LABEL_STUDIO_PASSWORD", "BASIC_AUTH_PASS"):
+        assert values[name] == "", name  # compose refuses to start until one is chosen
 
 
 def test_compose_file_validates_with_docker_compose(tmp_path):
@@ -55,7 +69,13 @@ def test_compose_file_validates_with_docker_compose(tmp_path):
     compose = shutil.which("docker-compose")
     if compose is None:
         pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
-    env_file = ROOT / "docker" / ".env.example"
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        (ROOT / "docker" / ".env.example").read_text()
+        + "LABEL_STUDIO_PASSWORD=pw-for-the-test\nLABEL_STUDIO_API_KEY="
+        + "ab" * 20
+        + "\nBASIC_AUTH_PASS=pw-for-the-test\n"
+    )
     result = subprocess.run(
         [
             compose,

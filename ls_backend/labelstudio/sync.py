@@ -20,6 +20,7 @@ What annotators feel is Label Studio's database, so a sync touches it as little 
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
+from tqdm.auto import tqdm
 
 from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
@@ -38,7 +40,7 @@ from ls_backend.core.ranking import rank_pool
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.training import Progress
 from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem, ProjectCounts
-from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
+from ls_backend.labelstudio.config import ClassificationConfig, TaskError
 from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED, AnnotationStore
 from ls_backend.settings import Settings
 
@@ -50,6 +52,10 @@ log = logging.getLogger(__name__)
 #: New tasks embedded per sync run. An import of 100,000 tasks is ranked on a growing uniform
 #: sample: the first push comes after ~30 s of embedding (2 cores), not after ~12 minutes.
 EMBED_PER_RUN = 4096
+#: Texts embedded between two checks for labeling activity (~2 s on 2 cores).
+PACE_BLOCK = 256
+#: Labeling counts as going on for this long after the last label or skip.
+ACTIVE_PACE_S = 30.0
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
@@ -59,6 +65,8 @@ OPEN_PER_ANNOTATOR = 2
 ACTIVE_S = 3600.0
 #: Label Studio's default task lock (TASK_LOCK_TTL): nobody still has a task open after this.
 HOLD_S = 86400.0
+#: How often the project's webhooks are checked for the basic-auth header (with auth on).
+WEBHOOK_CHECK_S = 60.0
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
@@ -141,22 +149,21 @@ class TaskPool:
         self.texts: list[str] = []
         self.embeddings: Embeddings = np.zeros((0, dim), dtype=np.float32)
         self.unreadable: set[int] = set()
-        self.config_xml: str | None = None
+        self.config: ClassificationConfig | None = None
 
     def refresh(
         self,
         store: AnnotationStore,
-        config_xml: str,
+        config: ClassificationConfig,
         encoder: Encoder,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
     ) -> tuple[NDArray[np.bool_], int]:
         """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
         tasks are still waiting to be embedded (more than ``budget`` were new)."""
-        if config_xml != self.config_xml:  # another text field: every text may differ
+        if config != self.config:  # another text field: every text may differ
             self.__init__(encoder.dim)  # type: ignore[misc]
-            self.config_xml = config_xml
-        config = ClassificationConfig.parse(config_xml)
+            self.config = config
         all_ids, labeled = store.task_states()
         keep = np.isin(self.ids, all_ids, assume_unique=True)
         if not keep.all():
@@ -178,7 +185,7 @@ class TaskPool:
                 continue
             ids.append(task_id)
         if ids:
-            vectors = encoder.encode(texts, progress=len(texts) > 1000, background=True)
+            vectors = _embed_paced(texts, encoder, store)
             self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
             self.embeddings = np.concatenate([self.embeddings, vectors])
             self.texts += texts
@@ -186,6 +193,20 @@ class TaskPool:
             self.ids, self.embeddings = self.ids[order], self.embeddings[order]
             self.texts = [self.texts[i] for i in order]
         return labeled[np.searchsorted(all_ids, self.ids)], waiting
+
+
+def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> Embeddings:
+    """Embed in blocks (each cached as it is done); while people label, rest as long as each
+    block took: on a small box Label Studio needs the other half of the CPU for their saves."""
+    parts = []
+    for start in tqdm(
+        range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
+    ):
+        began = time.monotonic()
+        parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
+        if time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S:
+            time.sleep(time.monotonic() - began)
+    return np.concatenate(parts)
 
 
 @dataclass
@@ -268,6 +289,7 @@ class Syncer:
         """Re-rank; push when ``force`` or a request asked for it, or ``core.requeue`` says so."""
         report = progress or (lambda _fraction, _stage: None)
         store, settings = project.store, self.settings
+        self._secure_webhooks(project)
         state = QueueState.load(store)
         serving = state.serving
         if serving is not None:  # rate limit: what arrives meanwhile coalesces into this run
@@ -294,7 +316,7 @@ class Syncer:
             state.baseline = self._full_read(project)
             lap("read", 0.3)
         pool = self.pools.setdefault(project.key, TaskPool(project.backend.encoder.dim))
-        labeled, waiting = pool.refresh(store, _config_xml(store), project.backend.encoder)
+        labeled, waiting = pool.refresh(store, project.config(), project.backend.encoder)
         lap("embed", 0.5)
         front = rank_front(project, pool, labeled, settings)
         lap("rank", 0.6)
@@ -315,7 +337,7 @@ class Syncer:
             if not self._consistent(project_id, store, state.baseline):
                 report(0.6, "healing the task mirror: reading every task from Label Studio")
                 state.baseline = self._full_read(project)
-                labeled, waiting = pool.refresh(store, _config_xml(store), project.backend.encoder)
+                labeled, waiting = pool.refresh(store, project.config(), project.backend.encoder)
                 front = rank_front(project, pool, labeled, settings)
                 outcome["healed"] = True
                 lap("heal", 0.7)
@@ -345,6 +367,20 @@ class Syncer:
             ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()),
         )
         return outcome
+
+    def _secure_webhooks(self, project: Project) -> None:
+        """With basic auth on, the project's webhooks must carry it, or every event gets 401
+        and nothing trains: checked at most every WEBHOOK_CHECK_S (a reconnect makes a new one)."""
+        if not self.settings.auth_enabled or not webhook_check_due(project.store):
+            return
+        assert self.settings.basic_auth_user and self.settings.basic_auth_pass
+        credentials = f"{self.settings.basic_auth_user}:"
+        credentials += self.settings.basic_auth_pass.get_secret_value()
+        header = "Basic " + base64.b64encode(credentials.encode()).decode()
+        changed = self.client.secure_webhooks(int(project.key), {"Authorization": header})
+        project.store.set_meta("webhooks_checked", str(time.time()))
+        if changed:
+            log.info("project %s: basic auth added to %d webhook(s)", project.key, changed)
 
     # --- Label Studio, read --------------------------------------------------------------------
 
@@ -472,11 +508,8 @@ class Syncer:
             state.save(store)
 
 
-def _config_xml(store: AnnotationStore) -> str:
-    xml = store.meta("label_config")
-    if xml is None:
-        raise ConfigError("the project has no label config yet: connect it to the backend")
-    return xml
+def webhook_check_due(store: AnnotationStore) -> bool:
+    return time.time() - float(store.meta("webhooks_checked") or 0) > WEBHOOK_CHECK_S
 
 
 def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:
