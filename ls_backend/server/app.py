@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ls_backend import __version__, metrics
 from ls_backend.labelstudio.config import ConfigError, TaskError
@@ -30,6 +31,9 @@ from ls_backend.settings import Settings
 from ls_backend.worker import LANES, Worker
 
 log = logging.getLogger(__name__)
+
+#: What a 503 from a full prediction queue asks Label Studio to wait.
+RETRY_AFTER_S = 5
 
 
 class SetupRequest(BaseModel):
@@ -91,6 +95,12 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
                 "but the backend cannot reorder Label Studio's queue or re-read annotations"
             )
+            if settings.auth_enabled:
+                log.error(
+                    "basic auth is on but LABEL_STUDIO_API_KEY is not set: the backend cannot "
+                    "give Label Studio's webhooks the credentials, so they get 401 and "
+                    "nothing trains"
+                )
         state["worker"].resume()  # events stored before a crash or a restart still train
         yield
         state["worker"].stop()
@@ -122,60 +132,75 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     async def on_api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RecursionError)
+    async def on_too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
+        return _error(400, "body is not valid JSON for this route: nested too deeply")
+
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _error(500, f"internal error: {type(exc).__name__}")
 
+    # Label Studio gives /health 1 s, /setup 3 s and webhooks 1 s, then calls the backend
+    # down or drops the event: those never wait behind predictions for a thread. Predictions
+    # get their own threads and a bounded queue (PREDICT_QUEUE), past which they get a 503.
+    control = anyio.CapacityLimiter(settings.threads)
+    predicting = anyio.CapacityLimiter(settings.threads)
+    queued = {"predict": 0}
+
     @app.get("/health", summary="Liveness (no auth)")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return {"status": "UP", "model_class": "ls-backend", "version": __version__}
 
     @app.post("/setup", summary="Label Studio connects a project; returns the model version")
-    def setup(body: SetupRequest) -> dict[str, Any]:
-        project = _project(the_backend(), body.project)
-        try:
-            version = project.setup(body.schema_)
-        except ConfigError as exc:
-            raise ApiError(422, str(exc)) from exc
-        the_backend().worker.on_setup(project)
-        return {"model_version": version}
+    async def setup(body: SetupRequest) -> dict[str, Any]:
+        def connect() -> dict[str, Any]:
+            project = _project(the_backend(), body.project)
+            try:
+                version = project.setup(body.schema_)
+            except ConfigError as exc:
+                raise ApiError(422, str(exc)) from exc
+            project.connect()
+            the_backend().worker.on_setup(project)
+            return {"model_version": version}
 
-    @app.post("/predict", summary="Pre-annotations for a batch of tasks, one per task, in order")
-    def predict(body: PredictRequest) -> dict[str, Any]:
+        return await anyio.to_thread.run_sync(connect, limiter=control)
+
+    @app.post(
+        "/predict",
+        summary="Pre-annotations for a batch of tasks, one per task, in order",
+        responses={503: {"description": "PREDICT_QUEUE requests are running or waiting"}},
+    )
+    async def predict(body: PredictRequest) -> Any:
         if not body.tasks:
             raise ApiError(422, "tasks: the task list is empty")
         if body.project is None:
             raise ApiError(422, "project: required (Label Studio sends '<id>.<timestamp>')")
-        project = _project(the_backend(), body.project)
-        started = time.perf_counter()
+        if queued["predict"] >= settings.predict_queue:
+            return JSONResponse(
+                {
+                    "error": f"{queued['predict']} predictions are running or waiting "
+                    "(PREDICT_QUEUE); retry later",
+                    "status": 503,
+                },
+                status_code=503,
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        queued["predict"] += 1
         try:
-            if body.label_config:
-                project.setup(body.label_config)
-            batch = project.predict(body.tasks)
-        except (ConfigError, TaskError) as exc:
-            raise ApiError(422, str(exc)) from exc
-        metrics.PREDICT_SECONDS.observe(time.perf_counter() - started)
-        metrics.PREDICTED_TASKS.inc(len(body.tasks))
-        return {"results": batch.results, "model_version": batch.model_version}
+            return await anyio.to_thread.run_sync(_predict, the_backend(), body, limiter=predicting)
+        finally:
+            queued["predict"] -= 1
 
     @app.post("/webhook", summary="Label Studio events: stored durably, training runs later")
     async def webhook(request: Request) -> dict[str, Any]:
         raw = await request.body()
-        try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict) or not isinstance(body.get("action"), str):
-            raise ApiError(422, "action: a webhook body is a JSON object with a string 'action'")
-        action = body["action"]
-        if action not in KNOWN_ACTIONS:
-            return {"status": "ignored", "action": action}
-        project_info = body.get("project")
-        if not isinstance(project_info, dict) or "id" not in project_info:
-            raise ApiError(422, "project.id: required in a webhook body")
-        # The SQLite write (fsync) blocks: keep it off the event loop.
-        return await anyio.to_thread.run_sync(_store_event, the_backend(), project_info["id"], body)
+        # Parsing a 30 MB TASKS_CREATED and the fsync'd write both block: off the event loop.
+        return await anyio.to_thread.run_sync(_webhook, the_backend(), raw, limiter=control)
 
     @app.get("/status", summary="Jobs per project and lane, sync configuration")
     def status() -> dict[str, Any]:
@@ -211,7 +236,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         backend = the_backend()
         if not settings.sync_configured:
             raise ApiError(409, "sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        backend.worker.request_sync(_project(backend, project))
+        backend.worker.request_sync(_connected(backend, project))
         return {"status": "queued", "project": project}
 
     return app
@@ -224,8 +249,56 @@ def _project(backend: Backend, raw: Any) -> Any:
         raise ApiError(422, f"project: {exc}") from exc
 
 
+def _predict(backend: Backend, body: PredictRequest) -> dict[str, Any]:
+    project = _project(backend, body.project)
+    started = time.perf_counter()
+    try:
+        if body.label_config:
+            project.setup(body.label_config)
+        batch = project.predict(body.tasks)
+    except (ConfigError, TaskError) as exc:
+        raise ApiError(422, str(exc)) from exc
+    metrics.PREDICT_SECONDS.observe(time.perf_counter() - started)
+    metrics.PREDICTED_TASKS.inc(len(body.tasks))
+    return {"results": batch.results, "model_version": batch.model_version}
+
+
+def _webhook(backend: Backend, raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, "body is not valid JSON: nested too deeply") from None
+    if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+        raise ApiError(422, "action: a webhook body is a JSON object with a string 'action'")
+    action = body["action"]
+    if action not in KNOWN_ACTIONS:
+        return {"status": "ignored", "action": action}
+    project_info = body.get("project")
+    if not isinstance(project_info, dict) or "id" not in project_info:
+        raise ApiError(422, "project.id: required in a webhook body")
+    return _store_event(backend, project_info["id"], body)
+
+
+def _connected(backend: Backend, raw: Any) -> Any:
+    """A project Label Studio connected (called /setup for): the only ones the backend reads,
+    trains or re-ranks, since it does so with the admin's Label Studio key."""
+    try:
+        project = backend.connected_project(raw)
+    except ValueError as exc:
+        raise ApiError(422, f"project: {exc}") from exc
+    if project is None:
+        raise ApiError(
+            403,
+            f"project {raw} is not connected to this backend: connect the model in the "
+            "project's Settings -> Model first (Label Studio then calls /setup)",
+        )
+    return project
+
+
 def _store_event(backend: Backend, raw_project: Any, body: dict[str, Any]) -> dict[str, Any]:
-    project = _project(backend, raw_project)
+    project = _connected(backend, raw_project)
     try:
         seq = project.store.apply(body)
     except EventError as exc:

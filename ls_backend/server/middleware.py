@@ -24,7 +24,8 @@ async def _reply(send: Send, status: int, message: str, headers: list[tuple[byte
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes``, by Content-Length or by counting a streamed body."""
+    """413 for bodies over ``max_bytes``: by Content-Length, or for a streamed (chunked) body by
+    reading it here first, so the 413 never turns into the route's own parse error."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -35,36 +36,35 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         too_big = f"request body is larger than {self.max_bytes} bytes (MAX_BODY_BYTES)"
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
                 await _reply(send, 413, too_big, [])
                 return
-        seen = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+            await self.app(scope, receive, send)  # the server stops at Content-Length
+            return
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            more = message.get("more_body", False)
+            if seen > self.max_bytes:
                 await _reply(send, 413, too_big, [])
+                return
+        body = b"".join(chunks)
+        replayed = False
 
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 class BasicAuthMiddleware:

@@ -210,6 +210,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("name,path,body,status,needle", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
 def test_bad_input_gets_a_4xx_that_names_the_problem(make_client, name, path, body, status, needle):
     client = make_client()
+    assert client.post("/setup", json={"project": "1.2", "schema": CONFIG}).status_code == 200
     reply = client.post(path, content=body, headers={"content-type": "application/json"})
     assert reply.status_code == status, reply.text
     assert needle.lower() in reply.json()["error"].lower()
