@@ -1,6 +1,9 @@
 import re
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from ls_backend.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,3 +35,11 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     assert "scripts/test" in readme and "scripts/test" in ci
+
+
+def test_basic_auth_with_only_one_of_its_two_variables_is_a_start_up_error():
+    for half in ({"basic_auth_user": "admin"}, {"basic_auth_pass": "s3cret"}):
+        with pytest.raises(ValidationError, match="BASIC_AUTH_USER and BASIC_AUTH_PASS"):
+            Settings(**half)
+    assert Settings(basic_auth_user="admin", basic_auth_pass="s3cret").auth_enabled
+    assert not Settings().auth_enabled
