@@ -24,21 +24,26 @@ def push_reason(
     sync_every: int,
     forced: bool = False,
     pool_grew: bool = False,
+    backlog_full: bool = False,
 ) -> str | None:
     """Why the new ``front`` (task ids, best first) should replace the queue, or None.
 
     ``waiting``: the pushed tasks that are still unlabeled, in queue order (None before the
     first push); ``new_labels``: labels since the last push; ``pool_grew``: tasks that were
-    not ranked at the last push (a large import still being embedded) now are.
+    not ranked at the last push (a large import still being embedded) now are;
+    ``backlog_full``: so many replaced predictions wait to be deleted that only a request or
+    a queue running low may add more (labeling faster than they can go keeps them bounded).
     """
     if forced:
         return "requested"
     if waiting is None:
         return "first ranking"
-    if new_labels >= sync_every:
-        return f"{new_labels} new labels"
     if len(waiting) < top_k / 2 and len(front) > len(waiting):
         return f"queue running low ({len(waiting)} of {top_k} left)"
+    if backlog_full:
+        return None
+    if new_labels >= sync_every:
+        return f"{new_labels} new labels"
     if pool_grew:
         return "more tasks ranked"
     if waiting:

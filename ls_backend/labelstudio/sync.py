@@ -39,7 +39,12 @@ from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.training import Progress
-from ls_backend.labelstudio.client import LabelStudioClient, PredictionItem, ProjectCounts
+from ls_backend.labelstudio.client import (
+    LabelStudioClient,
+    LabelStudioError,
+    PredictionItem,
+    ProjectCounts,
+)
 from ls_backend.labelstudio.config import ClassificationConfig, TaskError
 from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED, AnnotationStore
 from ls_backend.settings import Settings
@@ -138,6 +143,10 @@ class QueueState:
     @property
     def serving(self) -> Ranking | None:
         return self.rankings[-1] if self.rankings else None
+
+    def backlog(self) -> int:
+        """Predictions of replaced rankings still in Label Studio."""
+        return sum(len(r.tasks) - len(r.deleted) for r in self.rankings[:-1])
 
 
 class TaskPool:
@@ -331,6 +340,7 @@ class Syncer:
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
             pool_grew=not state.complete,
+            backlog_full=state.backlog() > STALE_CAP_K * settings.sync_top_k,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
@@ -377,8 +387,12 @@ class Syncer:
         credentials = f"{self.settings.basic_auth_user}:"
         credentials += self.settings.basic_auth_pass.get_secret_value()
         header = "Basic " + base64.b64encode(credentials.encode()).decode()
-        changed = self.client.secure_webhooks(int(project.key), {"Authorization": header})
         project.store.set_meta("webhooks_checked", str(time.time()))
+        try:
+            changed = self.client.secure_webhooks(int(project.key), {"Authorization": header})
+        except LabelStudioError as exc:  # ranking goes on; the next check tries again
+            log.error("project %s: could not give its webhooks basic auth: %s", project.key, exc)
+            return
         if changed:
             log.info("project %s: basic auth added to %d webhook(s)", project.key, changed)
 

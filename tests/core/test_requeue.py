@@ -40,3 +40,10 @@ def test_a_queue_running_low_is_refilled():
 
 def test_a_partly_ranked_pool_is_pushed_as_it_grows():
     assert reason(pool_grew=True) == "more tasks ranked"
+
+
+def test_a_full_backlog_of_old_predictions_holds_all_but_requests_and_a_low_queue():
+    assert reason(new_labels=10, backlog_full=True) is None
+    assert reason(front=FRONT[:70] + list(range(500, 530)), backlog_full=True) is None
+    assert reason(forced=True, backlog_full=True) == "requested"
+    assert reason(waiting=FRONT[60:], backlog_full=True).startswith("queue running low")
