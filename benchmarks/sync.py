@@ -7,8 +7,8 @@ distinct movie-review sentences (the 10,072 of `movie_review_snippets`, repeated
 " (n)" suffix past that), and `ls-backend serve` connected to it as the README says. Prints:
 - the first sync, run by run until every task is ranked: seconds per stage, what it pushed;
 - ``--syncs`` rounds of an annotator labeling `SYNC_EVERY` tasks through `/next` (the
-  true label), then the time from the last save to `/next` serving a task of the new
-  ranking (warm: every task embedded);
+  true label, ``--pace`` seconds apart), then the time from the last save to `/next`
+  serving a task of the new ranking (warm: every task embedded);
 - Label Studio's prediction rows after those pushes (every version, and `rank-*` alone), right
   after the last label and then as the backend deletes replaced ones in the quiet that follows.
 """
@@ -90,11 +90,15 @@ def first_sync(backend: Any, ls: httpx.Client, project_id: int, started: float) 
     )
 
 
-def label_rounds(ls: httpx.Client, project_id: int, gold: dict[str, str], rounds: int) -> None:
+def label_rounds(
+    ls: httpx.Client, project_id: int, gold: dict[str, str], rounds: int, pace: float
+) -> None:
     latencies = []
     for _ in range(rounds):
         before = ls.get(f"/api/projects/{project_id}").json()["model_version"]
-        for _ in range(SYNC_EVERY):
+        for i in range(SYNC_EVERY):
+            if i:
+                time.sleep(pace)  # an annotator reads the task before saving
             task = ls.get(f"/api/projects/{project_id}/next").json()
             result = [
                 {
@@ -117,7 +121,8 @@ def label_rounds(ls: httpx.Client, project_id: int, gold: dict[str, str], rounds
         ours = [p for p in served.get("predictions", []) if p["model_version"] == version]
         assert ours, f"/next served task {served['id']} without a prediction of {version}"
     print(
-        f"\nlabel -> re-ranked /next over {rounds} rounds of {SYNC_EVERY} labels: "
+        f"\nlabel -> re-ranked /next over {rounds} rounds of {SYNC_EVERY} labels "
+        f"({pace:.1f} s apart): "
         f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
     )
 
@@ -145,7 +150,7 @@ def rows_after_quiet(ls: httpx.Client, project_id: int, limit_s: float = 600.0) 
         rows = fewer
 
 
-def run(size: int, rounds: int) -> None:
+def run(size: int, rounds: int, pace: float) -> None:
     from backend_server import BackendServer
     from labelstudio_server import ensure_template, running_server
 
@@ -178,7 +183,7 @@ def run(size: int, rounds: int) -> None:
                 started = time.perf_counter()
                 client.ensure_ml_backend(project.id, backend.url, "ls-backend")
                 first_sync(backend, ls, project.id, started)
-                label_rounds(ls, project.id, gold, rounds)
+                label_rounds(ls, project.id, gold, rounds, pace)
                 rows_after_quiet(ls, project.id)
             finally:
                 backend.stop()
@@ -188,11 +193,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000", help="tasks per project")
     parser.add_argument("--syncs", default="50,10", help="label rounds per size")
+    parser.add_argument("--pace", type=float, default=1.0, help="seconds between two labels")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rounds = [int(s) for s in args.syncs.split(",")]
     for size, n in zip(sizes, rounds + rounds[-1:] * len(sizes), strict=False):
-        run(size, n)
+        run(size, n, args.pace)
 
 
 if __name__ == "__main__":

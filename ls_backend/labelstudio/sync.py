@@ -330,6 +330,8 @@ class Syncer:
         front = rank_front(project, pool, labeled, settings)
         lap("rank", 0.6)
 
+        cap = STALE_CAP_K * settings.sync_top_k
+        held_back = state.backlog() > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
         reason = push_reason(
@@ -340,7 +342,7 @@ class Syncer:
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
             pool_grew=not state.complete,
-            backlog_full=state.backlog() > STALE_CAP_K * settings.sync_top_k,
+            backlog_full=state.backlog() > cap,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
@@ -359,7 +361,9 @@ class Syncer:
             outcome.update(ranking_version=version, pushed=len(front.tasks))
         outcome["deleted"], more = self._forget_stale(project_id, state, store, report)
         lap("forget", 1.0)
-        if waiting or more:  # the rest of a large import, or of the old predictions
+        # The rest of a large import or of the old predictions, or a push the backlog held
+        # back that may go now: the next run looks again.
+        if waiting or more or (reason is None and held_back and state.backlog() <= cap):
             store.set_meta("sync_wanted", str(time.time_ns()))
         outcome.update(
             reason=reason or "queue unchanged",
