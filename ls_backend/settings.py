@@ -124,7 +124,7 @@ class Settings(BaseSettings):
         10, ge=1, description="Re-rank the queue after this many new annotations."
     )
     sync_top_k: int = Field(
-        100,
+        50,
         ge=1,
         description="Tasks pushed to Label Studio's queue per sync (the front of the ranking); "
         "a sync comes again once half of them are labeled.",
@@ -136,7 +136,7 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="Replaced ranking predictions are deleted once no label came for this long "
-        "(so the deletes never meet annotators' saves), or when over 10 x SYNC_TOP_K wait.",
+        "(so the deletes seldom meet annotators' saves), or when over 4 x SYNC_TOP_K wait.",
     )
 
     @model_validator(mode="after")

@@ -75,10 +75,11 @@ WEBHOOK_CHECK_S = 60.0
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
-#: next run re-rank; while annotators label (more than STALE_CAP_K x SYNC_TOP_K waiting), 1 s.
+#: next run re-rank; while annotators label (more than STALE_CAP_K x SYNC_TOP_K waiting), 1 s:
+#: ~8 deletes per label, more than the SYNC_TOP_K / SYNC_EVERY (5) a label's push costs.
 FORGET_S = 10.0
 FORGET_BUSY_S = 1.0
-STALE_CAP_K = 10
+STALE_CAP_K = 4
 #: Tasks whose predictions are read per request while forgetting.
 FORGET_BATCH = 25
 #: Pause between two deletes: Label Studio's SQLite stays free for annotators' saves between them.
