@@ -59,8 +59,10 @@ log = logging.getLogger(__name__)
 EMBED_PER_RUN = 4096
 #: Texts embedded between two checks for labeling activity (~2 s on 2 cores).
 PACE_BLOCK = 256
-#: Labeling counts as going on for this long after the last label or skip.
+#: Labeling counts as going on for this long after the last label or skip; meanwhile
+#: embedding a large import runs this share of the time.
 ACTIVE_PACE_S = 30.0
+ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
@@ -206,8 +208,8 @@ class TaskPool:
 
 
 def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> Embeddings:
-    """Embed in blocks (each cached as it is done); while people label, rest as long as each
-    block took: on a small box Label Studio needs the other half of the CPU for their saves."""
+    """Embed in blocks (each cached as it is done); while people label, run a quarter of the
+    time (ACTIVE_DUTY): on a small box Label Studio needs the CPU for their saves."""
     parts = []
     for start in tqdm(
         range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
@@ -215,7 +217,7 @@ def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> 
         began = time.monotonic()
         parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
         if time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S:
-            time.sleep(time.monotonic() - began)
+            time.sleep((time.monotonic() - began) * (1 / ACTIVE_DUTY - 1))
     return np.concatenate(parts)
 
 
