@@ -24,6 +24,7 @@ def backend(label_studio, tmp_path_factory):
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "SYNC_EVERY": "2",
+        "SYNC_TOP_K": "100",  # every task of these small projects is in the front
         "SYNC_MIN_INTERVAL_S": "0.5",
         "SYNC_QUIET_S": "1",
         "LOG_LEVEL": "DEBUG",  # the strictest check that the API key never reaches a log
