@@ -147,9 +147,22 @@ class QueueState:
     def serving(self) -> Ranking | None:
         return self.rankings[-1] if self.rankings else None
 
-    def backlog(self) -> int:
-        """Predictions of replaced rankings still in Label Studio."""
-        return sum(len(r.tasks) - len(r.deleted) for r in self.rankings[:-1])
+    def backlog(self, store: AnnotationStore) -> int:
+        """Predictions of replaced rankings that may be deleted now (not those an annotator
+        may still have open: they wait for Label Studio's task lock, and must not hold up
+        pushes meanwhile)."""
+        return sum(len(doomed) for _, doomed in self.deletable(store))
+
+    def deletable(self, store: AnnotationStore) -> list[tuple[Ranking, list[int]]]:
+        """Each replaced ranking with the tasks whose prediction of it may be deleted now."""
+        now = time.time()
+        touched = store.touched_tasks()
+        margin = OPEN_PER_ANNOTATOR * max(1, store.annotators_since(now - ACTIVE_S))
+        return [
+            (ranking, ranking.deletable(touched, margin, now))
+            for ranking in self.rankings[:-1]
+            if ranking.stale_since is not None
+        ]
 
 
 class TaskPool:
@@ -334,7 +347,7 @@ class Syncer:
         lap("rank", 0.6)
 
         cap = STALE_CAP_K * settings.sync_top_k
-        held_back = state.backlog() > cap
+        held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
         reason = push_reason(
@@ -345,7 +358,7 @@ class Syncer:
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
             pool_grew=not state.complete,
-            backlog_full=state.backlog() > cap,
+            backlog_full=held_back,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
@@ -366,7 +379,7 @@ class Syncer:
         lap("forget", 1.0)
         # The rest of a large import or of the old predictions, or a push the backlog held
         # back that may go now: the next run looks again.
-        if waiting or more or (reason is None and held_back and state.backlog() <= cap):
+        if waiting or more or (reason is None and held_back and state.backlog(store) <= cap):
             store.set_meta("sync_wanted", str(time.time_ns()))
         outcome.update(
             reason=reason or "queue unchanged",
@@ -479,14 +492,8 @@ class Syncer:
         a backlog over STALE_CAP_K x SYNC_TOP_K rows is deleted while people label, 1 s a run.
         One request per prediction. Returns how many went and whether more may go now.
         """
-        now, actions = time.time(), LABEL_ACTIONS | {SKIPPED}
-        touched = store.touched_tasks()
-        margin = OPEN_PER_ANNOTATOR * max(1, store.annotators_since(now - ACTIVE_S))
-        work = [
-            (ranking, ranking.deletable(touched, margin, now))
-            for ranking in state.rankings[:-1]
-            if ranking.stale_since is not None
-        ]
+        actions = LABEL_ACTIONS | {SKIPPED}
+        work = state.deletable(store)
         backlog = sum(len(doomed) for _, doomed in work)
         if not backlog:
             return 0, False

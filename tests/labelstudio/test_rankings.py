@@ -1,5 +1,7 @@
 """Which predictions of a replaced ranking may go: never one an annotator may still have open."""
 
+import time
+
 from ls_backend.labelstudio.sync import HOLD_S, Ranking
 
 TASKS = list(range(1, 21))
@@ -53,3 +55,17 @@ def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(tmp_pa
     assert first != second and client.queued == [first, second]
     # Both are remembered until their predictions are gone (the first is now stale).
     assert [r.version for r in QueueState.load(store).rankings] == [first, second]
+
+
+def test_predictions_kept_for_open_editors_do_not_count_as_backlog(tmp_path):
+    from fakes import annotation_event
+
+    from ls_backend.labelstudio.events import AnnotationStore
+    from ls_backend.labelstudio.sync import QueueState
+
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    store.apply(annotation_event(1, 5, ["A"], config="<View/>"))  # task 5 labeled from it
+    stale = Ranking("rank-a", TASKS, pushed=0.0, stale_since=time.time())
+    state = QueueState(rankings=[stale, Ranking("rank-b", [30, 31], pushed=time.time())])
+    # Kept: untouched tasks up to the last labeled one plus 2 (one annotator): 1-4, 6, 7.
+    assert state.backlog(store) == len(TASKS) - 6
