@@ -179,16 +179,11 @@ class Project:
         return PredictionBatch(scored.model.version, results)
 
     def score(
-        self,
-        texts: list[str],
-        embeddings: Embeddings | None = None,
-        model: ModelVersion | None = None,
+        self, texts: list[str], embeddings: Embeddings, model: ModelVersion | None = None
     ) -> Scored:
-        """Predict ``texts`` with ``model`` (the serving one by default): the probabilities
-        and the uncertainty figures (STAR's mix when an adapter serves)."""
+        """Predict ``texts`` (already embedded) with ``model`` (the serving one by default): the
+        probabilities and the uncertainty figures (STAR's mix when an adapter serves)."""
         model = model or self.model()
-        if embeddings is None:
-            embeddings = self.backend.encoder.encode(texts)
         settings = self.backend.settings
         prediction = model.predict(texts, embeddings, mc_samples=settings.mc_samples)
         space = model.space

@@ -170,11 +170,15 @@ class TaskPool:
     texts and embeddings. A refresh reads from the mirror and embeds only tasks it lacks."""
 
     def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.config: ClassificationConfig | None = None
+        self._clear()
+
+    def _clear(self) -> None:
         self.ids: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self.texts: list[str] = []
-        self.embeddings: Embeddings = np.zeros((0, dim), dtype=np.float32)
+        self.embeddings: Embeddings = np.zeros((0, self.dim), dtype=np.float32)
         self.unreadable: set[int] = set()
-        self.config: ClassificationConfig | None = None
 
     def refresh(
         self,
@@ -187,7 +191,7 @@ class TaskPool:
         """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
         tasks are still waiting to be embedded (more than ``budget`` were new)."""
         if config != self.config:  # another text field: every text may differ
-            self.__init__(encoder.dim)  # type: ignore[misc]
+            self._clear()
             self.config = config
         all_ids, labeled = store.task_states()
         keep = np.isin(self.ids, all_ids, assume_unique=True)

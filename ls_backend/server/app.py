@@ -62,8 +62,8 @@ class ApiError(Exception):
         self.message = message
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> str:
@@ -181,14 +181,11 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         if body.project is None:
             raise ApiError(422, "project: required (Label Studio sends '<id>.<timestamp>')")
         if queued["predict"] >= settings.predict_queue:
-            return JSONResponse(
-                {
-                    "error": f"{queued['predict']} predictions are running or waiting "
-                    "(PREDICT_QUEUE); retry later",
-                    "status": 503,
-                },
-                status_code=503,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
+            return _error(
+                503,
+                f"{queued['predict']} predictions are running or waiting (PREDICT_QUEUE); "
+                "retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
             )
         queued["predict"] += 1
         try:
