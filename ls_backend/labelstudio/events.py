@@ -334,6 +334,15 @@ class AnnotationStore:
         )
         return {int(row[0]) for row in rows}
 
+    def touched_between(self, start: float, end: float) -> set[int]:
+        """Tasks labeled or skipped by an event received in [start, end) (Unix times)."""
+        rows = self._db().execute(
+            "SELECT DISTINCT a.task_id FROM annotations a JOIN events e ON e.seq = a.seq"
+            " WHERE e.received >= ? AND e.received < ?",
+            (start, end),
+        )
+        return {int(row[0]) for row in rows}
+
     def annotators_since(self, since: float) -> int:
         """How many people labeled or skipped a task since ``since`` (a Unix time)."""
         row = self._db().execute(

@@ -70,6 +70,8 @@ ADAPTER_CANDIDATES = 1000
 #: person who labeled in the last ACTIVE_S (one open task each, doubled for safety).
 OPEN_PER_ANNOTATOR = 2
 ACTIVE_S = 3600.0
+#: A task served by a ranking may be saved this long after the next one replaced it.
+SAVE_GRACE_S = 120.0
 #: Label Studio's default task lock (TASK_LOCK_TTL): nobody still has a task open after this.
 HOLD_S = 86400.0
 #: How often the project's webhooks are checked for the basic-auth header (with auth on).
@@ -105,15 +107,18 @@ class Ranking:
     stale_since: float | None = None  # when another ranking replaced it
     deleted: list[int] = field(default_factory=list)  # tasks whose prediction is gone
 
-    def deletable(self, touched: set[int], margin: int, now: float) -> list[int]:
+    def deletable(
+        self, touched: set[int], served: set[int], margin: int, now: float
+    ) -> list[int]:
         """Tasks whose prediction of this ranking no editor can still hold: annotators took
-        tasks front to back, so past the last one labeled or skipped (``touched``) at most
-        ``margin`` are open; untouched ones before it may be open too (left unsaved)."""
+        tasks front to back, so past the last one labeled or skipped while this ranking
+        served (``served``) at most ``margin`` are open; untouched ones before it may be open
+        too (left unsaved). Tasks labeled under later rankings (``touched``) are not open."""
         gone = set(self.deleted)
         left = [t for t in self.tasks if t not in gone]
         if self.stale_since is not None and now - self.stale_since > HOLD_S:
             return left
-        reached = max((i + 1 for i, t in enumerate(self.tasks) if t in touched), default=0)
+        reached = max((i + 1 for i, t in enumerate(self.tasks) if t in served), default=0)
         maybe_open = {t for t in self.tasks[: reached + margin] if t not in touched}
         return [t for t in left if t not in maybe_open]
 
@@ -158,11 +163,13 @@ class QueueState:
         now = time.time()
         touched = store.touched_tasks()
         margin = OPEN_PER_ANNOTATOR * max(1, store.annotators_since(now - ACTIVE_S))
-        return [
-            (ranking, ranking.deletable(touched, margin, now))
-            for ranking in self.rankings[:-1]
-            if ranking.stale_since is not None
-        ]
+        work = []
+        for ranking in self.rankings[:-1]:
+            if ranking.stale_since is None:
+                continue
+            served = store.touched_between(ranking.pushed, ranking.stale_since + SAVE_GRACE_S)
+            work.append((ranking, ranking.deletable(touched, served, margin, now)))
+        return work
 
 
 class TaskPool:

@@ -10,7 +10,8 @@ TASKS = list(range(1, 21))
 def test_tasks_labeled_from_a_ranking_and_its_unserved_tail_go_the_open_ones_stay():
     ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0)
     # Tasks 1-5 were labeled, 6 was served and left open; with one annotator, 2 may be open.
-    deletable = ranking.deletable(touched={1, 2, 3, 4, 5}, margin=2, now=200.0)
+    labeled = {1, 2, 3, 4, 5}
+    deletable = ranking.deletable(touched=labeled, served=labeled, margin=2, now=200.0)
     assert not {6, 7} & set(deletable)
     assert deletable == [1, 2, 3, 4, 5, *range(8, 21)]
 
@@ -18,14 +19,23 @@ def test_tasks_labeled_from_a_ranking_and_its_unserved_tail_go_the_open_ones_sta
 def test_an_untouched_task_before_the_last_labeled_one_is_kept():
     ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0)
     # Task 2 was served and never saved (its lock lasts a day); 3 was labeled after it.
-    deletable = ranking.deletable(touched={1, 3}, margin=1, now=200.0)
+    deletable = ranking.deletable(touched={1, 3}, served={1, 3}, margin=1, now=200.0)
     assert 2 not in deletable and 4 not in deletable
     assert {1, 3, 5} <= set(deletable)
 
 
 def test_after_the_task_lock_runs_out_everything_goes():
     ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0, deleted=[1, 2])
-    assert ranking.deletable(touched=set(), margin=5, now=100.0 + HOLD_S + 1) == TASKS[2:]
+    late = 100.0 + HOLD_S + 1
+    assert ranking.deletable(touched=set(), served=set(), margin=5, now=late) == TASKS[2:]
+
+
+def test_tasks_labeled_under_a_later_ranking_do_not_hold_this_ones_predictions():
+    ranking = Ranking("rank-a", TASKS, pushed=0.0, stale_since=100.0)
+    # 1-3 were labeled from this ranking; the next one served 15 (its front differs).
+    deletable = ranking.deletable(touched={1, 2, 3, 15}, served={1, 2, 3}, margin=2, now=200.0)
+    assert not {4, 5} & set(deletable)
+    assert set(range(6, 21)) <= set(deletable)
 
 
 class RecordingClient:
@@ -69,3 +79,18 @@ def test_predictions_kept_for_open_editors_do_not_count_as_backlog(tmp_path):
     state = QueueState(rankings=[stale, Ranking("rank-b", [30, 31], pushed=time.time())])
     # Kept: untouched tasks up to the last labeled one plus 2 (one annotator): 1-4, 6, 7.
     assert state.backlog(store) == len(TASKS) - 6
+
+
+def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(tmp_path):
+    from fakes import annotation_event
+
+    from ls_backend.labelstudio.events import AnnotationStore
+    from ls_backend.labelstudio.sync import SAVE_GRACE_S, QueueState
+
+    store = AnnotationStore(tmp_path / "a.sqlite")
+    replaced = time.time() - SAVE_GRACE_S - 60
+    store.apply(annotation_event(1, 5, ["A"], config="<View/>"))  # labeled under rank-b
+    stale = Ranking("rank-a", TASKS, pushed=0.0, stale_since=replaced)
+    state = QueueState(rankings=[stale, Ranking("rank-b", [5, 30], pushed=replaced)])
+    # Only rank-a's first 2 may be open (one annotator, nothing labeled from it).
+    assert state.backlog(store) == len(TASKS) - 2
