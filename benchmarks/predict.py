@@ -1,14 +1,16 @@
-"""Predict throughput and latency through the app, beside raw SentenceTransformer.encode.
+"""Predict throughput and latency per embedding runtime, beside raw torch `encode`.
 
     .venv/bin/python benchmarks/predict.py [--tasks 640] [--single 100]
+        [--runtimes torch,onnx,onnx-int8]
 
-For each dataset (short `trec` questions, long `reuters_r8` articles) it prints:
+For each dataset (short `trec` questions, long `reuters_r8` articles) it prints raw
+sentence-transformers `encode` on torch (no backend, no cache), then for each runtime
+(`EMBEDDING_BACKEND`):
 - batch throughput (tasks/s, 64 tasks a request) through POST /predict, with a cold
-  embedding cache (every text is new), beside raw `encode` on the same texts: the ratio
-  is what the backend costs on top of the model (goal >= 0.9);
-- single-task latency p50/p99 through POST /predict (cold cache), beside raw encode of one text;
-- the light head's test accuracy on `trec` with 100 random labels;
-- zero-shot accuracy (label-name prototypes, no label at all) on the first 1,000 test items.
+  embedding cache (every text is new), and its ratio to raw torch encode;
+- single-task latency p50/p99 through POST /predict (cold cache);
+then, per runtime, the light head's test accuracy on `trec` with 100 random labels and
+zero-shot accuracy (label-name prototypes, no label at all) on the first 1,000 test items.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi.testclient import TestClient
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import LinearHead, PrototypeHead, label_prototype_texts
 from ls_backend.core.labels import LabelSpace
+from ls_backend.core.runtimes import TorchRuntime
 from ls_backend.server.app import create_app
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
@@ -33,9 +36,10 @@ from ls_backend.worker import Worker
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIG = (
-    '<View><Text name="text" value="$text"/>'
-    '<Choices name="label" toName="text">{}</Choices></View>'
+    '<View><Text name="text" value="$text"/><Choices name="label" toName="text">{}</Choices></View>'
 )
+DATASETS = ("trec", "reuters_r8")
+ZERO_SHOT = ("trec", "movie_review_snippets", "reuters_r8")
 
 
 def load(name: str, split: str) -> list[dict[str, str]]:
@@ -50,56 +54,71 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q))
 
 
-def bench_dataset(name: str, n_tasks: int, n_single: int, batch: int) -> None:
+def latency(values: list[float]) -> str:
+    return f"p50 {percentile(values, 50):6.1f} ms, p99 {percentile(values, 99):6.1f} ms"
+
+
+def workload(name: str, n_tasks: int, n_single: int) -> tuple[str, list[str], list[str]]:
+    """The dataset's config, the batch texts and the single texts: no text repeats, so no cache
+    hit flatters anyone."""
     rows = load(name, "train")
     labels = sorted({r["label"] for r in rows})
     config = CONFIG.format("".join(f'<Choice value="{label}"/>' for label in labels))
     texts = [r["text"] for r in rows]
-    # The backend's cache starts cold and no text repeats, so no cache hit flatters it;
-    # raw encode has no cache and gets the very same texts.
-    batch_texts = texts[:n_tasks]
-    single_texts = texts[n_tasks : n_tasks + n_single]
+    return config, texts[:n_tasks], texts[n_tasks : n_tasks + n_single]
 
+
+def raw_torch(texts: list[str], singles: list[str], batch: int) -> tuple[float, list[float]]:
+    model = TorchRuntime(Encoder().path, 128, batch, "cpu", None).model
+    model.encode(texts[:batch], batch_size=batch)  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        model.encode(texts[i : i + batch], batch_size=batch, normalize_embeddings=True)
+    throughput = len(texts) / (time.perf_counter() - started)
+    times = []
+    for text in singles:
+        t0 = time.perf_counter()
+        model.encode([text], normalize_embeddings=True)
+        times.append(time.perf_counter() - t0)
+    return throughput, times
+
+
+def through_backend(
+    runtime: str, config: str, texts: list[str], singles: list[str], batch: int
+) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(model_dir=Path(tmp), lora_enabled=False)
+        settings = Settings(model_dir=Path(tmp), lora_enabled=False, embedding_backend=runtime)
         backend = Backend(settings)
         Worker(backend)
-        raw = backend.encoder._model  # the very model the backend serves with
         with TestClient(create_app(settings, backend)) as client:
             client.post("/setup", json={"project": "1.1", "schema": config})
-            client.post("/predict", json=_body(texts[-batch:], config))  # warm-up
-
+            warm = [f"warm-up text {i}" for i in range(batch)]
+            client.post("/predict", json=_body(warm, config))
             started = time.perf_counter()
-            for i in range(0, len(batch_texts), batch):
-                reply = client.post("/predict", json=_body(batch_texts[i : i + batch], config))
+            for i in range(0, len(texts), batch):
+                reply = client.post("/predict", json=_body(texts[i : i + batch], config))
                 assert reply.status_code == 200, reply.text
-            ours = len(batch_texts) / (time.perf_counter() - started)
-
-            started = time.perf_counter()
-            for i in range(0, len(batch_texts), batch):
-                raw.encode(batch_texts[i : i + batch], batch_size=batch, normalize_embeddings=True)
-            theirs = len(batch_texts) / (time.perf_counter() - started)
-
-            ours_single, raw_single = [], []
-            for text in single_texts:
+            throughput = len(texts) / (time.perf_counter() - started)
+            times = []
+            for text in singles:
                 t0 = time.perf_counter()
                 client.post("/predict", json=_body([text], config))
-                ours_single.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                raw.encode([text], normalize_embeddings=True)
-                raw_single.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t0)
+    return throughput, times
 
-    mean_tokens = np.mean([len(t.split()) for t in batch_texts])
-    print(f"\n{name} ({len(batch_texts)} tasks, ~{mean_tokens:.0f} words each, max_length 128)")
-    print(
-        f"  batch {batch}: backend {ours:7.1f} tasks/s | raw encode {theirs:7.1f} texts/s "
-        f"| ratio {ours / theirs:.2f}"
-    )
-    print(
-        f"  single task: backend p50 {percentile(ours_single, 50):6.1f} ms, "
-        f"p99 {percentile(ours_single, 99):6.1f} ms | raw encode p50 "
-        f"{percentile(raw_single, 50):6.1f} ms, p99 {percentile(raw_single, 99):6.1f} ms"
-    )
+
+def bench_dataset(name: str, runtimes: list[str], n_tasks: int, n_single: int, batch: int) -> None:
+    config, texts, singles = workload(name, n_tasks, n_single)
+    words = np.mean([len(t.split()) for t in texts])
+    print(f"\n{name} ({len(texts)} tasks, ~{words:.0f} words each, max_length 128)")
+    raw, raw_single = raw_torch(texts, singles, batch)
+    print(f"  raw torch encode   batch {batch}: {raw:7.1f} texts/s | single {latency(raw_single)}")
+    for runtime in runtimes:
+        ours, single = through_backend(runtime, config, texts, singles, batch)
+        print(
+            f"  /predict {runtime:<9} batch {batch}: {ours:7.1f} tasks/s ({ours / raw:.2f}x raw)"
+            f" | single {latency(single)}"
+        )
 
 
 def _body(texts: list[str], config: str) -> dict[str, object]:
@@ -107,11 +126,9 @@ def _body(texts: list[str], config: str) -> dict[str, object]:
     return {"tasks": tasks, "project": "1.1", "label_config": config}
 
 
-def head_accuracy(n_labels: int = 100, seeds: int = 5) -> None:
+def head_accuracy(encoder: Encoder, n_labels: int = 100, seeds: int = 5) -> str:
     train, test = load("trec", "train"), load("trec", "test")
-    labels = tuple(sorted({r["label"] for r in train}))
-    space = LabelSpace(labels)
-    encoder = Encoder()
+    space = LabelSpace(tuple(sorted({r["label"] for r in train})))
     x_train = encoder.encode([r["text"] for r in train])
     x_test = encoder.encode([r["text"] for r in test])
     y_train = space.encode([[r["label"]] for r in train])
@@ -122,25 +139,28 @@ def head_accuracy(n_labels: int = 100, seeds: int = 5) -> None:
         head = LinearHead.fit(space, x_train[pick], y_train[pick])
         probs = head.predict_proba(x_test)[:, :, 0]
         scores.append(float((probs.argmax(axis=1) == y_test).mean()))
-    print(
-        f"\nlight head on trec, {n_labels} random labels: test accuracy "
-        f"{np.mean(scores):.3f} +- {np.std(scores):.3f} ({seeds} seeds)"
-    )
+    return f"head on trec, {n_labels} labels {np.mean(scores):.3f} +- {np.std(scores):.3f}"
 
 
-def zero_shot_accuracy(names: tuple[str, ...], n_test: int = 1000) -> None:
+def zero_shot_accuracy(encoder: Encoder, name: str, n_test: int = 1000) -> str:
     """The model a project serves before its first label: label names as prototypes."""
-    encoder = Encoder()
-    for name in names:
-        test = load(name, "test")[:n_test]
-        space = LabelSpace(tuple(sorted({r["label"] for r in load(name, "train") + test})))
-        prototypes = encoder.encode(label_prototype_texts(space))
-        probs = PrototypeHead(space, prototypes).predict_proba(
-            encoder.encode([r["text"] for r in test])
-        )[:, :, 0]
-        truth = space.encode([[r["label"]] for r in test])
-        accuracy = float((probs.argmax(axis=1) == truth).mean())
-        print(f"zero-shot on {name} ({space.size} labels, {len(test)} test items): {accuracy:.3f}")
+    test = load(name, "test")[:n_test]
+    space = LabelSpace(tuple(sorted({r["label"] for r in load(name, "train") + test})))
+    prototypes = encoder.encode(label_prototype_texts(space))
+    probs = PrototypeHead(space, prototypes).predict_proba(
+        encoder.encode([r["text"] for r in test])
+    )[:, :, 0]
+    truth = space.encode([[r["label"]] for r in test])
+    return f"zero-shot {name} {float((probs.argmax(axis=1) == truth).mean()):.3f}"
+
+
+def quality(runtimes: list[str]) -> None:
+    print(f"\nquality ({len(ZERO_SHOT)} zero-shot sets: first 1,000 test items; head: 5 seeds)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for runtime in runtimes:
+            encoder = Encoder(runtime=runtime, export_dir=Path(tmp))
+            figures = [head_accuracy(encoder), *(zero_shot_accuracy(encoder, n) for n in ZERO_SHOT)]
+            print(f"  {runtime:<9} " + " | ".join(figures))
 
 
 def main() -> None:
@@ -148,14 +168,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=640, help="tasks in the throughput run")
     parser.add_argument("--single", type=int, default=100, help="single-task requests")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="EMBEDDING_BACKENDs")
     args = parser.parse_args()
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     import torch
 
     print(f"torch threads {torch.get_num_threads()}, device cpu")
-    for name in ("trec", "reuters_r8"):
-        bench_dataset(name, args.tasks, args.single, args.batch)
-    head_accuracy()
-    zero_shot_accuracy(("trec", "movie_review_snippets", "reuters_r8"))
+    for name in DATASETS:
+        bench_dataset(name, runtimes, args.tasks, args.single, args.batch)
+    quality(runtimes)
 
 
 if __name__ == "__main__":

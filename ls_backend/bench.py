@@ -36,6 +36,7 @@ from ls_backend.core import learning_curves as lc
 from ls_backend.core.heads import LinearHead
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.ranking import STRATEGIES, rank_pool
+from ls_backend.settings import Settings
 
 if TYPE_CHECKING:
     from ls_backend.core.lora import LoraTrainConfig
@@ -101,6 +102,7 @@ def load_data(
     cache_path: Path,
     progress: bool = True,
     test_size: int | None = None,
+    runtime: str = "torch",
 ) -> BenchData:
     from ls_backend.core.embeddings import Encoder  # torch: only when embedding
 
@@ -109,7 +111,12 @@ def load_data(
     if test_size is not None:
         test_texts, test_labels = _subsample(test_texts, test_labels, test_size)
     space = LabelSpace(tuple(sorted(set(train_labels) | set(test_labels))))
-    encoder = Encoder(cache_path=cache_path, max_length=128)
+    encoder = Encoder(
+        cache_path=cache_path,
+        max_length=128,
+        runtime=runtime,
+        export_dir=cache_path.parent / "onnx",
+    )
     return BenchData(
         space,
         encoder.encode(train_texts, progress),
@@ -450,6 +457,7 @@ def run_bench(
     test_size: int | None = None,
     lora: LoraTrainConfig | None = None,
     compare_with: Path | None = None,
+    embedding_backend: str | None = None,
 ) -> dict[str, Any]:
     """Run every strategy for every seed; write results.json, details.json, results.md and
     curves.png under ``out`` and return the results.json content.
@@ -457,6 +465,7 @@ def run_bench(
     ``prepal-then-lora`` adds the comparison (results.json key ``prepal_then_lora``, a table in
     results.md) against LoRA every round, which it runs into ``out/lora`` unless
     ``compare_with`` names the folder of an earlier ``--model lora`` run.
+    ``embedding_backend``: the embedding runtime (default: the server's, EMBEDDING_BACKEND).
     """
     lora_config = _lora_config(model, lora)
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -466,7 +475,8 @@ def run_bench(
         raise ValueError("--init must be below --budget")
     out.mkdir(parents=True, exist_ok=True)
     cache = cache_path or out / "embeddings.sqlite"
-    data = load_data(train, test, pool_size, cache, test_size=test_size)
+    runtime = embedding_backend or Settings().resolved_embedding_backend()
+    data = load_data(train, test, pool_size, cache, test_size=test_size, runtime=runtime)
     if init > data.pool_y.size or budget > data.pool_y.size:
         raise ValueError("--init and --budget must not exceed the pool")
     full_pool = ceiling(data)
@@ -525,6 +535,7 @@ def _main(args: argparse.Namespace) -> None:
         args.test_size,
         lora,
         args.compare,
+        args.embedding_backend,
     )
     print((args.out / "results.md").read_text(), end="")
 
@@ -559,6 +570,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--cache", type=Path, default=None, help="embedding cache (default OUT/embeddings.sqlite)"
+    )
+    p.add_argument(
+        "--embedding-backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        default=None,
+        help="embedding runtime (default: the server's, EMBEDDING_BACKEND)",
     )
     lora = p.add_argument_group("LoRA (--model lora / prepal-then-lora; default: the server's)")
     lora.add_argument("--backbone", default=None, help="`embedded`, a local path or a HF id")

@@ -282,6 +282,8 @@ class Backend:
             max_length=settings.max_length,
             batch_size=settings.embed_batch_size,
             device=settings.resolved_device(),
+            runtime=settings.resolved_embedding_backend(),
+            export_dir=settings.model_dir / "onnx",
         )
         self._projects: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The CPU runtime `EMBEDDING_BACKEND=auto` picks, by measurement (benchmarks/RESULTS.md,
+#: "Embedding runtimes"): as accurate as torch and faster.
+CPU_EMBEDDING_BACKEND = "onnx"
 
 
 class Settings(BaseSettings):
@@ -58,6 +63,12 @@ class Settings(BaseSettings):
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
+    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto",
+        description="Runtime of the embedding model: `torch` (sentence-transformers), `onnx` "
+        "(ONNX Runtime on the CPU, exported under MODEL_DIR/onnx at first use) or `onnx-int8` "
+        "(int8 weights); `auto`: torch on CUDA, onnx on a CPU. LoRA always runs on torch.",
+    )
     head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
 
     # --- training --------------------------------------------------------------------------
@@ -154,6 +165,11 @@ class Settings(BaseSettings):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_embedding_backend(self) -> str:
+        if self.embedding_backend != "auto":
+            return self.embedding_backend
+        return "torch" if self.resolved_device().startswith("cuda") else CPU_EMBEDDING_BACKEND
 
     @property
     def auth_enabled(self) -> bool:

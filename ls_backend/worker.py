@@ -501,5 +501,8 @@ class Worker:
             eval_min_labels=s.eval_min_labels,
             star_lambda_decay=s.star_lambda_decay,
             lora=lora,
-            extra={"embedding_model": s.embedding_model},
+            extra={
+                "embedding_model": s.embedding_model,
+                "embedding_backend": s.resolved_embedding_backend(),
+            },
         )

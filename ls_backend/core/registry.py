@@ -64,6 +64,30 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _fsync_dir(path.parent)
 
 
+def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> bool:
+    """Create directory ``target`` with ``write(tmp)`` on a sibling temporary directory,
+    fsynced, then renamed: it appears whole or not at all. Returns False (and discards this
+    copy) when another writer created ``target`` first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True
+
+
 class Registry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -100,18 +124,14 @@ class Registry:
         existing = self.versions()
         number = version_number(existing[-1]) + 1 if existing else 1
         name = f"v{number:04d}-{kind}"
-        tmp = self.root / f".tmp-{uuid.uuid4().hex}"
-        tmp.mkdir()
-        try:
+
+        def write_version(tmp: Path) -> None:
             write(tmp)
             record = {"version": name, "kind": kind, "created": time.time(), **info}
             (tmp / "info.json").write_text(json.dumps(record, indent=1, sort_keys=True))
-            _fsync_tree(tmp)
-            os.rename(tmp, self.root / name)
-            _fsync_dir(self.root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        if not write_dir_atomic(self.root / name, write_version):
+            raise FileExistsError(f"{name} appeared while it was written")
         return name
 
     def path(self, version: str) -> Path:

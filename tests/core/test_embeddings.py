@@ -55,13 +55,13 @@ def test_background_embedding_matches_and_yields_to_live_requests(encoder, monke
     whole = encoder.encode_uncached(texts)
 
     calls: list[int] = []
-    original = encoder._forward
+    original = encoder.runtime.forward
 
-    def forward(batch, progress=False):
+    def forward(batch):
         calls.append(len(batch))
-        return original(batch, progress)
+        return original(batch)
 
-    monkeypatch.setattr(encoder, "_forward", forward)
+    monkeypatch.setattr(encoder.runtime, "forward", forward)
     chunked = encoder.encode_uncached(texts, background=True)
     assert np.allclose(chunked, whole, atol=1e-5)
     assert calls == [16, 16, 8]  # the lock is free between chunks for a live request

@@ -125,6 +125,25 @@ def test_queue_serves_lowest_score_first(
 
 
 @pytest.mark.integration
+def test_predictions_created_one_by_one_order_the_queue(
+    client: LabelStudioClient, label_studio: LabelStudioServer, trec_project: dict[str, Any]
+) -> None:
+    pid = trec_project["id"]
+    waiting = [t["id"] for t in client.iter_tasks(pid) if not t["annotations"]][:5]
+    for position, task in enumerate(reversed(waiting)):  # created back to front
+        client.create_prediction(
+            {
+                "task": task,
+                "result": choice("human"),
+                "score": 0.1 + position / 10,
+                "model_version": "rank-single",
+            }
+        )
+    client.set_queue(pid, "rank-single")
+    assert next_task(label_studio, pid)["id"] == waiting[-1]  # the lowest score
+
+
+@pytest.mark.integration
 def test_labeled_tasks_leave_out_skips(
     client: LabelStudioClient, label_studio: LabelStudioServer, trec_project: dict[str, Any]
 ) -> None:

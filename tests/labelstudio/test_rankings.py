@@ -43,12 +43,18 @@ class RecordingClient:
 
     def __init__(self) -> None:
         self.queued: list[str] = []
+        self.calls: list[str] = []
 
     def import_predictions(self, project_id, items):
+        self.calls.append(f"import {len(items)}")
         return len(items)
+
+    def create_prediction(self, item):
+        self.calls.append(f"create {item['task']}")
 
     def set_queue(self, project_id, version):
         self.queued.append(version)
+        self.calls.append("queue")
 
 
 def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(tmp_path):
@@ -94,3 +100,27 @@ def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(tmp_
     state = QueueState(rankings=[stale, Ranking("rank-b", [5, 30], pushed=replaced)])
     # Only rank-a's first 2 may be open (one annotator, nothing labeled from it).
     assert state.backlog(store) == len(TASKS) - 2
+
+
+def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the_head(
+    tmp_path, monkeypatch
+):
+    from ls_backend.labelstudio import sync
+    from ls_backend.labelstudio.events import AnnotationStore
+    from ls_backend.settings import Settings
+
+    monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
+    client = RecordingClient()
+    syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
+    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
+    tasks = list(range(1, 16))
+    front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
+    syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS + 1)
+    head = [f"create {t}" for t in tasks[: sync.QUEUE_HEAD]]
+    rest = [f"create {t}" for t in tasks[sync.QUEUE_HEAD :]]
+    # No bulk import (it rewrites every task's counters); the queue serves the head at once.
+    assert client.calls == [*head, "queue", *rest]
+
+    client.calls.clear()
+    syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS)
+    assert client.calls == [f"import {len(tasks)}", "queue"]
