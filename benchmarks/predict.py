@@ -1,7 +1,7 @@
 """Predict throughput and latency per embedding runtime, beside raw torch `encode`.
 
     .venv/bin/python benchmarks/predict.py [--tasks 640] [--single 100]
-        [--runtimes torch,onnx,onnx-int8]
+        [--runtimes torch,onnx,openvino]
 
 For each dataset (short `trec` questions, long `reuters_r8` articles) it prints raw
 sentence-transformers `encode` on torch (no backend, no cache), then for each runtime
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=640, help="tasks in the throughput run")
     parser.add_argument("--single", type=int, default=100, help="single-task requests")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="EMBEDDING_BACKENDs")
+    parser.add_argument("--runtimes", default="torch,onnx,openvino", help="EMBEDDING_BACKENDs")
     args = parser.parse_args()
     runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()]
     import torch

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -150,7 +151,7 @@ def rows_after_quiet(ls: httpx.Client, project_id: int, limit_s: float = 600.0) 
         rows = fewer
 
 
-def run(size: int, rounds: int, pace: float) -> None:
+def run(size: int, rounds: int, pace: float, keep_log: Path | None) -> None:
     from backend_server import BackendServer
     from labelstudio_server import ensure_template, running_server
 
@@ -187,6 +188,8 @@ def run(size: int, rounds: int, pace: float) -> None:
                 rows_after_quiet(ls, project.id)
             finally:
                 backend.stop()
+                if keep_log is not None:
+                    shutil.copy(backend.log_path, keep_log.with_suffix(f".{size}.log"))
 
 
 def main() -> None:
@@ -194,11 +197,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000", help="tasks per project")
     parser.add_argument("--syncs", default="50,10", help="label rounds per size")
     parser.add_argument("--pace", type=float, default=1.0, help="seconds between two labels")
+    parser.add_argument("--keep-log", type=Path, help="copy the backend's log here (.SIZE.log)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rounds = [int(s) for s in args.syncs.split(",")]
     for size, n in zip(sizes, rounds + rounds[-1:] * len(sizes), strict=False):
-        run(size, n, args.pace)
+        run(size, n, args.pace, args.keep_log)
 
 
 if __name__ == "__main__":

@@ -573,7 +573,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--embedding-backend",
-        choices=["torch", "onnx", "onnx-int8"],
+        choices=["torch", "onnx", "openvino"],
         default=None,
         help="embedding runtime (default: the server's, EMBEDDING_BACKEND)",
     )

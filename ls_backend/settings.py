@@ -14,8 +14,8 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The CPU runtime `EMBEDDING_BACKEND=auto` picks, by measurement (benchmarks/RESULTS.md,
-#: "Embedding runtimes"): as accurate as torch and faster.
-CPU_EMBEDDING_BACKEND = "onnx"
+#: "Embedding runtimes"): as accurate as torch, and the fastest.
+CPU_EMBEDDING_BACKEND = "openvino"
 
 
 class Settings(BaseSettings):
@@ -63,11 +63,12 @@ class Settings(BaseSettings):
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
     device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
-    embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+    embedding_backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
         "auto",
         description="Runtime of the embedding model: `torch` (sentence-transformers), `onnx` "
-        "(ONNX Runtime on the CPU, exported under MODEL_DIR/onnx at first use) or `onnx-int8` "
-        "(int8 weights); `auto`: torch on CUDA, onnx on a CPU. LoRA always runs on torch.",
+        "(ONNX Runtime, CPU) or `openvino` (CPU; bf16 where the CPU has it natively), both from "
+        "an export made under MODEL_DIR/onnx at first use; `auto`: torch on CUDA, openvino on "
+        "a CPU. LoRA always runs on torch.",
     )
     head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
 

@@ -122,7 +122,8 @@ class Encoder:
         )
         self.dim: int = self.runtime.dim
         # torch vectors keep the bare model name: caches written before runtimes existed stay valid.
-        key = model_name if runtime == "torch" else f"{model_name}#{runtime}"
+        variant = self.runtime.variant
+        key = model_name if variant == "torch" else f"{model_name}#{variant}"
         self.cache = EmbeddingCache(cache_path, key) if cache_path else None
         # One forward pass at a time per process (a runtime already uses every core); live first.
         self.lock = PriorityLock()
