@@ -4,6 +4,11 @@ Two kinds of round share this path (PRepAL + STAR): ``head`` refits the light he
 on frozen embeddings (well under a second), ``lora`` fine-tunes an adapter in the
 background. Every candidate is saved as a version, promoted or not; it serves only
 when it is at least as good as the current model on the same held-out labels.
+
+From EVAL_MIN_LABELS on, a round fits twice: the *evaluated* fit leaves the held-out
+labels out and gives the version's figures; the *served* fit repeats it on every label
+(the adapter with the epochs the evaluated fit chose), so no label is spent on
+evaluation. Versions are compared by their evaluated fits, kept in ``evaluated/``.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,8 @@ from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry
 
 Progress = Callable[[float, str], None]
+#: A version's folder keeps the fit its metrics come from here (held-out labels left out).
+EVALUATED = "evaluated"
 
 
 class NotEnoughLabels(Exception):
@@ -143,26 +151,42 @@ def run_round(
         # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
         # only with zero-shot, which never trained on these labels.
         candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
-        metrics = _kfold_head_metrics(space, data, config.head_c)
+        evaluated, metrics = None, _kfold_head_metrics(space, data, config.head_c)
         train_data = eval_data = data
     else:
+        # The evaluated fit leaves the held-out part out; the candidate that would serve
+        # is then fitted the same way on every label (no label is spent on evaluation).
         train_idx, held_idx = holdout_split(
             data.strata_keys, strata_of(space, data.targets), config.eval_fraction
         )
         train_data, eval_data = data.take(train_idx), data.take(held_idx)
-        candidate = ModelVersion("", space, _fit_head(space, train_data, config.head_c))
+        evaluated = ModelVersion("", space, _fit_head(space, train_data, config.head_c))
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
         if kind == "lora":
-            report(0.05, "lora")
-            candidate = _train_lora(
-                space, candidate, train_data, eval_data, registry, config, report
+            evaluated = _train_lora(
+                space, evaluated, train_data, eval_data, registry, config, report, 0.05, 0.5
             )
-        metrics = _score(candidate, space, eval_data)
+            assert evaluated.lora is not None and evaluated.lora.fit_result is not None
+            chosen = replace(config.lora, epochs=evaluated.lora.fit_result.best_epoch, min_steps=0)
+            candidate = _train_lora(
+                space,
+                candidate,
+                data,
+                None,
+                registry,
+                replace(config, lora=chosen),
+                report,
+                0.5,
+                0.9,
+            )
+        metrics = _score(evaluated, space, eval_data)
 
     report(0.95, "save")
     with registry.lock():
         current = load_current()
-        comparable = current is not None and (not few or current.kind == "prototype")
-        baseline = _score(current, space, eval_data) if current and comparable else None
+        reference = _evaluated_fit(registry, current) if current else None
+        comparable = reference is not None and (not few or reference.kind == "prototype")
+        baseline = _score(reference, space, eval_data) if reference and comparable else None
         if baseline is None:
             promoted, reason = True, "nothing comparable serves"
         elif metrics is None:
@@ -174,7 +198,14 @@ def run_round(
 
         def write(path: Path) -> None:
             candidate.save(path)
-            seen = {"trained_on": train_data.keys, "held_out": [] if few else eval_data.keys}
+            if evaluated is not None:
+                (path / EVALUATED).mkdir()
+                evaluated.save(path / EVALUATED)
+            seen = {
+                "trained_on": data.keys,
+                "evaluated_fit_trained_on": train_data.keys if evaluated else data.keys,
+                "held_out": [] if few else eval_data.keys,
+            }
             (path / "annotations.json").write_text(json.dumps(seen))
 
         info = {
@@ -184,6 +215,15 @@ def run_round(
             "baseline": baseline.as_dict() if baseline else None,
             "baseline_version": current.version if current else None,
             "evaluation": "k-fold" if few else "held-out",
+            "fits": {
+                "served": {"labels": len(data)},
+                "evaluated": {"labels": len(train_data), "held_out": len(eval_data)}
+                if evaluated
+                else {"labels": len(data), "k_fold": True},
+                "metrics_from": "k-fold over every label"
+                if few
+                else f"the evaluated fit ({EVALUATED}/) on the held-out labels",
+            },
             "labels": len(data),
             "train_seconds": round(time.monotonic() - started, 3),
             "settings": _settings_record(config),
@@ -219,26 +259,53 @@ def _train_lora(
     space: LabelSpace,
     base: ModelVersion,
     train: LabeledData,
-    held: LabeledData,
+    held: LabeledData | None,
     registry: Registry,
     config: RoundConfig,
     report: Progress,
+    start: float,
+    end: float,
 ) -> ModelVersion:
+    """An adapter on ``train`` (ending on its best epoch on ``held`` when given), reporting
+    progress between ``start`` and ``end``."""
     from ls_backend.core.lora import LoraClassifier
 
+    stage = "lora" if held is not None else "lora on every label"
+
     def on_epoch(epoch: int, total: int, _metrics: dict[str, float]) -> None:
-        report(0.05 + 0.85 * epoch / total, f"lora epoch {epoch}/{total}")
+        report(start + (end - start) * epoch / total, f"{stage}: epoch {epoch}/{total}")
 
     lora = LoraClassifier.train(
         space,
         train.texts,
         train.targets,
         config.lora,
-        eval_texts=held.texts,
-        eval_targets=held.targets,
+        eval_texts=held.texts if held is not None else (),
+        eval_targets=held.targets if held is not None else None,
         progress=on_epoch,
     )
     promoted_loras = sum(
         1 for v in registry.versions() if v.endswith("-lora") and registry.info(v).get("promoted")
     )
     return ModelVersion("", space, base.head, lora, lora_round=promoted_loras + 1)
+
+
+def _evaluated_fit(registry: Registry, current: ModelVersion) -> ModelVersion | None:
+    """What the serving version is compared by: its fit that never saw a held-out label
+    (held-out sides are stable per task). None for a version fitted on every label without
+    one (k-fold, below EVAL_MIN_LABELS): it saw today's held-out labels, nothing compares."""
+    if current.kind == "prototype":
+        return current  # never trained on a label
+    path = registry.path(current.version)
+    if (path / EVALUATED).is_dir():
+        return _load_evaluated(path / EVALUATED, current.version)
+    info = registry.info(current.version)
+    if info.get("evaluation") == "held-out" and "fits" not in info:
+        return current  # saved before served fits used every label: fitted on its train side
+    return None
+
+
+@lru_cache(maxsize=2)
+def _load_evaluated(path: Path, version: str) -> ModelVersion:
+    """Kept loaded: every head round compares with the serving version's evaluated fit."""
+    return ModelVersion.load(path, version)

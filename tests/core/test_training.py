@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -71,6 +73,41 @@ def test_held_out_regime_compares_on_the_same_labels_and_keeps_the_better_model(
     assert worse.version in registry.versions()
 
 
+def test_the_served_head_is_fitted_on_every_label_the_evaluated_one_without_the_held_out(
+    tmp_path,
+):
+    from ls_backend.core.heads import LinearHead
+
+    registry = Registry(tmp_path)
+    labeled = data(90, noise=0.8)
+    result = run_round("head", registry, SPACE, labeled, loader(registry), RoundConfig())
+    folder = registry.path(result.version)
+    seen = json.loads((folder / "annotations.json").read_text())
+    assert sorted(seen["trained_on"]) == labeled.keys and seen["held_out"]
+    assert not set(seen["held_out"]) & set(seen["evaluated_fit_trained_on"])
+    served = ModelVersion.load(folder, result.version)
+    evaluated = ModelVersion.load(folder / "evaluated", result.version)
+    x = labeled.embeddings
+    everything = LinearHead.fit(SPACE, x, labeled.targets).predict_proba(x)
+    assert np.allclose(served.head.predict_proba(x), everything, atol=1e-5)
+    assert not np.allclose(evaluated.head.predict_proba(x), everything, atol=1e-3)
+    fits = registry.info(result.version)["fits"]
+    assert fits["served"]["labels"] == 90 and fits["evaluated"]["held_out"] == len(seen["held_out"])
+
+
+def test_the_serving_version_is_compared_by_its_fit_that_never_saw_the_held_out_labels(tmp_path):
+    # Noisy classes and a weak penalty: a fit on every label memorises the held-out ones.
+    registry = Registry(tmp_path)
+    config = RoundConfig(head_c=1e4)
+    labeled = data(90, noise=1.5)
+    first = run_round("head", registry, SPACE, labeled, loader(registry), config)
+    again = run_round("head", registry, SPACE, labeled, loader(registry), config)
+    # The same labels again: the same evaluated fit, so the same figures, and it may serve;
+    # judged against the served fit (which trained on the held-out labels) it could not.
+    assert first.metrics["accuracy"] < 1.0
+    assert again.baseline == again.metrics and again.promoted
+
+
 def test_one_class_is_not_enough(tmp_path):
     one_class = data(6)
     one_class.targets[:] = 0
@@ -106,6 +143,8 @@ def test_a_lora_round_saves_adapter_and_head_and_serves_when_better(tmp_path):
     assert result.promoted  # zero-shot here is wrong on every item
     served = ModelVersion.load(folder, result.version)
     assert served.kind == "lora" and served.lora_round == 1
+    assert (folder / "evaluated" / "lora" / "adapter_config.json").is_file()
+    assert registry.info(result.version)["fits"]["served"]["labels"] == 60
     prediction = served.predict(labeled.texts[:5], labeled.embeddings[:5])
     assert prediction.probs.shape == (5, 3, 3)  # MC dropout samples
     assert prediction.base_probs.shape == (5, 3, 1)  # the head, for STAR's base uncertainty
