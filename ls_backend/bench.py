@@ -17,8 +17,10 @@ Models (the one loop, ``simulate``, with a different ``Fit``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,15 +35,25 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ls_backend.core import learning_curves as lc
-from ls_backend.core.heads import LinearHead
+from ls_backend.core.heads import LinearHead, label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
+from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import STRATEGIES, rank_pool
+from ls_backend.core.registry import Registry
+from ls_backend.core.training import (
+    LabeledData,
+    NotEnoughLabels,
+    RoundConfig,
+    prototype_model,
+    run_round,
+    save_prototype,
+)
 from ls_backend.settings import Settings
 
 if TYPE_CHECKING:
     from ls_backend.core.lora import LoraTrainConfig
 
-MODELS = ("head", "lora", "prepal-then-lora")
+MODELS = ("head", "served", "lora", "prepal-then-lora")
 #: What the server ranks with unless STRATEGY says otherwise (Settings.strategy's default).
 DEFAULT_STRATEGY = "default"
 #: Share of the full-pool ("ceiling") accuracy that ``labels_to_target`` counts labels to.
@@ -59,6 +71,7 @@ class BenchData:
     test_y: NDArray[np.int64]
     pool_texts: list[str] = field(default_factory=list)  # for LoRA; the head needs none
     test_texts: list[str] = field(default_factory=list)
+    label_x: Embeddings | None = None  # label-name prototypes: what serves before a label
 
 
 @dataclass
@@ -117,6 +130,7 @@ def load_data(
         runtime=runtime,
         export_dir=cache_path.parent / "onnx",
     )
+    label_x = encoder.encode(label_prototype_texts(space))
     return BenchData(
         space,
         encoder.encode(train_texts, progress),
@@ -125,6 +139,7 @@ def load_data(
         space.encode([[label] for label in test_labels]),
         train_texts,
         test_texts,
+        label_x,
     )
 
 
@@ -168,6 +183,41 @@ class LoraFit:
         rest = np.setdiff1d(np.arange(n), labeled)
         probs[rest] = clf.predict_proba([data.pool_texts[i] for i in rest])
         return probs, test_pred.astype(np.int64)
+
+
+class ServedFit:
+    """A ``Fit`` that is the server's head lane: every round runs the server's own
+    ``run_round`` (evaluated fit, served fit on every label, promotion) on a registry of its
+    own, starting from zero-shot prototypes, and predicts with whatever then serves."""
+
+    def __init__(self, root: Path, data: BenchData, config: RoundConfig) -> None:
+        if data.label_x is None:
+            raise ValueError("--model served needs the label names' embeddings")
+        self.registry = Registry(root)
+        self.config = config
+        save_prototype(self.registry, prototype_model(data.space, data.label_x), "bench")
+
+    def serving(self) -> ModelVersion:
+        version = self.registry.current()
+        assert version is not None
+        return ModelVersion.load(self.registry.path(version), version)
+
+    def __call__(
+        self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True
+    ) -> tuple[Probs | None, NDArray[np.int64]]:
+        rows = labeled.tolist()
+        labels = LabeledData(
+            keys=rows,
+            strata_keys=rows,
+            texts=[data.pool_texts[i] if data.pool_texts else "" for i in rows],
+            targets=data.pool_y[labeled],
+            embeddings=data.pool_x[labeled],
+        )
+        with contextlib.suppress(NotEnoughLabels):  # one class so far: zero-shot still serves
+            run_round("head", self.registry, data.space, labels, self.serving, self.config)
+        head = self.serving().head
+        test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1).astype(np.int64)
+        return head.predict_proba(data.pool_x) if pool else None, test_pred
 
 
 def simulate(
@@ -313,7 +363,7 @@ def _lora_config(model: str, lora: LoraTrainConfig | None) -> LoraTrainConfig | 
     """The LoRA settings the model needs (None for ``head``), with a clear error without LoRA."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; known: {MODELS}")
-    if model == "head":
+    if model in ("head", "served"):
         return None
     try:
         from ls_backend.core.lora import LoraTrainConfig
@@ -332,15 +382,15 @@ def _loop(
     fit_for: Callable[[int], Fit],
     desc: str,
 ) -> dict[str, list[Run]]:
-    """``simulate`` every strategy for every seed, with the seed's ``Fit``."""
+    """``simulate`` every strategy for every seed, each with a fresh ``Fit`` for the seed."""
     runs: dict[str, list[Run]] = {name: [] for name in strategies}
     rounds = 1 + -(-(budget - init) // batch)
     with tqdm(total=len(strategies) * seeds * rounds, desc=desc, unit="round") as bar:
         for seed in range(seeds):
-            fit = fit_for(seed)
             for name in strategies:
                 bar.set_postfix(strategy=name, seed=seed)
                 step = partial(bar.update, 1)
+                fit = fit_for(seed)
                 runs[name].append(simulate(data, name, seed, init, batch, budget, fit, step))
     return runs
 
@@ -491,6 +541,20 @@ def run_bench(
         report = summarise(loop(lora_fit, "lora"), full_pool, budget, model)
         _write(out, f"{title}: LoRA every round", report)
         return report[0]
+    if model == "served":
+        settings = Settings()
+        config = RoundConfig(
+            head_c=settings.head_c,
+            eval_fraction=settings.eval_fraction,
+            eval_min_labels=settings.eval_min_labels,
+        )
+        with tempfile.TemporaryDirectory() as registries:
+            served = loop(
+                lambda _: ServedFit(Path(tempfile.mkdtemp(dir=registries)), data, config), "served"
+            )
+        report = summarise(served, full_pool, budget, model)
+        _write(out, f"{title}: the served model (the server's head lane)", report)
+        return report[0]
     runs = loop(lambda _: fit_predict, "head")
     report = summarise(runs, full_pool, budget, model)
     _write(out, title, report)
@@ -561,8 +625,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         choices=MODELS,
         default="head",
-        help="head: light head every round; lora: LoRA every round; prepal-then-lora: select "
-        "with the head, fine-tune LoRA once, compare with LoRA every round",
+        help="head: light head every round, on every label; served: the server's head lane "
+        "(zero-shot first, held-out evaluation, promotions); lora: LoRA every round; "
+        "prepal-then-lora: select with the head, fine-tune LoRA once, compare with LoRA every "
+        "round",
     )
     p.add_argument("--pool-size", type=int, default=4000, help="stratified pool subsample size")
     p.add_argument(

@@ -39,6 +39,21 @@ def test_every_strategy_starts_from_the_same_labels_for_a_seed() -> None:
     assert bench.simulate(data, "random", 4, 6, 5, 6).acquired != first[0]
 
 
+def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
+    tmp_path: Path,
+) -> None:
+    from ls_backend.core.training import RoundConfig
+
+    data = toy_data()
+    data.label_x = np.roll(np.eye(16, dtype=np.float32)[:3], 1, axis=0)  # wrong prototypes
+    fit = bench.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
+    run = bench.simulate(data, "default", seed=0, init=6, batch=10, budget=56, fit=fit)
+    assert run.accuracy[-1] > 0.9
+    serving = fit.registry.current()
+    seen = json.loads((fit.registry.path(serving) / "annotations.json").read_text())
+    assert sorted(seen["trained_on"]) == sorted(run.acquired) and seen["held_out"]
+
+
 def test_one_seen_class_predicts_that_class() -> None:
     data = toy_data()
     probs, pred = bench.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
