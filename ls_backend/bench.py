@@ -17,7 +17,6 @@ Models (the one loop, ``simulate``, with a different ``Fit``):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import tempfile
@@ -83,6 +82,7 @@ class Run:
     macro_f1: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     acquired: list[int] = field(default_factory=list)
+    promotions: dict[str, int] = field(default_factory=dict)  # --model served: ``ServedFit``
 
 
 #: ``(data, labeled rows, predict the pool?)`` -> (pool probabilities ``[N, C, T]`` or None,
@@ -195,6 +195,10 @@ class ServedFit:
             raise ValueError("--model served needs the label names' embeddings")
         self.registry = Registry(root)
         self.config = config
+        #: Rounds, promotions, and the decisions the full test split says were wrong.
+        self.promotions = dict.fromkeys(
+            ("rounds", "promoted", "worse_promoted", "better_kept_out"), 0
+        )
         save_prototype(self.registry, prototype_model(data.space, data.label_x), "bench")
 
     def serving(self) -> ModelVersion:
@@ -213,11 +217,26 @@ class ServedFit:
             targets=data.pool_y[labeled],
             embeddings=data.pool_x[labeled],
         )
-        with contextlib.suppress(NotEnoughLabels):  # one class so far: zero-shot still serves
-            run_round("head", self.registry, data.space, labels, self.serving, self.config)
+        before = self.serving()
+        try:
+            result = run_round("head", self.registry, data.space, labels, self.serving, self.config)
+        except NotEnoughLabels:  # one class so far: zero-shot still serves
+            result = None
+        if result is not None:
+            candidate = ModelVersion.load(self.registry.path(result.version), result.version)
+            gain = _test_accuracy(data, candidate) - _test_accuracy(data, before)
+            self.promotions["rounds"] += 1
+            self.promotions["promoted"] += result.promoted
+            self.promotions["worse_promoted"] += result.promoted and gain < 0
+            self.promotions["better_kept_out"] += not result.promoted and gain > 0
         head = self.serving().head
         test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1).astype(np.int64)
         return head.predict_proba(data.pool_x) if pool else None, test_pred
+
+
+def _test_accuracy(data: BenchData, model: ModelVersion) -> float:
+    pred = model.head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1)
+    return float((pred == data.test_y).mean())
 
 
 def simulate(
@@ -251,6 +270,7 @@ def simulate(
             on_round()
         if last:
             run.acquired = labeled.tolist()
+            run.promotions = dict(getattr(fit, "promotions", {}))
             return run
 
 
@@ -302,6 +322,10 @@ def summarise(
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
+        if any(r.promotions for r in rs):  # summed over seeds
+            details["strategies"][name]["promotions"] = {
+                key: sum(r.promotions.get(key, 0) for r in rs) for key in rs[0].promotions
+            }
     details["budget"] = budget
     details["seeds"] = len(runs[next(iter(runs))])
     return out, details
@@ -336,6 +360,20 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
             f"| {fmt(s['labels_to_target'], 'd')} | {fmt(s['savings'], '.0%')} | {share} "
             f"| {d['seconds_per_round']:.2f} |"
         )
+    tallies = {n: d["promotions"] for n, d in details["strategies"].items() if "promotions" in d}
+    if tallies:
+        lines += [
+            "",
+            "Promotions, summed over seeds (judged on the full test split):",
+            "",
+            "| strategy | rounds | promoted | promoted but worse | kept out but better |",
+            "|---|---|---|---|---|",
+        ]
+        for name, t in tallies.items():
+            lines.append(
+                f"| {name} | {t['rounds']} | {t['promoted']} | {t['worse_promoted']} "
+                f"| {t['better_kept_out']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -52,6 +52,8 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
     serving = fit.registry.current()
     seen = json.loads((fit.registry.path(serving) / "annotations.json").read_text())
     assert sorted(seen["trained_on"]) == sorted(run.acquired) and seen["held_out"]
+    tally = run.promotions
+    assert tally["rounds"] == len(run.labels) and tally["promoted"] >= 1
 
 
 def test_one_seen_class_predicts_that_class() -> None:
