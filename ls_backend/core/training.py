@@ -2,8 +2,8 @@
 
 Two kinds of round share this path (PRepAL + STAR): ``head`` refits the light head
 on frozen embeddings (well under a second), ``lora`` fine-tunes an adapter in the
-background. Every candidate is saved as a version, promoted or not; it serves only
-when it is at least as good as the current model on the same held-out labels.
+background. Every candidate is saved as a version, promoted or not; whether it serves
+is decided on the same held-out labels as the current model (``should_promote``).
 
 From EVAL_MIN_LABELS on, a round fits twice: the *evaluated* fit leaves the held-out
 labels out and gives the version's figures; the *served* fit repeats it on every label
@@ -28,6 +28,8 @@ from ls_backend.core.evaluation import (
     Metrics,
     evaluate,
     holdout_split,
+    item_correct,
+    should_promote,
     strata_of,
     stratified_folds,
 )
@@ -107,15 +109,19 @@ def _fit_head(space: LabelSpace, data: LabeledData, c: float) -> LinearHead:
         raise NotEnoughLabels(str(exc)) from exc
 
 
-def _score(model: ModelVersion, space: LabelSpace, data: LabeledData) -> Metrics | None:
-    """The model's metrics on ``data``, or None when it predicts another label space."""
+#: A model's metrics on some labels, and which of those labels it gets right.
+Scores = tuple[Metrics, NDArray[np.bool_]]
+
+
+def _score(model: ModelVersion, space: LabelSpace, data: LabeledData) -> Scores | None:
+    """The model's figures on ``data``, or None when it predicts another label space."""
     if model.space != space:
         return None
     probs = model.predict(data.texts, data.embeddings, mc_samples=1).probs
-    return evaluate(space, probs, data.targets)
+    return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
 
 
-def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Metrics | None:
+def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Scores | None:
     strata = strata_of(space, data.targets)
     smallest = min(np.unique(strata, return_counts=True)[1])
     k = int(min(5, smallest))
@@ -124,7 +130,7 @@ def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Metri
     probs = np.zeros((len(data), space.size, 1), dtype=np.float32)
     for train, test in stratified_folds(strata, k):
         probs[test] = _fit_head(space, data.take(train), c).predict_proba(data.embeddings[test])
-    return evaluate(space, probs, data.targets)
+    return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
 
 
 def run_round(
@@ -151,7 +157,7 @@ def run_round(
         # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
         # only with zero-shot, which never trained on these labels.
         candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
-        evaluated, metrics = None, _kfold_head_metrics(space, data, config.head_c)
+        evaluated, scores = None, _kfold_head_metrics(space, data, config.head_c)
         train_data = eval_data = data
     else:
         # The evaluated fit leaves the held-out part out; the candidate that would serve
@@ -179,22 +185,23 @@ def run_round(
                 0.5,
                 0.9,
             )
-        metrics = _score(evaluated, space, eval_data)
+        scores = _score(evaluated, space, eval_data)
 
     report(0.95, "save")
     with registry.lock():
         current = load_current()
         reference = _evaluated_fit(registry, current) if current else None
         comparable = reference is not None and (not few or reference.kind == "prototype")
-        baseline = _score(reference, space, eval_data) if reference and comparable else None
-        if baseline is None:
+        against = _score(reference, space, eval_data) if reference and comparable else None
+        metrics = scores[0] if scores else None
+        baseline = against[0] if against else None
+        if reference is None or against is None:
             promoted, reason = True, "nothing comparable serves"
-        elif metrics is None:
+        elif scores is None:
             promoted, reason = True, "too few labels per class to estimate; more labels win"
-        elif metrics.at_least_as_good_as(baseline):
-            promoted, reason = True, "at least as good as the serving model on the same labels"
         else:
-            promoted, reason = False, "worse than the serving model on the same labels"
+            same_kind = (candidate.lora is None) == (reference.lora is None)
+            promoted, reason = should_promote(scores[1], against[1], same_kind)
 
         def write(path: Path) -> None:
             candidate.save(path)

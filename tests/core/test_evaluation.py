@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 
 from ls_backend.core.evaluation import (
-    Metrics,
     evaluate,
     expected_calibration_error,
     holdout_split,
+    paired_gain,
+    should_promote,
     stratified_folds,
 )
 from ls_backend.core.labels import LabelSpace
@@ -63,9 +64,28 @@ def test_ece_is_zero_when_confidence_matches_accuracy_and_large_when_overconfide
     assert expected_calibration_error(overconfident, correct) == pytest.approx(0.29)
 
 
-def test_promotion_rule():
-    base = Metrics(accuracy=0.8, macro_f1=0.7, ece=0.1, n=10)
-    assert Metrics(0.8, 0.7, 0.3, 10).at_least_as_good_as(base)
-    assert Metrics(0.9, 0.1, 0.3, 10).at_least_as_good_as(base)
-    assert not Metrics(0.8, 0.6, 0.0, 10).at_least_as_good_as(base)
-    assert not Metrics(0.7, 0.9, 0.0, 10).at_least_as_good_as(base)
+def items(better: int, worse: int, same: int) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness of a candidate and the serving model on the same held-out labels."""
+    candidate = np.array([True] * better + [False] * worse + [True] * same)
+    serving = np.array([False] * better + [True] * worse + [True] * same)
+    return candidate, serving
+
+
+def test_a_head_on_more_labels_serves_unless_clearly_worse():
+    assert should_promote(*items(0, 0, 18), same_kind=True)[0]
+    assert should_promote(*items(1, 2, 15), same_kind=True)[0]  # one item: noise
+    assert not should_promote(*items(0, 6, 12), same_kind=True)[0]
+
+
+def test_another_kind_must_be_clearly_better_not_by_a_few_items():
+    # The issue's case: an adapter 0.72 vs 0.56 on 18 items, wins and losses mixed.
+    promoted, reason = should_promote(*items(5, 2, 11), same_kind=False)
+    assert not promoted and "+0.167" in reason
+    assert not should_promote(*items(0, 0, 18), same_kind=False)[0]  # a tie keeps what serves
+    assert should_promote(*items(9, 0, 9), same_kind=False)[0]
+
+
+def test_paired_gain_and_its_standard_error():
+    gain, se = paired_gain(*items(3, 1, 16))
+    assert gain == pytest.approx(0.1)
+    assert se == pytest.approx(np.std([1, 1, 1, -1] + [0] * 16, ddof=1) / np.sqrt(20))
