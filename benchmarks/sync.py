@@ -8,7 +8,7 @@ distinct movie-review sentences (the 10,072 of `movie_review_snippets`, repeated
 - the first sync, run by run until every task is ranked: seconds per stage, what it pushed;
 - ``--syncs`` rounds of an annotator labeling `SYNC_EVERY` tasks through `/next` (the
   true label, ``--pace`` seconds apart), then the time from the last save to `/next`
-  serving a task of the new ranking (warm: every task embedded);
+  serving a task of a ranking pushed after it (warm: every task embedded);
 - Label Studio's prediction rows after those pushes (every version, and `rank-*` alone), right
   after the last label and then as the backend deletes replaced ones in the quiet that follows.
 """
@@ -96,7 +96,6 @@ def label_rounds(
 ) -> None:
     latencies = []
     for _ in range(rounds):
-        before = ls.get(f"/api/projects/{project_id}").json()["model_version"]
         for i in range(SYNC_EVERY):
             if i:
                 time.sleep(pace)  # an annotator reads the task before saving
@@ -111,9 +110,14 @@ def label_rounds(
             ]
             saved = ls.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
             saved.raise_for_status()
-        labeled = time.perf_counter()
+        labeled, saved_at = time.perf_counter(), time.strftime("%Y%m%dT%H%M%S")
         deadline = labeled + 120
-        while (version := ls.get(f"/api/projects/{project_id}").json()["model_version"]) == before:
+        # A ranking pushed after the last save (its version carries the push's second): one
+        # that a promotion pushed during the round does not count.
+        while (
+            pushed_at(version := ls.get(f"/api/projects/{project_id}").json()["model_version"])
+            < saved_at
+        ):
             if time.perf_counter() > deadline:
                 raise TimeoutError("no new ranking within 120 s")
             time.sleep(0.1)
@@ -126,6 +130,11 @@ def label_rounds(
         f"({pace:.1f} s apart): "
         f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
     )
+
+
+def pushed_at(version: str) -> str:
+    """The push time in a ranking version ``rank-<model>-<%Y%m%dT%H%M%S>-<n>`` ("" if none)."""
+    return version.rsplit("-", 2)[1] if version.startswith("rank-") else ""
 
 
 def prediction_rows(ls: httpx.Client, project_id: int, when: str) -> int:

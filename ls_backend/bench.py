@@ -34,6 +34,7 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ls_backend.core import learning_curves as lc
+from ls_backend.core.evaluation import paired_gain
 from ls_backend.core.heads import LinearHead, label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion
@@ -224,19 +225,20 @@ class ServedFit:
             result = None
         if result is not None:
             candidate = ModelVersion.load(self.registry.path(result.version), result.version)
-            gain = _test_accuracy(data, candidate) - _test_accuracy(data, before)
+            # Judged like the rule judges, but on the full test split: a paired difference
+            # beyond 2 of its standard errors (one item of 500 is not "worse").
+            gain, se = paired_gain(_test_correct(data, candidate), _test_correct(data, before))
             self.promotions["rounds"] += 1
             self.promotions["promoted"] += result.promoted
-            self.promotions["worse_promoted"] += result.promoted and gain < 0
-            self.promotions["better_kept_out"] += not result.promoted and gain > 0
+            self.promotions["worse_promoted"] += result.promoted and gain < -2 * se
+            self.promotions["better_kept_out"] += not result.promoted and gain > 2 * se
         head = self.serving().head
         test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1).astype(np.int64)
         return head.predict_proba(data.pool_x) if pool else None, test_pred
 
 
-def _test_accuracy(data: BenchData, model: ModelVersion) -> float:
-    pred = model.head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1)
-    return float((pred == data.test_y).mean())
+def _test_correct(data: BenchData, model: ModelVersion) -> NDArray[np.bool_]:
+    return np.asarray(model.head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1) == data.test_y)
 
 
 def simulate(
@@ -364,7 +366,8 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
     if tallies:
         lines += [
             "",
-            "Promotions, summed over seeds (judged on the full test split):",
+            "Promotions, summed over seeds; worse / better: on the full test split, by more "
+            "than 2 standard errors of the paired difference:",
             "",
             "| strategy | rounds | promoted | promoted but worse | kept out but better |",
             "|---|---|---|---|---|",
