@@ -71,8 +71,8 @@ class Metrics:
 #: The promotion rule compares the candidate and the serving model item by item on the same
 #: held-out labels (d = 1 where only the candidate is right, -1 where only the other is).
 #: A candidate of the serving model's kind, fitted on more labels, serves unless mean(d) is
-#: below -PROMOTION_Z standard errors; one of another kind (zero-shot -> head, head <->
-#: adapter) must be above +PROMOTION_Z of them. A gain of a few items on a small held-out set decides nothing, so
+#: below -PROMOTION_Z standard errors; one of another kind (head <-> adapter) must be above
+#: +PROMOTION_Z of them. A gain of a few items on a small held-out set decides nothing, so
 #: the serving model does not flip back and forth between kinds.
 PROMOTION_Z = 2.0
 

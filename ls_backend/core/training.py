@@ -200,7 +200,7 @@ def run_round(
         elif scores is None:
             promoted, reason = True, "too few labels per class to estimate; more labels win"
         else:
-            same_kind = candidate.kind == reference.kind
+            same_kind = (candidate.lora is None) == (reference.lora is None)
             promoted, reason = should_promote(scores[1], against[1], same_kind)
 
         def write(path: Path) -> None:
