@@ -94,13 +94,15 @@ def test_annotations_refit_the_head_and_bump_the_version(make_client):
     assert status["annotations"] == len(CODED)
 
 
-def test_a_head_worse_than_zero_shot_is_saved_but_does_not_serve(make_client):
+def test_a_head_the_rule_rejects_is_saved_but_does_not_serve(make_client, monkeypatch):
+    # The rule itself is tested in tests/core; here: what a rejection does end to end.
+    from ls_backend.core import training
+
+    monkeypatch.setattr(training, "should_promote", lambda *_: (False, "worse (test)"))
     client = make_client()
     setup = {"project": "7.1", "schema": CONFIG}
     before = client.post("/setup", json=setup).json()["model_version"]
-    # Three labels, one of them wrong: the head's k-fold estimate loses to zero-shot.
-    wrong = [*TRAIN[:2], ("the worst film of the year", "Positive"), *TRAIN[3:5]]
-    for i, (text, label) in enumerate(wrong):
+    for i, (text, label) in enumerate(TRAIN):
         annotate(client, 100 + i, 10 + i, text, label)
     deadline = time.monotonic() + 30
     status = {}
@@ -110,6 +112,7 @@ def test_a_head_worse_than_zero_shot_is_saved_but_does_not_serve(make_client):
             break
         time.sleep(0.1)
     assert status["last_result"]["promoted"] is False
+    assert status["last_result"]["version"].endswith("-head")  # saved
     assert client.post("/setup", json=setup).json()["model_version"] == before
 
 
