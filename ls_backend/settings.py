@@ -148,7 +148,8 @@ class Settings(BaseSettings):
         10.0,
         ge=0,
         description="Replaced ranking predictions are deleted once no label came for this long "
-        "(so the deletes seldom meet annotators' saves), or when over 4 x SYNC_TOP_K wait.",
+        "(so the deletes seldom meet annotators' saves), or when over 4 x SYNC_TOP_K (1% of the "
+        "tasks, where more) wait.",
     )
 
     @model_validator(mode="after")

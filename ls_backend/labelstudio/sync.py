@@ -79,11 +79,15 @@ WEBHOOK_CHECK_S = 60.0
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
-#: next run re-rank; while annotators label (more than STALE_CAP_K x SYNC_TOP_K waiting), 1 s:
+#: next run re-rank; while annotators label (more than ``stale_cap`` waiting), 1 s:
 #: ~8 deletes per label, more than the SYNC_TOP_K / SYNC_EVERY (5) a label's push costs.
 FORGET_S = 10.0
 FORGET_BUSY_S = 1.0
+#: Old predictions allowed to wait for a quiet spell while people label: STALE_CAP_K x
+#: SYNC_TOP_K, or a share of the project's tasks where that is more (a 100,000-task project
+#: keeps 1,000: Label Studio's deletes are slower there, and a full backlog holds pushes).
 STALE_CAP_K = 4
+STALE_CAP_SHARE = 0.01
 #: Label Studio's bulk prediction import refreshes the counters of every task in the project
 #: (legacy path of 1.23: 0.03 s at 1,000 tasks, 0.33 s at 10,000, 3.3 s at 100,000, holding
 #: SQLite); past this many tasks a push creates its predictions one request each (~85 ms).
@@ -95,6 +99,11 @@ FORGET_BATCH = 25
 #: Pause between two single-row writes (deletes, one-by-one creates): Label Studio's SQLite
 #: stays free for annotators' saves between them.
 WRITE_PAUSE_S = 0.05
+
+
+def stale_cap(settings: Settings, tasks: int) -> int:
+    """Replaced-ranking predictions that may wait for a quiet spell while people label."""
+    return max(STALE_CAP_K * settings.sync_top_k, int(STALE_CAP_SHARE * tasks))
 
 
 def priorities(n: int) -> np.ndarray:
@@ -362,7 +371,7 @@ class Syncer:
         front = rank_front(project, pool, labeled, settings)
         lap("rank", 0.6)
 
-        cap = STALE_CAP_K * settings.sync_top_k
+        cap = stale_cap(settings, len(pool.ids))
         held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
@@ -391,7 +400,7 @@ class Syncer:
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
-        outcome["deleted"], more = self._forget_stale(project_id, state, store, report)
+        outcome["deleted"], more = self._forget_stale(project_id, state, store, cap, report)
         lap("forget", 1.0)
         # The rest of a large import or of the old predictions, or a push the backlog held
         # back that may go now: the next run looks again.
@@ -516,13 +525,18 @@ class Syncer:
         return version
 
     def _forget_stale(
-        self, project_id: int, state: QueueState, store: AnnotationStore, report: Progress
+        self,
+        project_id: int,
+        state: QueueState,
+        store: AnnotationStore,
+        cap: int,
+        report: Progress,
     ) -> tuple[int, bool]:
         """Delete replaced rankings' predictions, keeping those an annotator may have open.
 
         On SQLite any write of ours can fail an annotator's save that meets it ("database is
         locked"), so deletes wait for SYNC_QUIET_S without a label and stop when one comes; only
-        a backlog over STALE_CAP_K x SYNC_TOP_K rows is deleted while people label, 1 s a run.
+        a backlog over ``stale_cap`` rows is deleted while people label, 1 s a run.
         One request per prediction. Returns how many went and whether more may go now.
         """
         actions = LABEL_ACTIONS | {SKIPPED}
@@ -530,7 +544,7 @@ class Syncer:
         backlog = sum(len(doomed) for _, doomed in work)
         if not backlog:
             return 0, False
-        busy = backlog > STALE_CAP_K * self.settings.sync_top_k
+        busy = backlog > cap
         seen = store.last_seq(actions)
         quiet_at = store.last_received(actions) + self.settings.sync_quiet_s
         if not busy and time.time() < quiet_at:

@@ -124,3 +124,12 @@ def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the
     client.calls.clear()
     syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS)
     assert client.calls == [f"import {len(tasks)}", "queue"]
+
+
+def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_path):
+    from ls_backend.labelstudio.sync import stale_cap
+    from ls_backend.settings import Settings
+
+    settings = Settings(model_dir=tmp_path)
+    assert stale_cap(settings, 1_000) == stale_cap(settings, 10_000) == 4 * settings.sync_top_k
+    assert stale_cap(settings, 100_000) == 1_000  # 1%: deletes there are slower
