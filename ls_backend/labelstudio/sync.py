@@ -122,6 +122,7 @@ class Ranking:
     pushed: float
     stale_since: float | None = None  # when another ranking replaced it
     deleted: list[int] = field(default_factory=list)  # tasks whose prediction is gone
+    ids: list[int] = field(default_factory=list)  # prediction ids by task, when pushed one by one
 
     def deletable(self, touched: set[int], served: set[int], margin: int, now: float) -> list[int]:
         """Tasks whose prediction of this ranking no editor can still hold: annotators took
@@ -514,12 +515,13 @@ class Syncer:
             return version
         # One by one: the queue switches once its head is in, the rest follow behind it
         # (positions past the head; an annotator cannot get there in the seconds this takes).
+        ranking = state.rankings[-1]
         for position, item in enumerate(items):
             if position == QUEUE_HEAD:
                 self.client.set_queue(project_id, version)
             elif position > QUEUE_HEAD:
                 time.sleep(WRITE_PAUSE_S)
-            self.client.create_prediction(item)
+            ranking.ids.append(self.client.create_prediction(item))  # deletes need no read
         if len(items) <= QUEUE_HEAD:
             self.client.set_queue(project_id, version)
         return version
@@ -557,8 +559,19 @@ class Syncer:
         deadline = time.monotonic() + (FORGET_BUSY_S if busy else FORGET_S)
         try:
             for ranking, doomed in work:
-                for start in range(0, len(doomed), FORGET_BATCH):
-                    batch = doomed[start : start + FORGET_BATCH]
+                known = dict(zip(ranking.tasks, ranking.ids, strict=False))
+                for task_id in [t for t in doomed if t in known]:
+                    if time.monotonic() > deadline:
+                        return deleted, True
+                    if not busy and store.last_seq(actions) != seen:
+                        return deleted, False
+                    self.client.delete_prediction(known[task_id])
+                    deleted += 1
+                    ranking.deleted.append(task_id)
+                    time.sleep(WRITE_PAUSE_S)
+                unknown = [t for t in doomed if t not in known]
+                for start in range(0, len(unknown), FORGET_BATCH):
+                    batch = unknown[start : start + FORGET_BATCH]
                     tasks = self.client.iter_tasks(
                         project_id, task_ids=batch, include_predictions=True
                     )
@@ -576,8 +589,8 @@ class Syncer:
                         ranking.deleted.append(task["id"])
                     gone = set(batch) - set(ranking.deleted)  # tasks deleted in Label Studio
                     ranking.deleted += sorted(gone)
-                    if len(ranking.deleted) == len(ranking.tasks):
-                        state.rankings.remove(ranking)
+                if len(ranking.deleted) == len(ranking.tasks):
+                    state.rankings.remove(ranking)
             return deleted, False
         finally:
             state.save(store)

@@ -51,6 +51,14 @@ class RecordingClient:
 
     def create_prediction(self, item):
         self.calls.append(f"create {item['task']}")
+        return 1000 + item["task"]
+
+    def delete_prediction(self, prediction_id):
+        self.calls.append(f"delete {prediction_id}")
+
+    def iter_tasks(self, project_id, task_ids, include_predictions):
+        self.calls.append(f"read {task_ids}")
+        return [{"id": t, "predictions": []} for t in task_ids]
 
     def set_queue(self, project_id, version):
         self.queued.append(version)
@@ -133,3 +141,24 @@ def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_pa
     settings = Settings(model_dir=tmp_path)
     assert stale_cap(settings, 1_000) == stale_cap(settings, 10_000) == 4 * settings.sync_top_k
     assert stale_cap(settings, 100_000) == 1_000  # 1%: deletes there are slower
+
+
+def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp_path, monkeypatch):
+    from ls_backend.labelstudio import sync
+    from ls_backend.labelstudio.events import AnnotationStore
+    from ls_backend.settings import Settings
+
+    monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
+    client = RecordingClient()
+    syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
+    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
+    big = sync.BULK_PUSH_MAX_TASKS + 1
+    for tasks in ([1, 2, 3], [4, 5]):
+        front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
+        syncer._push(1, state, front, store, project_tasks=big)
+    state.rankings[0].stale_since = time.time() - sync.HOLD_S - 1  # nobody can hold them
+    client.calls.clear()
+    deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
+    assert (deleted, more) == (3, False)
+    assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
+    assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
