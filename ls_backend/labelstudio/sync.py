@@ -537,7 +537,8 @@ class Syncer:
         """Delete replaced rankings' predictions, keeping those an annotator may have open.
 
         On SQLite any write of ours can fail an annotator's save that meets it ("database is
-        locked"), so deletes wait for SYNC_QUIET_S without a label and stop when one comes; only
+        locked"), so deletes wait for SYNC_QUIET_S without a label and stop when one comes
+        (or when a new ranking is wanted, which must not wait behind them); only
         a backlog over ``stale_cap`` rows is deleted while people label, 1 s a run.
         One request per prediction. Returns how many went and whether more may go now.
         """
@@ -547,14 +548,20 @@ class Syncer:
         if not backlog:
             return 0, False
         busy = backlog > cap
-        seen = store.last_seq(actions)
+        seen, wanted = store.last_seq(actions), store.meta("sync_wanted")
+
+        def interrupted() -> bool:
+            """A label came (labeling goes on: its runs come back here) or a new ranking is
+            wanted (a promotion): the queue goes first."""
+            return store.last_seq(actions) != seen or store.meta("sync_wanted") != wanted
+
         quiet_at = store.last_received(actions) + self.settings.sync_quiet_s
         if not busy and time.time() < quiet_at:
             report(0.9, "waiting for a quiet moment to delete old predictions")
             while time.time() < quiet_at:
                 time.sleep(0.25)
-                if store.last_seq(actions) != seen:
-                    return 0, False  # labeling goes on: its own runs come back here
+                if interrupted():
+                    return 0, False
         deleted = 0
         deadline = time.monotonic() + (FORGET_BUSY_S if busy else FORGET_S)
         try:
@@ -563,7 +570,7 @@ class Syncer:
                 for task_id in [t for t in doomed if t in known]:
                     if time.monotonic() > deadline:
                         return deleted, True
-                    if not busy and store.last_seq(actions) != seen:
+                    if not busy and interrupted():
                         return deleted, False
                     self.client.delete_prediction(known[task_id])
                     deleted += 1
@@ -581,7 +588,7 @@ class Syncer:
                                 continue
                             if time.monotonic() > deadline:
                                 return deleted, True
-                            if not busy and store.last_seq(actions) != seen:
+                            if not busy and interrupted():
                                 return deleted, False
                             self.client.delete_prediction(prediction["id"])
                             deleted += 1

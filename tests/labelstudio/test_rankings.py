@@ -162,3 +162,27 @@ def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp
     assert (deleted, more) == (3, False)
     assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
     assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
+
+
+def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(tmp_path, monkeypatch):
+    from ls_backend.labelstudio import sync
+    from ls_backend.labelstudio.events import AnnotationStore
+    from ls_backend.settings import Settings
+
+    monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
+    client = RecordingClient()
+    syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
+    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
+    big = sync.BULK_PUSH_MAX_TASKS + 1
+    for tasks in ([1, 2, 3], [4, 5]):
+        front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
+        syncer._push(1, state, front, store, project_tasks=big)
+    state.rankings[0].stale_since = time.time() - sync.HOLD_S - 1
+    delete = client.delete_prediction
+
+    def delete_then_promote(prediction_id):  # a head round promotes meanwhile
+        delete(prediction_id)
+        store.set_meta("sync_wanted", str(time.time_ns()))
+
+    monkeypatch.setattr(client, "delete_prediction", delete_then_promote)
+    assert syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None) == (1, False)
