@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-#: A promoted model re-orders the queue only if it moves more than this share of the
-#: tasks still waiting out of the new front (early heads reshuffle it; later ones rarely do).
+#: A model of another kind (zero-shot -> head, head <-> adapter) re-orders the queue at once
+#: if it moves more than this share of the tasks still waiting out of the new front. A head
+#: refitted on a few more labels waits for SYNC_EVERY: on a large pool every refit reshuffles
+#: the most uncertain 50 (at 100,000 tasks each one moved 98-100%), and a push per label kept
+#: the lane too busy to serve the SYNC_EVERY push on time.
 MIN_KEPT = 0.8
 
 
@@ -25,6 +28,7 @@ def push_reason(
     forced: bool = False,
     pool_grew: bool = False,
     backlog_full: bool = False,
+    new_kind: bool = False,
 ) -> str | None:
     """Why the new ``front`` (task ids, best first) should replace the queue, or None.
 
@@ -32,7 +36,8 @@ def push_reason(
     first push); ``new_labels``: labels since the last push; ``pool_grew``: tasks that were
     not ranked at the last push (a large import still being embedded) now are;
     ``backlog_full``: so many replaced predictions wait to be deleted that only a request or
-    a queue running low may add more (labeling faster than they can go keeps them bounded).
+    a queue running low may add more (labeling faster than they can go keeps them bounded);
+    ``new_kind``: the front comes from a model of another kind than the queue's.
     """
     if forced:
         return "requested"
@@ -46,7 +51,7 @@ def push_reason(
         return f"{new_labels} new labels"
     if pool_grew:
         return "more tasks ranked"
-    if waiting:
+    if waiting and new_kind:
         kept = len(set(front[: len(waiting)]) & set(waiting)) / len(waiting)
         if kept < MIN_KEPT:
             return f"the new model moves {1 - kept:.0%} of the queued tasks out of the front"

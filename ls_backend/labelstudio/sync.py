@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -268,6 +269,17 @@ class Front:
     results: list[dict[str, Any]]
     model_version: str
 
+    @property
+    def kind(self) -> str:
+        return model_kind(self.model_version)
+
+
+def model_kind(version: str) -> str:
+    """``prototype``, ``head`` or ``lora``: from a model version (``v0007-head``) or a ranking
+    version that names one (``rank-v0007-head-<time>-<n>``)."""
+    match = re.search(r"v\d{4,}-([a-z]+)", version)
+    return match.group(1) if match else ""
+
 
 def rank_front(
     project: Project, pool: TaskPool, labeled: NDArray[np.bool_], settings: Settings
@@ -385,6 +397,7 @@ class Syncer:
             forced=force or forced_seq > state.forced_seq,
             pool_grew=not state.complete,
             backlog_full=held_back,
+            new_kind=serving is not None and model_kind(serving.version) != front.kind,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:

@@ -25,11 +25,17 @@ def test_every_sync_every_labels_push():
     assert reason(new_labels=10) == "10 new labels"
 
 
-def test_a_model_that_reorders_the_front_is_pushed_one_that_barely_does_is_not():
+def test_a_new_kind_of_model_that_reorders_the_front_is_pushed_one_that_barely_does_is_not():
     barely = FRONT[:90] + list(range(500, 510))  # 10% of the queued tasks move out
-    assert reason(front=barely) is None
+    assert reason(front=barely, new_kind=True) is None
     reshuffled = FRONT[:70] + list(range(500, 530))
-    assert "moves 30%" in reason(front=reshuffled)
+    assert "moves 30%" in reason(front=reshuffled, new_kind=True)
+
+
+def test_a_head_refitted_on_a_few_more_labels_waits_for_sync_every():
+    reshuffled = list(range(500, 600))  # a large pool: every refit moves the whole front
+    assert reason(front=reshuffled, new_labels=3) is None
+    assert reason(front=reshuffled, new_labels=10) == "10 new labels"
 
 
 def test_a_queue_running_low_is_refilled():
