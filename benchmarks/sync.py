@@ -92,35 +92,24 @@ def first_sync(backend: Any, ls: httpx.Client, project_id: int, started: float) 
 
 
 def label_rounds(
-    ls: httpx.Client, project_id: int, gold: dict[str, str], rounds: int, pace: float
+    ls: httpx.Client,
+    backend_url: str,
+    project_id: int,
+    gold: dict[str, str],
+    rounds: int,
+    pace: float,
 ) -> None:
+    # Warm-up, not timed: the first head replaces zero-shot (a change of model kind pushes
+    # at once, mid-round), then a requested push starts the SYNC_EVERY count afresh.
+    label(ls, project_id, gold, SYNC_EVERY, pace)
+    asked_at = time.strftime("%Y%m%dT%H%M%S")
+    httpx.post(f"{backend_url}/sync/{project_id}", timeout=30).raise_for_status()
+    wait_for_ranking(ls, project_id, asked_at)
     latencies = []
     for _ in range(rounds):
-        for i in range(SYNC_EVERY):
-            if i:
-                time.sleep(pace)  # an annotator reads the task before saving
-            task = ls.get(f"/api/projects/{project_id}/next").json()
-            result = [
-                {
-                    "from_name": "sentiment",
-                    "to_name": "text",
-                    "type": "choices",
-                    "value": {"choices": [gold[task["data"]["text"]]]},
-                }
-            ]
-            saved = ls.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
-            saved.raise_for_status()
+        label(ls, project_id, gold, SYNC_EVERY, pace)
         labeled, saved_at = time.perf_counter(), time.strftime("%Y%m%dT%H%M%S")
-        deadline = labeled + 120
-        # A ranking pushed after the last save (its version carries the push's second): one
-        # that a promotion pushed during the round does not count.
-        while (
-            pushed_at(version := ls.get(f"/api/projects/{project_id}").json()["model_version"])
-            < saved_at
-        ):
-            if time.perf_counter() > deadline:
-                raise TimeoutError("no new ranking within 120 s")
-            time.sleep(0.1)
+        version = wait_for_ranking(ls, project_id, saved_at)
         served = ls.get(f"/api/projects/{project_id}/next").json()
         latencies.append(time.perf_counter() - labeled)
         ours = [p for p in served.get("predictions", []) if p["model_version"] == version]
@@ -130,6 +119,37 @@ def label_rounds(
         f"({pace:.1f} s apart): "
         f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
     )
+
+
+def label(ls: httpx.Client, project_id: int, gold: dict[str, str], n: int, pace: float) -> None:
+    """An annotator saving the true label of ``n`` tasks from /next, ``pace`` s apart."""
+    for i in range(n):
+        if i:
+            time.sleep(pace)  # an annotator reads the task before saving
+        task = ls.get(f"/api/projects/{project_id}/next").json()
+        result = [
+            {
+                "from_name": "sentiment",
+                "to_name": "text",
+                "type": "choices",
+                "value": {"choices": [gold[task["data"]["text"]]]},
+            }
+        ]
+        saved = ls.post(f"/api/tasks/{task['id']}/annotations", json={"result": result})
+        saved.raise_for_status()
+
+
+def wait_for_ranking(ls: httpx.Client, project_id: int, since: str, limit_s: float = 120) -> str:
+    """The version of the first ranking pushed at or after ``since`` (%Y%m%dT%H%M%S): one
+    that a push already under way when ``since`` came does not count."""
+    deadline = time.perf_counter() + limit_s
+    while (
+        pushed_at(version := ls.get(f"/api/projects/{project_id}").json()["model_version"]) < since
+    ):
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"no new ranking within {limit_s:.0f} s")
+        time.sleep(0.1)
+    return version
 
 
 def pushed_at(version: str) -> str:
@@ -193,7 +213,7 @@ def run(size: int, rounds: int, pace: float, keep_log: Path | None) -> None:
                 started = time.perf_counter()
                 client.ensure_ml_backend(project.id, backend.url, "ls-backend")
                 first_sync(backend, ls, project.id, started)
-                label_rounds(ls, project.id, gold, rounds, pace)
+                label_rounds(ls, backend.url, project.id, gold, rounds, pace)
                 rows_after_quiet(ls, project.id)
             finally:
                 backend.stop()
