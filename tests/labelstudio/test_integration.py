@@ -115,7 +115,10 @@ def test_annotations_train_a_new_version_that_serves(
         f"/api/tasks/{skipped_task}/annotations", json={"result": [], "was_cancelled": True}
     )
 
-    version = wait_for(lambda: (v := setup_version(backend, project["id"], config)) != first and v)
+    # Every round from here on may promote: read the version once the lanes are idle.
+    wait_for(lambda: setup_version(backend, project["id"], config) != first)
+    wait_for(lambda: lanes_idle(backend, project["id"]))
+    version = setup_version(backend, project["id"], config)
     assert version.endswith("-head")
     status = httpx.get(f"{backend.url}/status").json()["projects"][str(project["id"])]
     assert status["annotations"] == 31  # 30 labels and the skip, all stored
@@ -145,8 +148,13 @@ def versions_seen(backend: BackendServer, project_id: int) -> dict[str, list[int
     for folder in (backend.model_dir / str(project_id) / "models").glob("v*"):
         if (folder / "annotations.json").is_file():
             record = json.loads((folder / "annotations.json").read_text())
-            seen[folder.name] = record["trained_on"] + record["held_out"]
+            seen[folder.name] = sorted(set(record["trained_on"]) | set(record["held_out"]))
     return seen
+
+
+def lanes_idle(backend: BackendServer, project_id: int) -> bool:
+    jobs = httpx.get(f"{backend.url}/status").json()["projects"][str(project_id)]["jobs"]
+    return all(job["state"] not in {"queued", "running"} for job in jobs.values())
 
 
 def test_label_studio_connects_with_basic_auth_credentials(
