@@ -143,28 +143,9 @@ def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_pa
     assert stale_cap(settings, 100_000) == 1_000  # 1%: deletes there are slower
 
 
-def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp_path, monkeypatch):
-    from ls_backend.labelstudio import sync
-    from ls_backend.labelstudio.events import AnnotationStore
-    from ls_backend.settings import Settings
-
-    monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
-    client = RecordingClient()
-    syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
-    big = sync.BULK_PUSH_MAX_TASKS + 1
-    for tasks in ([1, 2, 3], [4, 5]):
-        front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
-        syncer._push(1, state, front, store, project_tasks=big)
-    state.rankings[0].stale_since = time.time() - sync.HOLD_S - 1  # nobody can hold them
-    client.calls.clear()
-    deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
-    assert (deleted, more) == (3, False)
-    assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
-    assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
-
-
-def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(tmp_path, monkeypatch):
+def two_pushes_one_by_one(tmp_path, monkeypatch):
+    """Rankings [1, 2, 3] then [4, 5] pushed one prediction at a time; the first is replaced
+    long enough ago that nobody can hold its predictions."""
     from ls_backend.labelstudio import sync
     from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.settings import Settings
@@ -178,6 +159,25 @@ def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(tmp_path, m
         front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
         syncer._push(1, state, front, store, project_tasks=big)
     state.rankings[0].stale_since = time.time() - sync.HOLD_S - 1
+    return client, syncer, store, state
+
+
+def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp_path, monkeypatch):
+    from ls_backend.labelstudio import sync
+
+    client, syncer, store, state = two_pushes_one_by_one(
+        tmp_path, monkeypatch
+    )  # nobody can hold them
+    client.calls.clear()
+    deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
+    assert (deleted, more) == (3, False)
+    assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
+    assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
+
+
+def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(tmp_path, monkeypatch):
+
+    client, syncer, store, state = two_pushes_one_by_one(tmp_path, monkeypatch)
     delete = client.delete_prediction
 
     def delete_then_promote(prediction_id):  # a head round promotes meanwhile
