@@ -200,12 +200,8 @@ class ServedFit:
         self.promotions = dict.fromkeys(
             ("rounds", "promoted", "worse_promoted", "better_kept_out"), 0
         )
-        save_prototype(self.registry, prototype_model(data.space, data.label_x), "bench")
-
-    def serving(self) -> ModelVersion:
-        version = self.registry.current()
-        assert version is not None
-        return ModelVersion.load(self.registry.path(version), version)
+        self.serving = prototype_model(data.space, data.label_x)  # what the registry serves
+        self.serving.version = save_prototype(self.registry, self.serving, "bench")
 
     def __call__(
         self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True
@@ -218,9 +214,11 @@ class ServedFit:
             targets=data.pool_y[labeled],
             embeddings=data.pool_x[labeled],
         )
-        before = self.serving()
+        before = self.serving
         try:
-            result = run_round("head", self.registry, data.space, labels, self.serving, self.config)
+            result = run_round(
+                "head", self.registry, data.space, labels, lambda: before, self.config
+            )
         except NotEnoughLabels:  # one class so far: zero-shot still serves
             result = None
         if result is not None:
@@ -232,7 +230,9 @@ class ServedFit:
             self.promotions["promoted"] += result.promoted
             self.promotions["worse_promoted"] += result.promoted and gain < -2 * se
             self.promotions["better_kept_out"] += not result.promoted and gain > 2 * se
-        head = self.serving().head
+            if result.promoted:
+                self.serving = candidate
+        head = self.serving.head
         test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1).astype(np.int64)
         return head.predict_proba(data.pool_x) if pool else None, test_pred
 

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The CPU runtime `EMBEDDING_BACKEND=auto` picks, by measurement (benchmarks/RESULTS.md,
-#: "Embedding runtimes"): as accurate as torch, and the fastest.
+#: "Serving and embedding runtimes"): as accurate as torch, and the fastest.
 CPU_EMBEDDING_BACKEND = "openvino"
 
 

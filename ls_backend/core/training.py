@@ -169,8 +169,12 @@ def run_round(
         evaluated = ModelVersion("", space, _fit_head(space, train_data, config.head_c))
         candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
         if kind == "lora":
+            lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
+                v.endswith("-lora") and bool(registry.info(v).get("promoted"))
+                for v in registry.versions()
+            )
             evaluated = _train_lora(
-                space, evaluated, train_data, eval_data, registry, config, report, 0.05, 0.5
+                space, evaluated, train_data, eval_data, lora_round, config, report, 0.05, 0.5
             )
             assert evaluated.lora is not None and evaluated.lora.fit_result is not None
             chosen = replace(config.lora, epochs=evaluated.lora.fit_result.best_epoch, min_steps=0)
@@ -179,7 +183,7 @@ def run_round(
                 candidate,
                 data,
                 None,
-                registry,
+                lora_round,
                 replace(config, lora=chosen),
                 report,
                 0.5,
@@ -267,7 +271,7 @@ def _train_lora(
     base: ModelVersion,
     train: LabeledData,
     held: LabeledData | None,
-    registry: Registry,
+    lora_round: int,
     config: RoundConfig,
     report: Progress,
     start: float,
@@ -291,10 +295,7 @@ def _train_lora(
         eval_targets=held.targets if held is not None else None,
         progress=on_epoch,
     )
-    promoted_loras = sum(
-        1 for v in registry.versions() if v.endswith("-lora") and registry.info(v).get("promoted")
-    )
-    return ModelVersion("", space, base.head, lora, lora_round=promoted_loras + 1)
+    return ModelVersion("", space, base.head, lora, lora_round=lora_round)
 
 
 def _evaluated_fit(registry: Registry, current: ModelVersion) -> ModelVersion | None:

@@ -577,18 +577,26 @@ class Syncer:
                     return 0, False
         deleted = 0
         deadline = time.monotonic() + (FORGET_BUSY_S if busy else FORGET_S)
+
+        def delete(prediction_id: int) -> tuple[int, bool] | None:
+            """One delete; or, when time is up or the queue comes first, what to return."""
+            nonlocal deleted
+            if time.monotonic() > deadline:
+                return deleted, True
+            if not busy and interrupted():
+                return deleted, False
+            self.client.delete_prediction(prediction_id)
+            deleted += 1
+            time.sleep(WRITE_PAUSE_S)
+            return None
+
         try:
             for ranking, doomed in work:
                 known = dict(zip(ranking.tasks, ranking.ids, strict=False))
                 for task_id in [t for t in doomed if t in known]:
-                    if time.monotonic() > deadline:
-                        return deleted, True
-                    if not busy and interrupted():
-                        return deleted, False
-                    self.client.delete_prediction(known[task_id])
-                    deleted += 1
+                    if (stop := delete(known[task_id])) is not None:
+                        return stop
                     ranking.deleted.append(task_id)
-                    time.sleep(WRITE_PAUSE_S)
                 unknown = [t for t in doomed if t not in known]
                 for start in range(0, len(unknown), FORGET_BATCH):
                     batch = unknown[start : start + FORGET_BATCH]
@@ -599,13 +607,8 @@ class Syncer:
                         for prediction in task.get("predictions", []):
                             if prediction["model_version"] != ranking.version:
                                 continue
-                            if time.monotonic() > deadline:
-                                return deleted, True
-                            if not busy and interrupted():
-                                return deleted, False
-                            self.client.delete_prediction(prediction["id"])
-                            deleted += 1
-                            time.sleep(WRITE_PAUSE_S)
+                            if (stop := delete(prediction["id"])) is not None:
+                                return stop
                         ranking.deleted.append(task["id"])
                     gone = set(batch) - set(ranking.deleted)  # tasks deleted in Label Studio
                     ranking.deleted += sorted(gone)
