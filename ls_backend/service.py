@@ -28,6 +28,7 @@ from ls_backend.core.registry import Registry
 from ls_backend.core.training import LabeledData, prototype_model, save_prototype
 from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
 from ls_backend.labelstudio.events import AnnotationStore
+from ls_backend.lanes import LABEL_SPACE_CHANGED, training_lanes
 from ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,8 @@ class Project:
 
 
 class Backend:
-    """Everything one server process holds: settings, the encoder, open projects, the worker."""
+    """Everything one server process holds: settings, the encoder, open projects, the lanes
+    of background work and the scheduler that runs them."""
 
     def __init__(self, settings: Settings, encoder: Encoder | None = None) -> None:
         self.settings = settings
@@ -287,7 +289,8 @@ class Backend:
         )
         self._projects: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
-        self.worker: Any = None  # ls_backend.worker.Worker, attached by the app
+        self.lanes = training_lanes(settings)
+        self.worker: Any = None  # the scheduler (ls_backend.worker.Worker), attached by the app
 
     def project(self, raw_key: Any) -> Project:
         """The project's state; the OPEN_PROJECTS used last stay open (their databases, the
@@ -316,4 +319,4 @@ class Backend:
 
     def on_label_space_changed(self, project: Project) -> None:
         if self.worker is not None:
-            self.worker.request(project.key, "head")
+            self.worker.notify(project, LABEL_SPACE_CHANGED)

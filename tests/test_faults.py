@@ -28,9 +28,10 @@ from fakes import HashEncoder, alive, annotation_event, wait_for
 
 from ls_backend.core.registry import Registry
 from ls_backend.labelstudio.events import LABEL_ACTIONS
+from ls_backend.lanes import read_status
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker, read_status
+from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/><Choice value="C"/></Choices></View>"""
@@ -63,7 +64,7 @@ def victim(model_dir: str, first_id: int, acks_path: str) -> None:
     for annotation_id in range(first_id, first_id + MAX_EVENTS_PER_LIFE):
         body = event(annotation_id)
         project.store.apply(body)
-        backend.worker.on_event(project, body["action"])
+        backend.worker.notify(project, body["action"])
         os.write(fd, b"%d\n" % annotation_id)  # the answer /webhook would send now
         time.sleep(0.002)
         if time.monotonic() > deadline:
@@ -227,7 +228,7 @@ def test_a_steady_stream_of_events_settles_between_runs(tmp_path, monkeypatch):
         started = time.monotonic()
         for annotation_id in range(1, 2000):  # ~2.5 s of events, about 100 per second
             project.store.apply(event(annotation_id))
-            worker.on_event(project, "ANNOTATION_CREATED")
+            worker.notify(project, "ANNOTATION_CREATED")
             time.sleep(0.01)
             if time.monotonic() - started > 2.5:
                 break
@@ -245,7 +246,7 @@ def test_a_training_child_does_not_outlive_its_server(tmp_path):
     script.write_text(
         "import sys\n"
         "from fakes import orphan_probe\n"
-        "from ls_backend.worker import run_isolated\n"
+        "from ls_backend.lanes import run_isolated\n"
         "if __name__ == '__main__':\n"
         "    run_isolated(orphan_probe, sys.argv[1])\n"
     )

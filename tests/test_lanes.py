@@ -13,7 +13,7 @@ from fakes import HashEncoder, annotation_event
 
 from ls_backend.service import OPEN_PROJECTS, Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import LANE_THREADS, Worker
+from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
@@ -31,7 +31,7 @@ def label(backend: Backend, key: int, n: int) -> None:
     for i in range(n):
         body = annotation_event(i + 1, 100 + i, ["AB"[i % 2]], config=CONFIG, project=key)
         project.store.apply(body)
-        backend.worker.on_event(project, body["action"])
+        backend.worker.notify(project, body["action"])
 
 
 @pytest.fixture
@@ -104,7 +104,9 @@ def test_a_thousand_projects_hold_a_bounded_number_of_threads_and_open_files(tmp
         extra_files = open_files() - files
     finally:
         backend.worker.stop()
-    assert extra_threads <= sum(LANE_THREADS.values()) + 1  # the lanes' threads, a dispatcher
+    assert (
+        extra_threads <= sum(lane.threads for lane in backend.lanes) + 1
+    )  # the lanes' threads, a dispatcher
     # Open projects keep a connection (3 files: db, wal, shm) per thread that used them.
-    assert extra_files <= OPEN_PROJECTS * 3 * (sum(LANE_THREADS.values()) + 1)
+    assert extra_files <= OPEN_PROJECTS * 3 * (sum(lane.threads for lane in backend.lanes) + 1)
     print(f"1,000 projects: +{extra_threads} threads, +{extra_files} open files")

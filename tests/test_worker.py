@@ -6,9 +6,11 @@ import time
 import pytest
 from fakes import HashEncoder, annotation_event
 
+from ls_backend.labelstudio.lane import SyncLane, attach
+from ls_backend.lanes import SYNC_REQUESTED, read_status
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker, read_status
+from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
@@ -30,7 +32,7 @@ def event(ann_id, task_id, label, action="ANNOTATION_CREATED"):
 def send(backend, body):
     project = backend.project(1)
     project.store.apply(body)
-    backend.worker.on_event(project, body["action"])
+    backend.worker.notify(project, body["action"])
 
 
 def label_many(backend, n):
@@ -77,7 +79,7 @@ def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkey
     def explode(*_args, **_kwargs):
         raise MemoryError("out of memory while training")
 
-    monkeypatch.setattr("ls_backend.worker.run_round", explode)
+    monkeypatch.setattr("ls_backend.lanes.run_round", explode)
     send(backend, event(99, 2000, "A"))
     assert backend.worker.wait_idle(60)
     status = read_status(project, "head")
@@ -92,7 +94,7 @@ def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkey
 
 def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
     """Another process training the same lane: this one waits, then trains what it missed."""
-    from ls_backend.worker import try_lock
+    from ls_backend.lanes import try_lock
 
     project = backend.project(1)
     project.setup(CONFIG)
@@ -109,7 +111,7 @@ def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
 def test_a_sync_broken_by_label_studio_being_away_retries_by_itself(backend, monkeypatch):
     from ls_backend.labelstudio.client import LabelStudioError
 
-    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    monkeypatch.setattr(SyncLane, "retry_s", 0.01)
     calls = []
 
     def flaky_sync(project, progress):
@@ -118,10 +120,10 @@ def test_a_sync_broken_by_label_studio_being_away_retries_by_itself(backend, mon
             raise LabelStudioError("import/predictions failed after 5 tries: ConnectError")
         return {"ranked": 1}
 
-    backend.worker.attach_label_studio(flaky_sync, lambda project: 0)
+    attach(backend.lanes, backend.settings, flaky_sync, lambda project: 0)
     project = backend.project(1)
     project.setup(CONFIG)
-    backend.worker.request_sync(project)
+    backend.worker.notify(project, SYNC_REQUESTED)
     assert backend.worker.wait_idle(30)
     assert len(calls) == 3
     status = read_status(project, "sync")
@@ -131,17 +133,17 @@ def test_a_sync_broken_by_label_studio_being_away_retries_by_itself(backend, mon
 def test_a_sync_refused_for_a_bad_key_is_not_retried(backend, monkeypatch):
     from ls_backend.labelstudio.client import LabelStudioAuthError
 
-    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    monkeypatch.setattr(SyncLane, "retry_s", 0.01)
     calls = []
 
     def refused(project, progress):
         calls.append(1)
         raise LabelStudioAuthError("401: check LABEL_STUDIO_API_KEY")
 
-    backend.worker.attach_label_studio(refused, lambda project: 0)
+    attach(backend.lanes, backend.settings, refused, lambda project: 0)
     project = backend.project(1)
     project.setup(CONFIG)
-    backend.worker.request_sync(project)
+    backend.worker.notify(project, SYNC_REQUESTED)
     assert backend.worker.wait_idle(30)
     assert calls == [1]
     assert read_status(project, "sync").state == "failed"
@@ -170,7 +172,7 @@ def lora_backend(tmp_path):
 
 
 def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkeypatch):
-    from ls_backend import worker
+    from ls_backend import lanes
 
     children = []
 
@@ -178,8 +180,8 @@ def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkey
         children.append(fn.__name__)
         return run_isolated(fn, *args)
 
-    run_isolated = worker.run_isolated
-    monkeypatch.setattr(worker, "run_isolated", spy)
+    run_isolated = lanes.run_isolated
+    monkeypatch.setattr(lanes, "run_isolated", spy)
     project = label_many(lora_backend, 40)
     assert lora_backend.worker.wait_idle(180)
     status = read_status(project, "lora")
@@ -192,7 +194,7 @@ def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkey
 def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monkeypatch):
     from fakes import die
 
-    monkeypatch.setattr("ls_backend.worker.isolated_round", die)
+    monkeypatch.setattr("ls_backend.lanes.isolated_round", die)
     project = label_many(lora_backend, 40)
     assert lora_backend.worker.wait_idle(120)
     status = read_status(project, "lora")
@@ -204,22 +206,21 @@ def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monk
 
 def test_each_sync_request_gets_its_own_retries(backend, monkeypatch):
     from ls_backend.labelstudio.client import LabelStudioError
-    from ls_backend.worker import SYNC_RETRIES
 
-    monkeypatch.setattr("ls_backend.worker.SYNC_RETRY_S", 0.01)
+    monkeypatch.setattr(SyncLane, "retry_s", 0.01)
     calls = []
 
     def away(project, progress):
         calls.append(1)
         raise LabelStudioError("import/predictions failed after 5 tries: ConnectError")
 
-    backend.worker.attach_label_studio(away, lambda project: 0)
+    attach(backend.lanes, backend.settings, away, lambda project: 0)
     project = backend.project(1)
     project.setup(CONFIG)
     for request in (1, 2):
-        backend.worker.request_sync(project)
+        backend.worker.notify(project, SYNC_REQUESTED)
         assert backend.worker.wait_idle(30)
-        assert len(calls) == request * (1 + SYNC_RETRIES)
+        assert len(calls) == request * (1 + SyncLane.retries)
     assert read_status(project, "sync").state == "failed"
 
 
@@ -230,7 +231,7 @@ def test_a_label_studio_that_fails_the_reread_does_not_stop_training(backend):
         rereads.append(1)
         raise ConnectionError("Label Studio is away")
 
-    backend.worker.attach_label_studio(lambda project, progress: {}, broken_reread)
+    attach(backend.lanes, backend.settings, lambda project, progress: {}, broken_reread)
     project = label_many(backend, 10)
     send(backend, {"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
     assert backend.worker.wait_idle(60)
@@ -239,3 +240,35 @@ def test_a_label_studio_that_fails_the_reread_does_not_stop_training(backend):
     label_many(backend, 12)  # later runs do not try the failed re-read again
     assert backend.worker.wait_idle(60)
     assert len(rereads) == 1
+
+
+def test_a_registered_lane_runs_on_its_events_without_the_scheduler_knowing_it(backend):
+    """The scheduler asks the lanes; a new lane is one registered object."""
+    from ls_backend.lanes import Lane
+
+    class Echo(Lane):
+        name = "echo"
+
+        def wake(self, project, event):
+            if event != "ECHO":
+                return False
+            project.store.set_meta("echo_wanted", str(time.time_ns()))
+            return True
+
+        def marker(self, project):
+            return int(project.store.meta("echo_wanted") or 0)
+
+        def run(self, project, progress):
+            progress(0.5, "echoing")
+            return {"echoed": project.key}
+
+    backend.lanes.add(Echo())
+    project = backend.project(1)
+    project.setup(CONFIG)
+    backend.worker.notify(project, "ANNOTATION_CREATED")  # not its event: nothing to do
+    assert backend.worker.wait_idle(30)
+    assert read_status(project, "echo").runs == 0
+    backend.worker.notify(project, "ECHO")
+    assert backend.worker.wait_idle(30)
+    status = backend.worker.status(project, "echo")
+    assert status["state"] == "done" and status["last_result"] == {"echoed": "1"}

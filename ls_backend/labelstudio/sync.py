@@ -25,7 +25,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -631,28 +630,3 @@ def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:
         "tasks": tasks,
         "labeled": labeled,
     }
-
-
-def label_studio_jobs(
-    settings: Settings,
-) -> tuple[Callable[[Project, Progress], dict[str, Any]], Callable[[Project], int]]:
-    """The worker's sync lane and the START_TRAINING re-read, sharing one Label Studio client
-    per process, created on first use."""
-    syncers: list[Syncer] = []
-
-    def syncer() -> Syncer:
-        if not syncers:
-            syncers.append(Syncer(LabelStudioClient.from_settings(settings), settings))
-        return syncers[0]
-
-    def sync(project: Project, progress: Progress) -> dict[str, Any]:
-        return syncer()(project, progress)
-
-    def reread(project: Project) -> int:
-        """Make the store match every labeled task Label Studio holds."""
-        upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
-        tasks = syncer().client.labeled_tasks(int(project.key))
-        project.store.replace_labeled([dict(task) for task in tasks], upto)
-        return len(tasks)
-
-    return sync, reread

@@ -24,11 +24,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ls_backend import __version__, metrics
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
-from ls_backend.labelstudio.sync import label_studio_jobs
+from ls_backend.labelstudio.lane import attach_label_studio
+from ls_backend.lanes import CONNECTED, SYNC_REQUESTED
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import LANES, Worker
+from ls_backend.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         state.setdefault("backend", Backend(settings))
         state["worker"] = state["backend"].worker or Worker(state["backend"])
         if settings.sync_configured:
-            state["worker"].attach_label_studio(*label_studio_jobs(settings))
+            attach_label_studio(state["backend"].lanes, settings)
         else:
             log.warning(
                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
@@ -165,7 +166,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
             except ConfigError as exc:
                 raise ApiError(422, str(exc)) from exc
             project.connect()
-            the_backend().worker.on_setup(project)
+            the_backend().worker.notify(project, CONNECTED)
             return {"model_version": version}
 
         return await anyio.to_thread.run_sync(connect, limiter=control)
@@ -205,7 +206,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         projects = {}
         for key in backend.known_projects():
             project = backend.project(key)
-            jobs = {lane: backend.worker.status(project, lane) for lane in LANES}
+            jobs = {lane: backend.worker.status(project, lane) for lane in backend.lanes.names()}
             projects[key] = {
                 "model_version": project.registry.current(),
                 "annotations": project.store.count("annotations"),
@@ -233,7 +234,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         backend = the_backend()
         if not settings.sync_configured:
             raise ApiError(409, "sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        backend.worker.request_sync(_connected(backend, project))
+        backend.worker.notify(_connected(backend, project), SYNC_REQUESTED)
         return {"status": "queued", "project": project}
 
     return app
@@ -301,5 +302,5 @@ def _store_event(backend: Backend, raw_project: Any, body: dict[str, Any]) -> di
     except EventError as exc:
         raise ApiError(422, str(exc)) from exc
     metrics.WEBHOOK_EVENTS.labels(body["action"]).inc()
-    backend.worker.on_event(project, body["action"])
+    backend.worker.notify(project, body["action"])
     return {"status": "stored", "seq": seq}

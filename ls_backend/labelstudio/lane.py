@@ -1,0 +1,142 @@
+"""What Label Studio adds to the background work: the ``sync`` lane (re-rank the project's
+queue) and a re-read of its labels before training on START_TRAINING."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from ls_backend.core.training import Progress
+from ls_backend.labelstudio.client import (
+    LabelStudioAuthError,
+    LabelStudioClient,
+    LabelStudioError,
+)
+from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED
+from ls_backend.labelstudio.sync import Syncer, webhook_check_due
+from ls_backend.lanes import (
+    CONNECTED,
+    MODEL_TRAINED,
+    SYNC_REQUESTED,
+    Lane,
+    Lanes,
+    TrainingLane,
+)
+from ls_backend.service import Project
+from ls_backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SyncJob = Callable[[Project, Progress], dict[str, Any]]
+Reread = Callable[[Project], int]
+
+
+class SyncLane(Lane):
+    """Ranks the project's unlabeled tasks and pushes the ranking to Label Studio's queue.
+    A *forced* request (new tasks, ``POST /sync``, a first connect) pushes a new ranking;
+    otherwise (a new model, new labels) the run pushes only when the queue needs it
+    (``core.requeue``)."""
+
+    name = "sync"
+    threads = 2
+    # Label Studio away (a restart, a 5xx): retried after 15, 30, 45 s, together longer than
+    # a Label Studio restart.
+    retries = 3
+    retry_s = 15.0
+
+    def __init__(self, job: SyncJob, settings: Settings) -> None:
+        self.job, self.settings = job, settings
+
+    def wake(self, project: Project, event: str) -> bool:
+        store = project.store
+        if event in ("TASKS_CREATED", SYNC_REQUESTED):
+            forced = True
+        elif event == MODEL_TRAINED:
+            forced = False
+        elif event == CONNECTED:
+            # Rank a new project's queue once, even before any label (diversity alone); with
+            # basic auth on, (re)connecting also gives its new webhook the credentials.
+            if store.meta("sync_forced") is None:
+                forced = True
+            elif self.settings.auth_enabled and webhook_check_due(store):
+                forced = False
+            else:
+                return False
+        else:
+            return False
+        now = str(time.time_ns())
+        if forced:
+            store.set_meta("sync_forced", now)
+        store.set_meta("sync_wanted", now)
+        return True
+
+    def marker(self, project: Project) -> int:
+        return int(project.store.meta("sync_wanted") or 0)
+
+    def run(self, project: Project, progress: Progress) -> dict[str, Any]:
+        return self.job(project, progress)
+
+    def transient(self, exc: Exception) -> bool:
+        return isinstance(exc, LabelStudioError) and not isinstance(exc, LabelStudioAuthError)
+
+
+class RereadOnce:
+    """START_TRAINING: re-read the labels from Label Studio once per request (the head and
+    lora lanes both run it), and best effort: a Label Studio that fails to answer must not
+    stop training on the labels already stored."""
+
+    def __init__(self, reread: Reread) -> None:
+        self.reread = reread
+        self._lock = threading.Lock()
+
+    def __call__(self, project: Project, progress: Progress) -> None:
+        store = project.store
+        with self._lock:
+            requested = int(store.meta("train_requested") or 0)
+            if requested <= int(store.meta("reread_done") or 0):
+                return
+            progress(0.0, "re-reading labeled tasks from Label Studio")
+            try:
+                log.info("project %s: re-read %d labeled tasks", project.key, self.reread(project))
+            except Exception:
+                log.warning(
+                    "project %s: re-reading labels from Label Studio failed; training on the"
+                    " stored ones:\n%s", project.key, traceback.format_exc(),
+                )  # fmt: skip
+            store.set_meta("reread_done", str(requested))
+
+
+def attach(lanes: Lanes, settings: Settings, job: SyncJob, reread: Reread) -> None:
+    """Register the sync lane and the START_TRAINING re-read with ``lanes``."""
+    lanes.add(SyncLane(job, settings))
+    prepare = RereadOnce(reread)
+    for lane in lanes:
+        if isinstance(lane, TrainingLane):
+            lane.prepare.append(prepare)
+
+
+def attach_label_studio(lanes: Lanes, settings: Settings) -> None:
+    """With LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY: queue ranking and re-reads, sharing
+    one Label Studio client per process, created on first use."""
+    syncers: list[Syncer] = []
+
+    def syncer() -> Syncer:
+        if not syncers:
+            syncers.append(Syncer(LabelStudioClient.from_settings(settings), settings))
+        return syncers[0]
+
+    def sync(project: Project, progress: Progress) -> dict[str, Any]:
+        return syncer()(project, progress)
+
+    def reread(project: Project) -> int:
+        """Make the store match every labeled task Label Studio holds."""
+        upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
+        tasks = syncer().client.labeled_tasks(int(project.key))
+        project.store.replace_labeled([dict(task) for task in tasks], upto)
+        return len(tasks)
+
+    attach(lanes, settings, sync, reread)
