@@ -104,6 +104,27 @@ def sync(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def worker(args: argparse.Namespace) -> None:
+    from redis import Redis
+
+    from ls_backend.rq_jobs import work
+    from ls_backend.service import Backend
+
+    settings = get_settings()
+    if not settings.redis_url:
+        sys.exit("ls-backend worker needs REDIS_URL (without it the server runs every lane)")
+    backend = Backend(settings)
+    if settings.sync_configured:
+        from ls_backend.labelstudio.lane import attach_label_studio
+
+        attach_label_studio(backend.lanes, settings)
+    lanes = args.queues.split(",") if args.queues else None
+    try:
+        work(backend, Redis.from_url(settings.redis_url), lanes)
+    except ValueError as exc:
+        sys.exit(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ls-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.add_argument("--version", help="show: that version; rollback: serve it")
     p.set_defaults(func=models)
+
+    p = sub.add_parser("worker", help="run background jobs from Redis (REDIS_URL) with RQ")
+    p.add_argument("--queues", help="comma-separated lanes to take (head,lora,sync); default: all")
+    p.set_defaults(func=worker)
 
     p = sub.add_parser("sync", help="rank a project's tasks and reorder its Label Studio queue")
     p.add_argument("--project", required=True)

@@ -75,6 +75,8 @@ class Lane:
     #: ``2 * retry_s``, ... ; other failures count as handled (the next event retries).
     retries: ClassVar[int] = 0
     retry_s: ClassVar[float] = 0.0
+    #: Longest a run may take on an RQ worker before it is stopped.
+    timeout_s: ClassVar[int] = 3600
 
     def wake(self, project: Project, event: str) -> bool:
         """Whether ``event`` gives this lane work; a lane may record what it wants durably."""
@@ -238,6 +240,10 @@ class HeadLane(TrainingLane):
 class LoraLane(TrainingLane):
     name = "lora"
     threads = 1  # minutes each, a child process each: one at a time
+    timeout_s = 6 * 3600
+
+    def wake(self, project: Project, event: str) -> bool:
+        return self.settings.lora_enabled and super().wake(project, event)
 
     def pending(self, project: Project) -> bool:
         if not self.settings.lora_enabled:

@@ -128,6 +128,11 @@ class Settings(BaseSettings):
         description="Ranking strategy: default, margin, least_confidence, entropy, bald, "
         "k_center or random.",
     )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for background jobs (RQ): serving processes then only enqueue, and "
+        "`ls-backend worker` processes train and sync. Unset: lanes run in the serving process.",
+    )
     label_studio_url: str | None = Field(None, description="Label Studio base URL, for sync.")
     label_studio_api_key: SecretStr | None = Field(
         None, description="Label Studio legacy token or personal access token, for sync."

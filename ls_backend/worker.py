@@ -209,3 +209,15 @@ class Worker:
         elif status.state != "running" and self.lanes[lane].pending(project):
             status.state = "queued"
         return asdict(status)
+
+
+def start_scheduler(backend: Backend) -> Any:
+    """The scheduler the settings ask for: RQ with REDIS_URL (serving never trains), else
+    this process's threads."""
+    if backend.settings.redis_url:
+        from redis import Redis
+
+        from ls_backend.rq_jobs import RqScheduler
+
+        return RqScheduler(backend, Redis.from_url(backend.settings.redis_url))
+    return Worker(backend)

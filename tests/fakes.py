@@ -70,7 +70,7 @@ def orphan_probe(pid_file: str) -> None:
     import time
     from pathlib import Path
 
-    from ls_backend.worker import follow_parent
+    from ls_backend.lanes import follow_parent
 
     follow_parent(poll_s=0.1)
     Path(pid_file).write_text(str(os.getpid()))

@@ -29,7 +29,7 @@ from ls_backend.lanes import CONNECTED, SYNC_REQUESTED
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
+from ls_backend.worker import Worker, start_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         # Everything heavy loads here, once per process, never per request.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         state.setdefault("backend", Backend(settings))
-        state["worker"] = state["backend"].worker or Worker(state["backend"])
+        state["worker"] = state["backend"].worker or start_scheduler(state["backend"])
         if settings.sync_configured:
             attach_label_studio(state["backend"].lanes, settings)
         else:
