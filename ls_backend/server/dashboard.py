@@ -91,6 +91,7 @@ def _page(title: str, body: str, project: str | None) -> str:
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
+        '<link rel=icon href="data:,">'  # no /favicon.ico request, so no 404 in the console
         f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
         f'<header><h1>ls-backend</h1><a href="/ui">projects</a>'
         '<a id=fresh href="" hidden>new results: reload</a></header>'
