@@ -40,6 +40,7 @@ from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import STRATEGIES, rank_pool
 from ls_backend.core.registry import Registry
+from ls_backend.core.report import STOP_KAPPA, STOP_WINDOW, cohen_kappa, first_stop
 from ls_backend.core.training import (
     LabeledData,
     NotEnoughLabels,
@@ -84,6 +85,9 @@ class Run:
     seconds: list[float] = field(default_factory=list)
     acquired: list[int] = field(default_factory=list)
     promotions: dict[str, int] = field(default_factory=dict)  # --model served: ``ServedFit``
+    # Stabilizing predictions: kappa of each round's test predictions against the round
+    # before (the test texts serve as the stop set: predicted, never trained on).
+    kappas: list[float] = field(default_factory=list)
 
 
 #: ``(data, labeled rows, predict the pool?)`` -> (pool probabilities ``[N, C, T]`` or None,
@@ -254,6 +258,7 @@ def simulate(
     labeled = np.random.default_rng(seed).choice(data.pool_y.size, init, replace=False)
     rng = np.random.default_rng([seed, 1])  # the strategy's own tie-breaking
     run = Run()
+    previous: NDArray[np.int64] | None = None
     while True:
         start = time.perf_counter()
         last = labeled.size >= budget
@@ -261,6 +266,9 @@ def simulate(
         run.labels.append(int(labeled.size))
         run.accuracy.append(float((pred == data.test_y).mean()))
         run.macro_f1.append(float(f1_score(data.test_y, pred, average="macro", zero_division=0)))
+        if previous is not None:
+            run.kappas.append(cohen_kappa(previous, pred))
+        previous = pred
         if not last:
             order = rank_pool(strategy, probs, data.pool_x, labeled, rng=rng)
             # Sorted, so the fit does not depend on the order within a batch: otherwise float
@@ -324,6 +332,7 @@ def summarise(
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
+        details["strategies"][name]["stop"] = stop_figures(rs)
         if any(r.promotions for r in rs):  # summed over seeds
             details["strategies"][name]["promotions"] = {
                 key: sum(r.promotions.get(key, 0) for r in rs) for key in rs[0].promotions
@@ -331,6 +340,24 @@ def summarise(
     details["budget"] = budget
     details["seeds"] = len(runs[next(iter(runs))])
     return out, details
+
+
+def stop_figures(runs: Sequence[Run]) -> dict[str, Any]:
+    """Where the stabilizing-predictions rule (core.report) says stop, per seed: the labels
+    then, and the test accuracy left on the table (accuracy at the budget minus at the stop)."""
+    labels, left = [], []
+    for run in runs:
+        at = first_stop(run.kappas, STOP_KAPPA, STOP_WINDOW)
+        if at is not None:  # kappas[i] compares round i + 1 with round i
+            labels.append(run.labels[at + 1])
+            left.append(run.accuracy[-1] - run.accuracy[at + 1])
+    return {
+        "stopped_seeds": len(labels),
+        "labels": labels,
+        "accuracy_left": left,
+        "mean_labels": float(np.mean(labels)) if labels else None,
+        "mean_accuracy_left": float(np.mean(left)) if left else None,
+    }
 
 
 def _percent(share: float | None) -> float | None:
@@ -361,6 +388,22 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
             f"| {s['curve'][-1]:.3f} ± {d['accuracy_std'][-1]:.3f} | {d['macro_f1'][-1]:.3f} "
             f"| {fmt(s['labels_to_target'], 'd')} | {fmt(s['savings'], '.0%')} | {share} "
             f"| {d['seconds_per_round']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Stabilizing predictions (stop when the mean kappa of the last {STOP_WINDOW} rounds' "
+        f"test predictions >= {STOP_KAPPA}):",
+        "",
+        "| strategy | seeds stopped | labels at the stop | accuracy left on the table |",
+        "|---|---|---|---|",
+    ]
+    for name in summary["strategies"]:
+        stop = details["strategies"][name]["stop"]
+        seeds = details["seeds"]
+        lines.append(
+            f"| {name} | {stop['stopped_seeds']} of {seeds} "
+            f"| {fmt(stop['mean_labels'], '.0f')} "
+            f"| {fmt(stop['mean_accuracy_left'], '+.3f')} |"
         )
     tallies = {n: d["promotions"] for n, d in details["strategies"].items() if "promotions" in d}
     if tallies:

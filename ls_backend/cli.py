@@ -1,4 +1,4 @@
-"""``ls-backend``: serve | models | sync | bench."""
+"""``ls-backend``: serve | models | sync | report | bench."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import asdict
 from typing import Any
 
 from ls_backend.settings import Settings, get_settings
@@ -125,6 +126,18 @@ def worker(args: argparse.Namespace) -> None:
         sys.exit(str(exc))
 
 
+def report(args: argparse.Namespace) -> None:
+    from ls_backend.lanes import read_status
+    from ls_backend.report import build_report
+    from ls_backend.service import Backend
+
+    project = Backend(get_settings()).connected_project(args.project)
+    if project is None:
+        sys.exit(f"project {args.project} is unknown under {get_settings().model_dir}")
+    jobs = {lane: asdict(read_status(project, lane)) for lane in project.backend.lanes.names()}
+    print(build_report(project, jobs).model_dump_json(indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ls-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sync", help="rank a project's tasks and reorder its Label Studio queue")
     p.add_argument("--project", required=True)
     p.set_defaults(func=sync)
+
+    p = sub.add_parser(
+        "report", help="a project's dashboard as JSON: learning curve, stopping, queue, suspects"
+    )
+    p.add_argument("--project", required=True)
+    p.set_defaults(func=report)
 
     try:
         from ls_backend import bench

@@ -56,3 +56,13 @@ def test_unknown_project_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no models for project 42"):
         cli.main(["models", "list", "--project", "42"])
     get_settings.cache_clear()
+
+
+def test_report_prints_the_dashboards_json(trained, capsys, monkeypatch):
+    monkeypatch.setattr("ls_backend.service.Encoder", lambda *_a, **_k: HashEncoder())
+    cli.main(["report", "--project", "5"])
+    report = json.loads(capsys.readouterr().out)
+    assert [p["version"] for p in report["learning_curve"]] == trained.registry.versions()
+    assert report["labels"] == 8 and report["jobs"]["head"]["state"] == "done"
+    with pytest.raises(SystemExit, match="project 6 is unknown"):
+        cli.main(["report", "--project", "6"])

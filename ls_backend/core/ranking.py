@@ -47,6 +47,25 @@ class Pool:
 
 Strategy = Callable[[Pool], Order]
 
+#: Why a task is where it is in an order (what the admin's queue panel shows):
+#: the model is unsure of it; exploration picked it (k-center over typical tasks); it is a
+#: near-duplicate of a task above it and was moved down; pure diversity (no model yet);
+#: random order.
+REASONS = ("uncertain", "explore", "near_duplicate", "diversity", "random")
+_REASON = f"<U{max(map(len, REASONS))}"
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """An order and, per position, its reason (one of ``REASONS``)."""
+
+    order: Order
+    reasons: NDArray[np.str_]
+
+
+def _ranked(order: Order, reason: str) -> Ranked:
+    return Ranked(order, np.full(order.size, reason, dtype=_REASON))
+
 
 def _by_score(pool: Pool, scores: NDArray[np.float64]) -> Order:
     """Unlabeled indices by descending score, ties broken at random (not by pool position)."""
@@ -65,9 +84,15 @@ def random_order(pool: Pool) -> Order:
 
 def k_center(pool: Pool, head: int = HEAD) -> Order:
     """Pure diversity: core-set picks first, the rest at random."""
+    return k_center_explained(pool, head).order
+
+
+def k_center_explained(pool: Pool, head: int = HEAD) -> Ranked:
     order = random_order(pool)
     picks = k_center_greedy(pool.embeddings, pool.labeled, head, order[:KCENTER_SAMPLE])
-    return then_rest(picks, order)
+    reasons = np.full(order.size, "random", dtype=_REASON)
+    reasons[: picks.size] = "diversity"
+    return Ranked(then_rest(picks, order), reasons)
 
 
 def by_uncertainty(pool: Pool, measure: uncertainty.Measure) -> Order:
@@ -77,14 +102,19 @@ def by_uncertainty(pool: Pool, measure: uncertainty.Measure) -> Order:
     return _by_score(pool, uncertainty.scores(pool.probs, measure, pool.multi_label))
 
 
-def uncertain_spread(
+def uncertain_spread(pool: Pool) -> Order:
+    """The default strategy's order (see ``uncertain_spread_explained``)."""
+    return uncertain_spread_explained(pool).order
+
+
+def uncertain_spread_explained(
     pool: Pool,
     measure: uncertainty.Measure = "margin",
     head: int = HEAD,
     window: int = 10,
     max_sim: float = 0.9,
     explore_halflife: float = 2.0,
-) -> Order:
+) -> Ranked:
     """The default: uncertainty, with near-duplicates kept apart and early exploration.
 
     Each window of ``window`` items (one annotation batch) mixes two kinds of pick:
@@ -97,12 +127,12 @@ def uncertain_spread(
     the order is pure diversity.
     """
     if pool.probs is None:
-        return k_center(pool, head)
+        return k_center_explained(pool, head)
     scores = pool.scores
     if scores is None:
         scores = uncertainty.scores(pool.probs, measure, pool.multi_label)
     if np.ptp(scores[pool.unlabeled]) < 1e-9:
-        return k_center(pool, head)
+        return k_center_explained(pool, head)
     order = _by_score(pool, scores)
     share = 0.5 ** (pool.labeled.size / (explore_halflife * pool.probs.shape[1]))
     per_window = round(window * share)
@@ -125,8 +155,17 @@ def uncertain_spread(
             exploit[w * (window - per_window) : (w + 1) * (window - per_window)],
         )
     ]
-    spread = spread_in_order(pool.embeddings, np.concatenate([*mixed, exploit]), head, max_sim)
-    return then_rest(spread, order)
+    walk = np.concatenate([*mixed, exploit])
+    spread = spread_in_order(pool.embeddings, walk, head, max_sim)
+    final = then_rest(spread, order)
+    reasons = np.full(final.size, "uncertain", dtype=_REASON)
+    reasons[: spread.size][np.isin(spread, explore)] = "explore"
+    # Passed over by the walk for resembling a kept task: they sit at their score's place.
+    if spread.size:
+        last = int(np.flatnonzero(walk == spread[-1])[0])
+        dropped = np.setdiff1d(walk[:last], spread)
+        reasons[spread.size :][np.isin(final[spread.size :], dropped)] = "near_duplicate"
+    return Ranked(final, reasons)
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -137,6 +176,11 @@ STRATEGIES: dict[str, Strategy] = {
     "bald": partial(by_uncertainty, measure="bald"),
     "k_center": k_center,
     "default": uncertain_spread,
+}
+#: Strategies that say why each task is where it is; the others give every task one reason.
+EXPLAINED: dict[str, Callable[[Pool], Ranked]] = {
+    "k_center": k_center_explained,
+    "default": uncertain_spread_explained,
 }
 
 
@@ -156,6 +200,21 @@ def rank_pool(
     ``default`` strategy ranks by instead of margin (e.g. STAR's dynamic uncertainty); the
     single-measure strategies always use their own measure.
     """
+    return rank_pool_explained(
+        strategy, probs, embeddings, labeled_idx, multi_label, rng, scores
+    ).order
+
+
+def rank_pool_explained(
+    strategy: str,
+    probs: Probs | None,
+    embeddings: Embeddings,
+    labeled_idx: NDArray[np.int64],
+    multi_label: bool = False,
+    rng: np.random.Generator | None = None,
+    scores: NDArray[np.float64] | None = None,
+) -> Ranked:
+    """``rank_pool`` with the reason for each position of the order."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; known: {sorted(STRATEGIES)}")
     n = embeddings.shape[0]
@@ -168,4 +227,9 @@ def rank_pool(
     pool = Pool(embeddings, labeled, unlabeled, probs, multi_label, rng, scores)
     # Many small products: BLAS threads only spin against torch and each other here.
     with threadpool_limits(limits=1):
-        return STRATEGIES[strategy](pool)
+        if strategy in EXPLAINED:
+            return EXPLAINED[strategy](pool)
+        order = STRATEGIES[strategy](pool)
+        if strategy == "random":
+            return _ranked(order, "random")
+        return _ranked(order, "uncertain" if probs is not None else "diversity")

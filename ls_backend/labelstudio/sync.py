@@ -36,7 +36,7 @@ from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.model import ModelVersion
-from ls_backend.core.ranking import rank_pool
+from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.training import Progress
 from ls_backend.labelstudio.client import (
@@ -123,6 +123,11 @@ class Ranking:
     stale_since: float | None = None  # when another ranking replaced it
     deleted: list[int] = field(default_factory=list)  # tasks whose prediction is gone
     ids: list[int] = field(default_factory=list)  # prediction ids by task, when pushed one by one
+    # What the admin's queue panel shows, by task: why it is there (core.ranking.REASONS),
+    # the pre-annotation pushed and the uncertainty it was ranked by.
+    reasons: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    uncertainty: list[float] = field(default_factory=list)
 
     def deletable(self, touched: set[int], served: set[int], margin: int, now: float) -> list[int]:
         """Tasks whose prediction of this ranking no editor can still hold: annotators took
@@ -267,6 +272,8 @@ class Front:
     tasks: list[int]
     results: list[dict[str, Any]]
     model_version: str
+    reasons: list[str] = field(default_factory=list)  # why each task is there
+    uncertainty: list[float] = field(default_factory=list)  # what it was ranked by
 
     @property
     def kind(self) -> str:
@@ -301,18 +308,21 @@ def rank_front(
     probs[: len(candidates)] = scored.probs
     scores = np.zeros(len(rows))
     scores[: len(candidates)] = scored.uncertainty
-    order = rank_pool(
+    ranked = rank_pool_explained(
         settings.strategy,
         probs if model.kind != "prototype" else None,
         pool.embeddings[rows],
         np.arange(len(candidates), len(rows), dtype=np.int64),
         multi_label=model.space.multi_label,
         scores=scores,
-    )[: settings.sync_top_k]
+    )
+    order = ranked.order[: settings.sync_top_k]
     return Front(
         tasks=pool.ids[rows[order]].tolist(),
         results=project.results(scored, order.tolist()),
         model_version=model.version,
+        reasons=ranked.reasons[: settings.sync_top_k].tolist(),
+        uncertainty=[round(float(u), 6) for u in scores[order]],
     )
 
 
@@ -507,7 +517,20 @@ class Syncer:
         now = time.time()
         for ranking in state.rankings:
             ranking.stale_since = ranking.stale_since or now
-        state.rankings.append(Ranking(version, front.tasks, now))
+        labels = [
+            ", ".join(r["result"][0]["value"]["choices"]) if r["result"] else ""
+            for r in front.results
+        ]
+        state.rankings.append(
+            Ranking(
+                version,
+                front.tasks,
+                now,
+                reasons=front.reasons,
+                labels=labels,
+                uncertainty=front.uncertainty,
+            )
+        )
         state.save(store)  # before the import: a crash after it still knows what to delete
         items: list[PredictionItem] = [
             {

@@ -17,7 +17,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -26,6 +26,8 @@ from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
 from ls_backend.labelstudio.lane import attach_label_studio
 from ls_backend.lanes import CONNECTED, SYNC_REQUESTED
+from ls_backend.report import ProjectReport, build_report
+from ls_backend.server import dashboard
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
 from ls_backend.service import Backend
 from ls_backend.settings import Settings
@@ -54,6 +56,10 @@ class PredictRequest(BaseModel):
     )
     label_config: str | None = None
     params: dict[str, Any] | None = None
+
+
+class RollbackRequest(BaseModel):
+    version: str = Field(description="The model version to serve, e.g. v0004-head.")
 
 
 class ApiError(Exception):
@@ -200,18 +206,21 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         # Parsing a 30 MB TASKS_CREATED and the fsync'd write both block: off the event loop.
         return await anyio.to_thread.run_sync(_webhook, the_backend(), raw, limiter=control)
 
+    def jobs_of(project: Any) -> dict[str, dict[str, Any]]:
+        backend = the_backend()
+        return {lane: backend.worker.status(project, lane) for lane in backend.lanes.names()}
+
     @app.get("/status", summary="Jobs per project and lane, sync configuration")
     def status() -> dict[str, Any]:
         backend = the_backend()
         projects = {}
         for key in backend.known_projects():
             project = backend.project(key)
-            jobs = {lane: backend.worker.status(project, lane) for lane in backend.lanes.names()}
             projects[key] = {
                 "model_version": project.registry.current(),
                 "annotations": project.store.count("annotations"),
                 "tasks": project.store.count("tasks"),
-                "jobs": jobs,
+                "jobs": jobs_of(project),
             }
         sync = (
             {"configured": True}
@@ -237,7 +246,60 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         backend.worker.notify(_connected(backend, project), SYNC_REQUESTED)
         return {"status": "queued", "project": project}
 
+    def report_of(raw: str) -> ProjectReport:
+        project = _known(the_backend(), raw)
+        try:
+            return build_report(project, jobs_of(project))
+        except ConfigError as exc:
+            raise ApiError(409, str(exc)) from exc
+
+    @app.get(
+        "/projects/{project}/report",
+        response_model=ProjectReport,
+        summary="What the dashboard shows: learning curve, stopping signal, queue, suspects",
+    )
+    def report(project: str) -> ProjectReport:
+        return report_of(project)
+
+    @app.post("/projects/{project}/rollback", summary="Serve another saved model version")
+    def rollback(project: str, body: RollbackRequest) -> dict[str, Any]:
+        registry = _known(the_backend(), project).registry
+        with registry.lock():
+            try:
+                version = registry.rollback(body.version)
+            except KeyError as exc:
+                known = ", ".join(registry.versions()) or "none"
+                raise ApiError(
+                    404, f"version: no model version {body.version!r} (known: {known})"
+                ) from exc
+        log.info("project %s: rolled back to %s", project, version)
+        return {"project": project, "model_version": version}
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    @app.get("/ui", response_class=HTMLResponse, summary="The admin's dashboard: every project")
+    def ui() -> HTMLResponse:
+        body = status()
+        return HTMLResponse(dashboard.overview(body["projects"], body["sync"]))
+
+    @app.get("/ui/projects/{project}", response_class=HTMLResponse, summary="The admin's dashboard")
+    def ui_project(project: str) -> HTMLResponse:
+        return HTMLResponse(dashboard.project_page(report_of(project)))
+
     return app
+
+
+def _known(backend: Backend, raw: Any) -> Any:
+    """A project this backend has state for; 404 otherwise (nothing is created for it)."""
+    try:
+        project = backend.connected_project(raw)
+    except ValueError as exc:
+        raise ApiError(422, f"project: {exc}") from exc
+    if project is None:
+        raise ApiError(404, f"project {raw} is unknown to this backend")
+    return project
 
 
 def _project(backend: Backend, raw: Any) -> Any:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ls_backend.core.ranking import STRATEGIES, rank_pool
+from ls_backend.core.ranking import STRATEGIES, rank_pool, rank_pool_explained
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -109,3 +109,22 @@ def test_default_ranks_by_precomputed_scores_when_given() -> None:
     scores = np.zeros(60)
     scores[7] = 1.0
     assert rank_pool("default", p, x, labeled, scores=scores)[0] == 7
+
+
+def test_the_default_says_why_each_task_is_where_it_is() -> None:
+    rng = np.random.default_rng(3)
+    x, _ = pool(n=300)
+    twins = unit(np.repeat(rng.normal(size=(4, 24)), 5, axis=0) + 1e-3 * rng.normal(size=(20, 24)))
+    x[:20] = twins
+    p = np.zeros((300, 2, 1), dtype=np.float32)
+    p[:, 0, 0] = np.linspace(0.55, 0.99, 300)
+    p[:, 1, 0] = 1 - p[:, 0, 0]
+    few = rank_pool_explained("default", p, x, np.array([250, 299]))
+    assert "explore" in set(few.reasons[:10])  # two labels: exploration leads
+    late = rank_pool_explained("default", p, x, np.arange(200, 300))
+    assert np.array_equal(late.order, rank_pool("default", p, x, np.arange(200, 300)))
+    assert set(late.reasons[:10]) == {"uncertain"}
+    moved = {int(i) for i, r in zip(late.order, late.reasons, strict=True) if r == "near_duplicate"}
+    assert moved and moved < set(range(20))  # the twins of the ones kept
+    assert set(rank_pool_explained("default", None, x, np.array([1])).reasons[:5]) == {"diversity"}
+    assert set(rank_pool_explained("random", p, x, np.array([1])).reasons) == {"random"}
