@@ -6,6 +6,8 @@ and hands the maths to ``core.report``.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -218,6 +220,12 @@ def _stop_set(project: Project, config: Any) -> list[str]:
     return texts
 
 
+@lru_cache(maxsize=64)
+def _load(path: Path, version: str) -> ModelVersion:
+    """A saved version (never changed once written), loaded once per process."""
+    return ModelVersion.load(path, version)
+
+
 def _stopping(
     project: Project, space: LabelSpace, infos: list[dict[str, Any]], config: Any
 ) -> tuple[core.StopSignal | None, str]:
@@ -226,13 +234,14 @@ def _stopping(
     heads = [i for i in infos if i.get("kind") == "head"][-STOP_VERSIONS:]
     if len(heads) < 2:
         return None, "needs at least two trained versions of the light head"
-    texts = _stop_set(project, config)
-    if not texts:
-        return None, "no stop set: the task mirror is empty (a sync fills it)"
-    embeddings = project.backend.encoder.encode(texts, background=True)
+    # Only tasks already embedded (a sync embeds them all): the report never waits for the
+    # encoder, which training and syncs keep busy.
+    rows, embeddings = project.backend.encoder.cached(_stop_set(project, config))
+    if not rows:
+        return None, "no stop set yet: the sync has not embedded the project's tasks"
     versions, labels, decisions = [], [], []
     for info in heads:
-        model = ModelVersion.load(project.registry.path(info["version"]), info["version"])
+        model = _load(project.registry.path(info["version"]), info["version"])
         if model.space != space:
             continue  # another label config: its predictions do not compare
         probs = model.head.predict_proba(embeddings)
@@ -245,7 +254,7 @@ def _stopping(
     signal = core.stabilizing_predictions(versions, labels, decisions)
     rule = (
         f"mean Cohen's kappa of the last {signal.window} successive light-head versions on "
-        f"{len(texts)} tasks >= {signal.threshold}"
+        f"{len(rows)} tasks >= {signal.threshold}"
     )
     if signal.mean_recent is None:
         note = f"too early to tell: the rule ({rule}) needs {signal.window + 1} versions"

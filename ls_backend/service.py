@@ -26,6 +26,7 @@ from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion, decided_labels
 from ls_backend.core.registry import Registry
 from ls_backend.core.training import LabeledData, prototype_model, save_prototype
+from ls_backend.databases import Databases, StoreUnavailable
 from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
 from ls_backend.labelstudio.events import AnnotationStore
 from ls_backend.lanes import LABEL_SPACE_CHANGED, training_lanes
@@ -78,26 +79,39 @@ class Project:
         self.key = key
         self.backend = backend
         self.dir = backend.settings.model_dir / key
-        self.store = AnnotationStore(self.dir / "annotations.sqlite")
+        self.store = AnnotationStore(backend.databases.project(key))
         self.registry = Registry(self.dir / "models")
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._loaded: ModelVersion | None = None
         self._stamp = -1
+        self._config: tuple[str, ClassificationConfig] | None = None  # (xml, parsed)
 
     # --- label config ---------------------------------------------------------------------
 
     def config(self) -> ClassificationConfig:
-        xml = self.store.meta("label_config")
+        """The label config, parsed once per change; while the store is unreachable (a
+        PostgreSQL restart), the last one read, so predictions keep serving."""
+        try:
+            xml = self.store.meta("label_config")
+        except StoreUnavailable:
+            if self._config is None:
+                raise
+            log.warning("project %s: the store is unreachable; predicting on", self.key)
+            return self._config[1]
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
-        return ClassificationConfig.parse(xml, self.backend.settings.max_text_chars)
+        if self._config is None or self._config[0] != xml:
+            parsed = ClassificationConfig.parse(xml, self.backend.settings.max_text_chars)
+            self._config = (xml, parsed)
+        return self._config[1]
 
     def setup(self, label_config: str | None) -> str:
         """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
         if label_config is not None:
             ClassificationConfig.parse(label_config)
-            if self.store.meta("label_config") != label_config:
+            known = self._config is not None and self._config[0] == label_config
+            if not known and self.store.meta("label_config") != label_config:
                 self.store.set_meta("label_config", label_config)
         return self.model().version
 
@@ -290,6 +304,7 @@ class Backend:
         self._projects: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self.lanes = training_lanes(settings)
+        self.databases = Databases(settings.model_dir, settings.database_url_value)
         self.worker: Any = None  # the scheduler (ls_backend.worker.Worker), attached by the app
 
     def project(self, raw_key: Any) -> Project:

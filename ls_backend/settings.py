@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="Ranking strategy: default, margin, least_confidence, entropy, bald, "
         "k_center or random.",
     )
+    database_url: SecretStr | None = Field(
+        None,
+        description="PostgreSQL for the projects' stores (`postgresql://user:pass@host/db`; an "
+        "ordinary role owning the database will do): what replicas and workers on several "
+        "machines share. Unset: an SQLite file per project under MODEL_DIR.",
+    )
     redis_url: str | None = Field(
         None,
         description="Redis for background jobs (RQ): serving processes then only enqueue, and "
@@ -181,6 +187,10 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def database_url_value(self) -> str | None:
+        return self.database_url.get_secret_value() if self.database_url else None
 
     @property
     def sync_configured(self) -> bool:

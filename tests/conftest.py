@@ -24,6 +24,7 @@ from labelstudio_server import (
     label_studio_executable,
     running_server,
 )
+from postgres_server import PostgresServer
 
 # The shared datasets sit beside the checkout (../shared/data), in CI as on a developer machine.
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -109,3 +110,38 @@ def trec_test_rows(trec_labels: list[str]) -> list[dict[str, str]]:
     """The 500 TREC test rows: {"text", "label", "label_fine"}."""
     with open(TREC_DIR / "test.jsonl") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# --- the store's engines: SQLite files, and a real PostgreSQL --------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def database_url(postgres: PostgresServer) -> str:
+    """A fresh PostgreSQL database for one test, owned by an ordinary role."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """Opens a project's database on each engine: ``make_database("1")``."""
+    from ls_backend.databases import Databases
+
+    url = request.getfixturevalue("database_url") if request.param == "postgresql" else None
+    databases = Databases(tmp_path / "models", url)
+    yield databases.project
+    databases.close()
+
+
+@pytest.fixture(autouse=True)
+def _store_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TEST_DATABASE=postgresql: every backend the test makes (in-process or a server it
+    starts) keeps its stores in a fresh PostgreSQL database (scripts/test's second pass)."""
+    if os.environ.get("TEST_DATABASE") == "postgresql":
+        monkeypatch.setenv("DATABASE_URL", request.getfixturevalue("database_url"))

@@ -144,6 +144,19 @@ class Encoder:
                 parts.append(self.runtime.forward(list(texts[start : start + chunk])))
         return np.concatenate(parts)
 
+    def cached(self, texts: Sequence[str]) -> tuple[list[int], Embeddings]:
+        """The rows of ``texts`` already in the cache, and their embeddings, without running
+        the model: for views that must answer at once, whatever the encoder is busy with."""
+        if self.cache is None:
+            return [], np.zeros((0, self.dim), dtype=np.float32)
+        keys = [text_key(t) for t in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        rows = [row for row, key in enumerate(keys) if key in found]
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for i, row in enumerate(rows):
+            out[i] = found[keys[row]]
+        return rows, out
+
     def encode(
         self, texts: Sequence[str], progress: bool = False, background: bool = False
     ) -> Embeddings:

@@ -1,9 +1,11 @@
 """Webhook events -> the durable, per-project annotation store.
 
-Every event is appended to an SQLite log and applied to the derived tables in one
-transaction (WAL, ``synchronous=FULL``) before the webhook answers, so no
-annotation is lost to a crash or a restart. Label Studio sends deletions as ids
-only (``ANNOTATIONS_DELETED``), so the store keeps its own annotation -> task map.
+Every event is appended to a log and applied to the derived tables in one transaction
+before the webhook answers, so no annotation is lost to a crash or a restart. The
+tables live in the project's database (``ls_backend.databases``: an SQLite file, or a
+PostgreSQL schema with ``DATABASE_URL``), their schema versioned by ``MIGRATIONS``.
+Label Studio sends deletions as ids only (``ANNOTATIONS_DELETED``), so the store keeps
+its own annotation -> task map.
 
 The ``tasks`` table mirrors the project's tasks (data, labeled or not): one full read
 from Label Studio fills it, task and annotation webhooks keep it current, so a sync
@@ -14,17 +16,15 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from ls_backend.databases import Database, Session
 
 LABEL_ACTIONS = {
     "ANNOTATION_CREATED",
@@ -41,19 +41,36 @@ KNOWN_ACTIONS = LABEL_ACTIONS | {
     "START_TRAINING",
 }
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, action TEXT NOT NULL,
-    received REAL NOT NULL, body TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id INTEGER PRIMARY KEY, data TEXT NOT NULL, labeled INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS annotations (
-    annotation_id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL,
-    result TEXT NOT NULL, was_cancelled INTEGER NOT NULL, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS annotations_task ON annotations (task_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS deleted_annotations (annotation_id INTEGER PRIMARY KEY);
-"""
+#: The store's schema, one step per version; a database applies the steps it has not seen.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE events (seq {serial}, action TEXT NOT NULL,"
+        " received DOUBLE PRECISION NOT NULL, body TEXT NOT NULL)",
+        "CREATE TABLE tasks (task_id BIGINT PRIMARY KEY, data TEXT NOT NULL)",
+        "CREATE TABLE annotations (annotation_id BIGINT PRIMARY KEY, task_id BIGINT NOT NULL,"
+        " result TEXT NOT NULL, was_cancelled INTEGER NOT NULL, seq BIGINT NOT NULL)",
+        "CREATE INDEX annotations_task ON annotations (task_id)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "CREATE TABLE deleted_annotations (annotation_id BIGINT PRIMARY KEY)",
+    ],
+    ["ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0"],  # the task mirror
+    ["ALTER TABLE annotations ADD COLUMN updated_at TEXT"],  # out-of-order webhooks
+]
+
+
+def _legacy_version(s: Session) -> int:
+    """How many MIGRATIONS an SQLite store from before versioning has (0 for a new one)."""
+    columns = {
+        table: {row[1] for row in s.execute(f"PRAGMA table_info({table})")}
+        for table in ("events", "tasks", "annotations")
+    }
+    if not columns["events"]:
+        return 0
+    if "updated_at" in columns["annotations"]:
+        return 3
+    return 2 if "labeled" in columns["tasks"] else 1
+
+
 #: Keys never written to disk: the project's cloud-storage login and any credential.
 _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNORECASE)
 
@@ -94,38 +111,15 @@ def _task_id(task: Any) -> int:
 
 
 class AnnotationStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._local = threading.local()  # gone with the store: its connections close with it
-        db = self._db()
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
-        if "labeled" not in columns:  # a store written before the task mirror
-            db.execute("ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0")
-        columns = {row[1] for row in db.execute("PRAGMA table_info(annotations)")}
-        if "updated_at" not in columns:  # a store written before out-of-order webhooks
-            db.execute("ALTER TABLE annotations ADD COLUMN updated_at TEXT")
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        database.migrate(MIGRATIONS, _legacy_version)
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")  # an acknowledged event survives power loss
-            self._local.db = db
-        return db
+    def _read(self) -> Any:
+        return self.database.session()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _tx(self) -> Any:
+        return self.database.session(write=True)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -139,18 +133,19 @@ class AnnotationStore:
         # A skip is kept, but it is not a label: it must not trigger training.
         logged = SKIPPED if action == "ANNOTATION_CREATED" and skipped else action
         with self._tx() as db:
-            seq = db.execute(
-                "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
-                (logged, time.time(), json.dumps(_scrubbed(body))),
-            ).lastrowid
-            assert seq is not None
+            seq = int(
+                db.execute(
+                    "INSERT INTO events (action, received, body) VALUES (?, ?, ?) RETURNING seq",
+                    (logged, time.time(), json.dumps(_scrubbed(body))),
+                ).fetchone()[0]
+            )
             self._apply(db, action, body, seq)
             project = body.get("project")
             if isinstance(project, dict) and isinstance(project.get("label_config"), str):
                 self._set_meta(db, "label_config", project["label_config"])
         return seq
 
-    def _apply(self, db: sqlite3.Connection, action: str, body: dict[str, Any], seq: int) -> None:
+    def _apply(self, db: Session, action: str, body: dict[str, Any], seq: int) -> None:
         if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
             annotation = _require(body, "annotation", dict)
             self._put_annotation(db, annotation, body.get("task"), seq)
@@ -172,12 +167,12 @@ class AnnotationStore:
             ]
             db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
             db.executemany(
-                "INSERT OR IGNORE INTO deleted_annotations VALUES (?)",
+                "INSERT INTO deleted_annotations VALUES (?) ON CONFLICT DO NOTHING",
                 [(i,) for i in ids if isinstance(i, int)],
             )
             db.executemany(  # labeled while another annotation of it stands
-                "UPDATE tasks SET labeled = EXISTS (SELECT 1 FROM annotations"
-                " WHERE task_id = ? AND was_cancelled = 0) WHERE task_id = ?",
+                "UPDATE tasks SET labeled = CASE WHEN EXISTS (SELECT 1 FROM annotations"
+                " WHERE task_id = ? AND was_cancelled = 0) THEN 1 ELSE 0 END WHERE task_id = ?",
                 [(t, t) for t in touched],
             )
         elif action == "TASKS_CREATED":
@@ -192,9 +187,7 @@ class AnnotationStore:
         elif action == "START_TRAINING":
             self._set_meta(db, "train_requested", str(seq))
 
-    def _put_annotation(
-        self, db: sqlite3.Connection, annotation: dict[str, Any], task: Any, seq: int
-    ) -> None:
+    def _put_annotation(self, db: Session, annotation: dict[str, Any], task: Any, seq: int) -> None:
         """One annotation, unless a newer version of it (``updated_at``) is stored already or
         it was deleted: with Redis, Label Studio sends webhooks through a queue, out of order."""
         task = task if isinstance(task, dict) else {"id": annotation.get("task")}
@@ -220,14 +213,17 @@ class AnnotationStore:
             return  # an older version arriving after a newer one
         if not annotation.get("was_cancelled"):  # a skip leaves the task in the queue
             db.execute(
-                "INSERT INTO tasks VALUES (?, '{}', 1)"
+                "INSERT INTO tasks (task_id, data, labeled) VALUES (?, '{}', 1)"
                 " ON CONFLICT (task_id) DO UPDATE SET labeled = 1",
                 (task_id,),
             )
         db.execute(
-            "INSERT OR REPLACE INTO annotations"
+            "INSERT INTO annotations"
             " (annotation_id, task_id, result, was_cancelled, seq, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (annotation_id) DO UPDATE SET"
+            " task_id = excluded.task_id, result = excluded.result,"
+            " was_cancelled = excluded.was_cancelled, seq = excluded.seq,"
+            " updated_at = excluded.updated_at",
             (
                 annotation_id,
                 task_id,
@@ -239,7 +235,7 @@ class AnnotationStore:
         )
 
     @staticmethod
-    def _put_task(db: sqlite3.Connection, task_id: int, data: dict[str, Any]) -> None:
+    def _put_task(db: Session, task_id: int, data: dict[str, Any]) -> None:
         db.execute(
             "INSERT INTO tasks (task_id, data) VALUES (?, ?)"
             " ON CONFLICT (task_id) DO UPDATE SET data = excluded.data",
@@ -247,8 +243,11 @@ class AnnotationStore:
         )
 
     @staticmethod
-    def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
-        db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def _set_meta(db: Session, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
 
     def set_meta(self, key: str, value: str) -> None:
         with self._tx() as db:
@@ -267,8 +266,8 @@ class AnnotationStore:
                 self._put_task(db, task_id, task.get("data") or {})
                 for annotation in task.get("annotations") or []:
                     db.execute(
-                        "INSERT OR IGNORE INTO annotations (annotation_id, task_id, result,"
-                        " was_cancelled, seq) VALUES (?, ?, ?, ?, 0)",
+                        "INSERT INTO annotations (annotation_id, task_id, result,"
+                        " was_cancelled, seq) VALUES (?, ?, ?, ?, 0) ON CONFLICT DO NOTHING",
                         (
                             annotation["id"],
                             task_id,
@@ -284,16 +283,17 @@ class AnnotationStore:
         webhooks brought meanwhile stay. Returns how many tasks were read.
         """
         with self._tx() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS read_ids (task_id INTEGER PRIMARY KEY)")
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS read_ids (task_id BIGINT PRIMARY KEY)")
             db.execute("DELETE FROM read_ids")
             last = 0
             for task_id, data, labeled in tasks:
                 db.execute(
-                    "INSERT INTO tasks VALUES (?, ?, ?) ON CONFLICT (task_id) DO UPDATE"
+                    "INSERT INTO tasks (task_id, data, labeled) VALUES (?, ?, ?)"
+                    " ON CONFLICT (task_id) DO UPDATE"
                     " SET data = excluded.data, labeled = excluded.labeled",
                     (task_id, json.dumps(data), int(labeled)),
                 )
-                db.execute("INSERT OR IGNORE INTO read_ids VALUES (?)", (task_id,))
+                db.execute("INSERT INTO read_ids VALUES (?) ON CONFLICT DO NOTHING", (task_id,))
                 last = max(last, task_id)
             db.execute(
                 "DELETE FROM tasks WHERE task_id <= ?"
@@ -310,33 +310,42 @@ class AnnotationStore:
 
     # --- reading -----------------------------------------------------------------------------
 
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._read() as db:
+            return list(db.execute(sql, params).fetchall())
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._read() as db:
+            return db.execute(sql, params).fetchone()
+
     def task_states(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Every mirrored task id, ascending, and whether it is labeled."""
-        rows = self._db().execute("SELECT task_id, labeled FROM tasks ORDER BY task_id").fetchall()
+        rows = self._all("SELECT task_id, labeled FROM tasks ORDER BY task_id")
         table = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         return table[:, 0], table[:, 1].astype(bool)
 
     def task_data(self, task_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        db = self._db()
         found: dict[int, dict[str, Any]] = {}
         chunk = 500  # SQLite caps the number of bound parameters
-        for start in range(0, len(task_ids), chunk):
-            part = [int(t) for t in task_ids[start : start + chunk]]
-            marks = ",".join("?" * len(part))
-            rows = db.execute(f"SELECT task_id, data FROM tasks WHERE task_id IN ({marks})", part)
-            found.update((int(task_id), json.loads(data)) for task_id, data in rows)
+        with self._read() as db:
+            for start in range(0, len(task_ids), chunk):
+                part = [int(t) for t in task_ids[start : start + chunk]]
+                marks = ",".join("?" * len(part))
+                query = f"SELECT task_id, data FROM tasks WHERE task_id IN ({marks})"
+                rows = db.execute(query, part)
+                found.update((int(task_id), json.loads(data)) for task_id, data in rows)
         return found
 
     def touched_tasks(self) -> set[int]:
         """Tasks someone labeled or skipped: no longer open in an annotator's editor."""
-        rows = self._db().execute(
+        rows = self._all(
             "SELECT task_id FROM tasks WHERE labeled = 1 UNION SELECT task_id FROM annotations"
         )
         return {int(row[0]) for row in rows}
 
     def touched_between(self, start: float, end: float) -> set[int]:
         """Tasks labeled or skipped by an event received in [start, end) (Unix times)."""
-        rows = self._db().execute(
+        rows = self._all(
             "SELECT DISTINCT a.task_id FROM annotations a JOIN events e ON e.seq = a.seq"
             " WHERE e.received >= ? AND e.received < ?",
             (start, end),
@@ -345,49 +354,41 @@ class AnnotationStore:
 
     def annotators_since(self, since: float) -> int:
         """How many people labeled or skipped a task since ``since`` (a Unix time)."""
-        row = self._db().execute(
-            "SELECT COUNT(DISTINCT json_extract(body, '$.annotation.completed_by')) FROM events"
-            " WHERE received >= ? AND action IN (?, ?, ?)",
+        who = self.database.json_text("body", "annotation", "completed_by")
+        row = self._one(
+            f"SELECT COUNT(DISTINCT {who}) FROM events WHERE received >= ? AND action IN (?, ?, ?)",
             (since, "ANNOTATION_CREATED", "ANNOTATION_UPDATED", SKIPPED),
         )
-        return int(row.fetchone()[0])
+        return int(row[0])
 
     def mirror_counts(self) -> tuple[int, int]:
         """(tasks, labeled tasks) in the mirror: compared with Label Studio's own counters."""
-        row = self._db().execute("SELECT COUNT(*), COALESCE(SUM(labeled), 0) FROM tasks")
-        total, labeled = row.fetchone()
+        total, labeled = self._one("SELECT COUNT(*), COALESCE(SUM(labeled), 0) FROM tasks")
         return int(total), int(labeled)
 
     def meta(self, key: str) -> str | None:
-        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
         return None if row is None else str(row[0])
 
     def last_seq(self, actions: set[str]) -> int:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})"
-        return int(self._db().execute(query, list(actions)).fetchone()[0])
+        return int(self._one(query, list(actions))[0])
 
     def last_received(self, actions: set[str]) -> float:
         """When the newest event of ``actions`` arrived (a Unix time; 0 if none did)."""
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(received), 0) FROM events WHERE action IN ({marks})"
-        return float(self._db().execute(query, list(actions)).fetchone()[0])
+        return float(self._one(query, list(actions))[0])
 
     def count_events(self, actions: set[str], after: int) -> int:
         marks = ",".join("?" * len(actions))
-        row = (
-            self._db()
-            .execute(
-                f"SELECT COUNT(*) FROM events WHERE seq > ? AND action IN ({marks})",
-                [after, *actions],
-            )
-            .fetchone()
-        )
-        return int(row[0])
+        query = f"SELECT COUNT(*) FROM events WHERE seq > ? AND action IN ({marks})"
+        return int(self._one(query, [after, *actions])[0])
 
     def labeled(self) -> list[Labeled]:
         """Labeled tasks: skips are not labels; of several annotations the latest one counts."""
-        rows = self._db().execute(
+        rows = self._all(
             "SELECT a.task_id, a.annotation_id, t.data, a.result FROM annotations a"
             " JOIN tasks t ON t.task_id = a.task_id"
             " WHERE a.was_cancelled = 0 ORDER BY a.task_id, a.seq, a.annotation_id"
@@ -400,4 +401,4 @@ class AnnotationStore:
     def count(self, table: str) -> int:
         if table not in {"events", "tasks", "annotations"}:
             raise ValueError(table)
-        return int(self._db().execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        return int(self._one(f"SELECT COUNT(*) FROM {table}")[0])

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ls_backend import __version__, metrics
+from ls_backend.databases import StoreUnavailable
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
 from ls_backend.labelstudio.lane import attach_label_studio
@@ -142,6 +143,17 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(StoreUnavailable)
+    async def on_store_away(_request: Request, exc: StoreUnavailable) -> JSONResponse:
+        # Label Studio does not retry a webhook: the admin's Start Training re-reads the labels.
+        log.error("%s", exc)
+        return _error(
+            503,
+            f"{exc}: the event was not stored; once the database is back, Start Training "
+            "re-reads every label from Label Studio",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
     @app.exception_handler(RecursionError)
     async def on_too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:

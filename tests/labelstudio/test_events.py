@@ -1,6 +1,7 @@
 import pytest
 
-from ls_backend.labelstudio.events import AnnotationStore, EventError
+from ls_backend.databases import SqliteDatabase
+from ls_backend.labelstudio.events import MIGRATIONS, AnnotationStore, EventError
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
 
@@ -23,8 +24,8 @@ def choices(store):
     return {item.task_id: item.result[0]["value"]["choices"][0] for item in store.labeled()}
 
 
-def test_create_update_delete_and_skip(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_create_update_delete_and_skip(make_database, tmp_path):
+    store = AnnotationStore(make_database("1"))
     store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
     store.apply(annotation("ANNOTATION_CREATED", 2, 11, "b"))
     store.apply(annotation("ANNOTATION_CREATED", 3, 12, None, cancelled=True))
@@ -38,18 +39,17 @@ def test_create_update_delete_and_skip(tmp_path):
     assert store.meta("label_config") == "<View/>"
 
 
-def test_events_survive_reopening(tmp_path):
-    path = tmp_path / "a.sqlite"
-    store = AnnotationStore(path)
+def test_events_survive_reopening(make_database):
+    store = AnnotationStore(make_database("1"))
     for i in range(5):
         store.apply(annotation("ANNOTATION_CREATED", i, 100 + i, "a"))
-    reopened = AnnotationStore(path)
+    reopened = AnnotationStore(make_database("1"))
     assert reopened.count("events") == 5 and len(reopened.labeled()) == 5
     assert reopened.last_seq({"ANNOTATION_CREATED"}) == 5
 
 
-def test_latest_annotation_of_a_task_wins(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_latest_annotation_of_a_task_wins(make_database, tmp_path):
+    store = AnnotationStore(make_database("1"))
     store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
     store.apply(annotation("ANNOTATION_CREATED", 2, 10, "b"))
     assert choices(store) == {10: "b"}
@@ -64,25 +64,27 @@ def test_latest_annotation_of_a_task_wins(tmp_path):
         {"action": "TASKS_CREATED", "tasks": [{"id": "nope"}], "project": PROJECT},
     ],
 )
-def test_malformed_events_are_rejected_and_not_stored(tmp_path, body):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_malformed_events_are_rejected_and_not_stored(make_database, tmp_path, body):
+    store = AnnotationStore(make_database("1"))
     with pytest.raises(EventError):
         store.apply(body)
     assert store.count("events") == 0
 
 
-def test_a_skip_is_logged_but_is_not_a_label_event(tmp_path):
+def test_a_skip_is_logged_but_is_not_a_label_event(make_database, tmp_path):
     from ls_backend.labelstudio.events import LABEL_ACTIONS
 
-    store = AnnotationStore(tmp_path / "a.sqlite")
+    store = AnnotationStore(make_database("1"))
     store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
     store.apply(annotation("ANNOTATION_CREATED", 2, 11, None, cancelled=True))
     assert store.count("events") == 2
     assert store.last_seq(LABEL_ACTIONS) == 1
 
 
-def test_a_reread_replaces_what_it_read_and_keeps_webhooks_that_came_during_it(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_a_reread_replaces_what_it_read_and_keeps_webhooks_that_came_during_it(
+    make_database, tmp_path
+):
+    store = AnnotationStore(make_database("1"))
     store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
     store.apply(annotation("ANNOTATION_CREATED", 2, 11, "a"))  # deleted in Label Studio since
     upto = store.last_seq({"ANNOTATION_CREATED"})
@@ -103,8 +105,8 @@ def test_a_reread_replaces_what_it_read_and_keeps_webhooks_that_came_during_it(t
     assert choices(store) == {10: "b", 12: "c", 13: "d"}
 
 
-def test_annotations_created_from_predictions_are_labels(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_annotations_created_from_predictions_are_labels(make_database, tmp_path):
+    store = AnnotationStore(make_database("1"))
     body = {
         "action": "ANNOTATIONS_CREATED",  # Data Manager: Create Annotations From Predictions
         "annotation": [
@@ -125,8 +127,10 @@ def stamped(action, ann_id, task_id, choice, updated_at):
     return body
 
 
-def test_out_of_order_webhooks_keep_the_newest_version_and_deletes_stay_deleted(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+def test_out_of_order_webhooks_keep_the_newest_version_and_deletes_stay_deleted(
+    make_database, tmp_path
+):
+    store = AnnotationStore(make_database("1"))
     store.apply(stamped("ANNOTATION_UPDATED", 1, 10, "new", "2026-12-02T10:00:05.000000Z"))
     store.apply(stamped("ANNOTATION_CREATED", 1, 10, "old", "2026-12-02T10:00:01.000000Z"))
     assert choices(store) == {10: "new"}
@@ -137,7 +141,7 @@ def test_out_of_order_webhooks_keep_the_newest_version_and_deletes_stay_deleted(
 
 
 def test_credentials_in_events_never_reach_the_disk(tmp_path):
-    store = AnnotationStore(tmp_path / "a.sqlite")
+    store = AnnotationStore(SqliteDatabase(tmp_path / "a.sqlite"))
     body = annotation("ANNOTATION_CREATED", 1, 10, "a")
     body["project"] = {
         **PROJECT,
@@ -152,3 +156,19 @@ def test_credentials_in_events_never_reach_the_disk(tmp_path):
     assert b"hunter2-storage" not in raw and b"storage-user" not in raw
     assert b"0123456789abcdef" not in raw
     assert choices(store) == {10: "a"}
+
+
+def test_a_store_from_before_schema_versions_is_migrated_and_keeps_its_events(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "a.sqlite"
+    with sqlite3.connect(path) as db:  # what the first release wrote: no task mirror yet
+        for statement in MIGRATIONS[0]:
+            db.execute(statement.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT"))
+        db.execute("INSERT INTO events (action, received, body) VALUES ('START_TRAINING', 1, '{}')")
+    store = AnnotationStore(SqliteDatabase(path))
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    assert store.count("events") == 2 and choices(store) == {10: "a"}
+    assert store.mirror_counts() == (1, 1)  # the columns later steps added are there
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

@@ -65,14 +65,14 @@ class RecordingClient:
         self.calls.append("queue")
 
 
-def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(tmp_path):
+def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(make_database, tmp_path):
     from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.labelstudio.sync import Front, QueueState, Syncer
     from ls_backend.settings import Settings
 
     client = RecordingClient()
     syncer = Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(tmp_path / "a.sqlite"), QueueState()
+    store, state = AnnotationStore(make_database("1")), QueueState()
     front = Front([1, 2], [{"result": []}, {"result": []}], "v0002-head")
     first = syncer._push(1, state, front, store)
     second = syncer._push(1, state, front, store)
@@ -81,13 +81,13 @@ def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(tmp_pa
     assert [r.version for r in QueueState.load(store).rankings] == [first, second]
 
 
-def test_predictions_kept_for_open_editors_do_not_count_as_backlog(tmp_path):
+def test_predictions_kept_for_open_editors_do_not_count_as_backlog(make_database, tmp_path):
     from fakes import annotation_event
 
     from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.labelstudio.sync import QueueState
 
-    store = AnnotationStore(tmp_path / "a.sqlite")
+    store = AnnotationStore(make_database("1"))
     store.apply(annotation_event(1, 5, ["A"], config="<View/>"))  # task 5 labeled from it
     stale = Ranking("rank-a", TASKS, pushed=0.0, stale_since=time.time())
     state = QueueState(rankings=[stale, Ranking("rank-b", [30, 31], pushed=time.time())])
@@ -95,13 +95,15 @@ def test_predictions_kept_for_open_editors_do_not_count_as_backlog(tmp_path):
     assert state.backlog(store) == len(TASKS) - 6
 
 
-def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(tmp_path):
+def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(
+    make_database, tmp_path
+):
     from fakes import annotation_event
 
     from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.labelstudio.sync import SAVE_GRACE_S, QueueState
 
-    store = AnnotationStore(tmp_path / "a.sqlite")
+    store = AnnotationStore(make_database("1"))
     replaced = time.time() - SAVE_GRACE_S - 60
     store.apply(annotation_event(1, 5, ["A"], config="<View/>"))  # labeled under rank-b
     stale = Ranking("rank-a", TASKS, pushed=0.0, stale_since=replaced)
@@ -111,7 +113,7 @@ def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(tmp_
 
 
 def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the_head(
-    tmp_path, monkeypatch
+    make_database, tmp_path, monkeypatch
 ):
     from ls_backend.labelstudio import sync
     from ls_backend.labelstudio.events import AnnotationStore
@@ -120,7 +122,7 @@ def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the
     monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
     client = RecordingClient()
     syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
+    store, state = AnnotationStore(make_database("1")), sync.QueueState()
     tasks = list(range(1, 16))
     front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
     syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS + 1)
@@ -143,7 +145,7 @@ def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_pa
     assert stale_cap(settings, 100_000) == 1_000  # 1%: deletes there are slower
 
 
-def two_pushes_one_by_one(tmp_path, monkeypatch):
+def two_pushes_one_by_one(make_database, tmp_path, monkeypatch):
     """Rankings [1, 2, 3] then [4, 5] pushed one prediction at a time; the first is replaced
     long enough ago that nobody can hold its predictions."""
     from ls_backend.labelstudio import sync
@@ -153,7 +155,7 @@ def two_pushes_one_by_one(tmp_path, monkeypatch):
     monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
     client = RecordingClient()
     syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(tmp_path / "a.sqlite"), sync.QueueState()
+    store, state = AnnotationStore(make_database("1")), sync.QueueState()
     big = sync.BULK_PUSH_MAX_TASKS + 1
     for tasks in ([1, 2, 3], [4, 5]):
         front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
@@ -162,12 +164,13 @@ def two_pushes_one_by_one(tmp_path, monkeypatch):
     return client, syncer, store, state
 
 
-def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp_path, monkeypatch):
+def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(
+    make_database, tmp_path, monkeypatch
+):
     from ls_backend.labelstudio import sync
 
-    client, syncer, store, state = two_pushes_one_by_one(
-        tmp_path, monkeypatch
-    )  # nobody can hold them
+    # nobody can hold them
+    client, syncer, store, state = two_pushes_one_by_one(make_database, tmp_path, monkeypatch)
     client.calls.clear()
     deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
     assert (deleted, more) == (3, False)
@@ -175,9 +178,11 @@ def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(tmp
     assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
 
 
-def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(tmp_path, monkeypatch):
+def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(
+    make_database, tmp_path, monkeypatch
+):
 
-    client, syncer, store, state = two_pushes_one_by_one(tmp_path, monkeypatch)
+    client, syncer, store, state = two_pushes_one_by_one(make_database, tmp_path, monkeypatch)
     delete = client.delete_prediction
 
     def delete_then_promote(prediction_id):  # a head round promotes meanwhile

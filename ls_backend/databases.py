@@ -1,0 +1,238 @@
+"""Where a project's durable state lives: one SQLite file per project under MODEL_DIR (the
+embedded default), or one PostgreSQL schema per project (``DATABASE_URL``), which serving
+replicas and workers on several machines share.
+
+Stores write portable SQL (``?`` placeholders, ``ON CONFLICT``, ``RETURNING``) against a
+``Session``; the few differences (the DDL of an auto-numbered key, reading a JSON field) are
+properties of the database. Schemas are versioned: ``migrate`` applies the steps a database
+has not seen, once, under a lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+#: A migration step: SQL statements, formatted with the database's ``ddl`` words.
+Migration = Sequence[str]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database cannot be reached (a PostgreSQL restart, a network cut)."""
+
+
+class Rows(Protocol):
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Session(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class Database(Protocol):
+    #: DDL words that differ between engines: ``serial`` (an auto-numbered primary key).
+    ddl: dict[str, str]
+
+    def session(self, write: bool = False) -> Any:
+        """A context manager yielding a ``Session``: one transaction when ``write`` (writers
+        of one project take turns), else a plain read."""
+        ...
+
+    def json_text(self, column: str, *path: str) -> str:
+        """SQL for the text at ``path`` inside the JSON in ``column``."""
+        ...
+
+    def migrate(self, steps: Sequence[Migration], legacy: Callable[[Session], int]) -> None:
+        """Apply the steps this database has not seen. ``legacy`` says how many steps a store
+        from before versioning already has (SQLite files only)."""
+        ...
+
+
+# --- SQLite: one file per project ---------------------------------------------------------------
+
+
+class _SqliteSession:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        return self.db.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.db.executemany(sql, rows)
+
+
+class SqliteDatabase:
+    """WAL, ``synchronous=FULL``: an acknowledged write survives power loss. One connection
+    per thread, closed when the database object goes."""
+
+    ddl = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT"}
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        db = self._db()
+        if not write:
+            yield _SqliteSession(db)
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield _SqliteSession(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def json_text(self, column: str, *path: str) -> str:
+        return f"json_extract({column}, '$.{'.'.join(path)}')"
+
+    def migrate(self, steps: Sequence[Migration], legacy: Callable[[Session], int]) -> None:
+        with self.session(write=True) as s:
+            version = int(s.execute("PRAGMA user_version").fetchone()[0])
+            if version == 0:
+                version = legacy(s)
+            for step in steps[version:]:
+                for statement in step:
+                    s.execute(statement.format(**self.ddl))
+            s.execute(f"PRAGMA user_version = {len(steps)}")
+
+
+# --- PostgreSQL: one schema per project, a connection pool per process ------------------------
+
+
+class _PgSession:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @staticmethod
+    def _sql(sql: str) -> str:
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows:
+        return self.conn.execute(self._sql(sql), params)  # type: ignore[no-any-return]
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.conn.cursor().executemany(self._sql(sql), rows)
+
+
+def _lock_id(name: str) -> int:
+    """A 64-bit advisory-lock key for ``name``."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class PostgresDatabase:
+    """A project's schema in the shared database. Writers of one project take turns (a
+    transaction-scoped advisory lock), as SQLite's single writer did; readers never wait."""
+
+    ddl = {"serial": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"}
+
+    def __init__(self, pool: Any, schema: str) -> None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ValueError(f"not a schema name: {schema!r}")
+        self.pool, self.schema = pool, schema
+        self._lock = _lock_id(schema)
+
+    @contextmanager
+    def session(self, write: bool = False) -> Iterator[Session]:
+        import psycopg
+
+        try:
+            with self.pool.connection() as conn:  # one transaction: committed at the end
+                conn.execute(f"SET LOCAL search_path TO {self.schema}")
+                if write:
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
+                yield _PgSession(conn)
+        except psycopg.OperationalError as exc:  # the pool's PoolTimeout, too
+            raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
+
+    def json_text(self, column: str, *path: str) -> str:
+        expr = f"({column})::jsonb"
+        for key in path[:-1]:
+            expr += f" -> '{key}'"
+        return f"({expr} ->> '{path[-1]}')"
+
+    def migrate(self, steps: Sequence[Migration], legacy: Callable[[Session], int]) -> None:
+        import psycopg
+
+        try:
+            self._migrate(steps)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
+
+    def _migrate(self, steps: Sequence[Migration]) -> None:
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock,))
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            conn.execute(f"SET LOCAL search_path TO {self.schema}")
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = 0 if row is None else int(row[0])
+            for step in steps[version:]:
+                for statement in step:
+                    conn.execute(statement.format(**self.ddl))
+            conn.execute("DELETE FROM schema_version")
+            conn.execute("INSERT INTO schema_version VALUES (%s)", (len(steps),))
+
+
+class Databases:
+    """Opens each project's database: the one way the backend opens a store."""
+
+    def __init__(self, model_dir: Path, url: str | None = None, pool_size: int = 8) -> None:
+        self.model_dir, self.url = model_dir, url
+        self._pool: Any = None
+        self._pool_size = pool_size
+        self._lock = threading.Lock()
+
+    def project(self, key: str, name: str = "annotations") -> Database:
+        if self.url is None:
+            return SqliteDatabase(self.model_dir / key / f"{name}.sqlite")
+        return PostgresDatabase(self.pool(), f"project_{key}")
+
+    def pool(self) -> Any:
+        with self._lock:
+            if self._pool is None:
+                from psycopg_pool import ConnectionPool
+
+                # Opened lazily, and not waited for: the server starts while PostgreSQL is
+                # away, and serves predictions from the loaded model meanwhile.
+                self._pool = ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    timeout=5,  # a request waits this long for PostgreSQL, then gets 503
+                    open=False,
+                    name="ls-backend",
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()

@@ -1,0 +1,39 @@
+"""The backend on a real PostgreSQL (DATABASE_URL): an ordinary role, and an outage."""
+
+from __future__ import annotations
+
+from fakes import HashEncoder, annotation_event
+from fastapi.testclient import TestClient
+
+from ls_backend.server.app import create_app
+from ls_backend.service import Backend
+from ls_backend.settings import Settings
+
+CONFIG = """<View><Text name="text" value="$text"/>
+<Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
+
+
+def test_a_postgres_outage_refuses_webhooks_with_503_and_predictions_keep_serving(
+    tmp_path, postgres, database_url
+):
+    settings = Settings(model_dir=tmp_path, database_url=database_url, lora_enabled=False)
+    backend = Backend(settings, encoder=HashEncoder())
+    with TestClient(create_app(settings, backend)) as client:
+        assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
+        event = annotation_event(1, 10, ["A"], config=CONFIG)
+        assert client.post("/webhook", json=event).status_code == 200
+        task = {"id": 11, "data": {"text": "still served"}}
+        predict = {"project": "1.1", "tasks": [task], "label_config": CONFIG}
+        postgres.stop()
+        try:
+            refused = client.post("/webhook", json=annotation_event(2, 12, ["B"], config=CONFIG))
+            assert refused.status_code == 503, refused.text
+            assert "Start Training" in refused.json()["error"]
+            served = client.post("/predict", json=predict)
+            assert served.status_code == 200, served.text
+            assert served.json()["results"][0]["result"]
+        finally:
+            postgres.start()
+        again = client.post("/webhook", json=annotation_event(2, 12, ["B"], config=CONFIG))
+        assert again.status_code == 200, again.text
+    assert backend.project(1).store.count("annotations") == 2
