@@ -193,7 +193,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name in args.datasets.split(","):
         data = bench.load_data(split(name, "train"), split(name, "test"), 4000, args.cache)
-        encoder = Encoder(cache_path=args.cache, max_length=128)
+        encoder = Encoder(cache=args.cache, max_length=128)
         fits = {
             "bagged": bagged_fit,
             "prior": prior_fit(

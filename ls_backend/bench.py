@@ -130,7 +130,7 @@ def load_data(
         test_texts, test_labels = _subsample(test_texts, test_labels, test_size)
     space = LabelSpace(tuple(sorted(set(train_labels) | set(test_labels))))
     encoder = Encoder(
-        cache_path=cache_path,
+        cache=cache_path,
         max_length=128,
         runtime=runtime,
         export_dir=cache_path.parent / "onnx",

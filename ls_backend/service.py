@@ -292,9 +292,10 @@ class Backend:
     def __init__(self, settings: Settings, encoder: Encoder | None = None) -> None:
         self.settings = settings
         settings.model_dir.mkdir(parents=True, exist_ok=True)
+        self.databases = Databases(settings.model_dir, settings.database_url_value)
         self.encoder = encoder or Encoder(
             settings.embedding_model,
-            cache_path=settings.model_dir / "embeddings.sqlite",
+            cache=self.databases.embedding_cache(),
             max_length=settings.max_length,
             batch_size=settings.embed_batch_size,
             device=settings.resolved_device(),
@@ -304,7 +305,6 @@ class Backend:
         self._projects: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self.lanes = training_lanes(settings)
-        self.databases = Databases(settings.model_dir, settings.database_url_value)
         self.worker: Any = None  # the scheduler (ls_backend.worker.Worker), attached by the app
 
     def project(self, raw_key: Any) -> Project:

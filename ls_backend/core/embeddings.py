@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from tqdm.auto import tqdm
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.priority import PriorityLock
 from ls_backend.core.runtimes import RUNTIMES, Runtime
+from ls_backend.databases import Database, SqliteDatabase
 
 #: Texts per background forward pass: 16 short texts take ~0.1 s on 2 cores, the longest
 #: a live prediction waits behind a sync (a whole 1,000-task pool held it ~27 s).
@@ -50,49 +49,44 @@ def text_key(text: str) -> bytes:
 
 
 class EmbeddingCache:
-    """Persistent map (model, text hash) -> float32 vector."""
+    """Persistent map (model, text hash) -> float32 vector, in a database of its own (an
+    SQLite file, or a PostgreSQL schema that every replica and worker shares)."""
 
-    def __init__(self, path: Path, model_name: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    MIGRATIONS = [
+        [
+            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, key {blob} NOT NULL,"
+            " vector {blob} NOT NULL, PRIMARY KEY (model, key))"
+        ]
+    ]
+
+    def __init__(self, database: Database | Path, model_name: str) -> None:
+        # A file path: the cache is worth no fsync per write (it is recomputed if lost).
+        if isinstance(database, Path):
+            database = SqliteDatabase(database, durable=False)
+        self.database = database
         self._model = model_name
-        self._local = threading.local()
-        self._path = path
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings ("
-                " model TEXT NOT NULL, key BLOB NOT NULL, vector BLOB NOT NULL,"
-                " PRIMARY KEY (model, key))"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self._path, timeout=30)
-            db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
-        return db
+        database.migrate(self.MIGRATIONS, lambda _session: 0)  # the step is idempotent
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
-        db = self._connect()
         found: dict[bytes, NDArray[np.float32]] = {}
         chunk = 500  # SQLite caps the number of bound parameters
-        for start in range(0, len(keys), chunk):
-            part = list(keys[start : start + chunk])
-            marks = ",".join("?" * len(part))
-            rows = db.execute(
-                f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
-                [self._model, *part],
-            )
-            for key, blob in rows:
-                found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
+        with self.database.session() as db:
+            for start in range(0, len(keys), chunk):
+                part = list(keys[start : start + chunk])
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
+                    [self._model, *part],
+                )
+                for key, blob in rows:
+                    found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
         return found
 
     def put_many(self, items: dict[bytes, NDArray[np.float32]]) -> None:
-        db = self._connect()
-        with db:
+        with self.database.session(write=True) as db:
             db.executemany(
-                "INSERT OR REPLACE INTO embeddings (model, key, vector) VALUES (?, ?, ?)",
+                "INSERT INTO embeddings (model, key, vector) VALUES (?, ?, ?)"
+                " ON CONFLICT (model, key) DO UPDATE SET vector = excluded.vector",
                 [(self._model, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
             )
 
@@ -106,7 +100,7 @@ class Encoder:
     def __init__(
         self,
         model_name: str = EMBEDDED_MODEL,
-        cache_path: Path | None = None,
+        cache: Database | Path | None = None,
         max_length: int = 128,
         batch_size: int = 64,
         device: str | None = None,
@@ -124,7 +118,7 @@ class Encoder:
         # torch vectors keep the bare model name: caches written before runtimes existed stay valid.
         variant = self.runtime.variant
         key = model_name if variant == "torch" else f"{model_name}#{variant}"
-        self.cache = EmbeddingCache(cache_path, key) if cache_path else None
+        self.cache = EmbeddingCache(cache, key) if cache else None
         # One forward pass at a time per process (a runtime already uses every core); live first.
         self.lock = PriorityLock()
 

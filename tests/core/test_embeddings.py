@@ -6,7 +6,7 @@ from ls_backend.core.embeddings import EmbeddingCache, Encoder, text_key
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
-    return Encoder(cache_path=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+    return Encoder(cache=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
 
 
 def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
@@ -28,8 +28,8 @@ def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
 
 
 def test_cache_survives_a_restart_and_is_per_model(encoder, tmp_path):
-    path = encoder.cache._path
-    again = Encoder(cache_path=path)
+    path = encoder.cache.database.path
+    again = Encoder(cache=path)
     vector = encoder.encode(["persisted text"])[0]
     assert np.array_equal(
         again.cache.get_many([text_key("persisted text")])[text_key("persisted text")], vector

@@ -54,8 +54,8 @@ def test_the_export_is_made_once_and_reused(export_dir, monkeypatch):
 def test_vectors_of_two_runtimes_never_share_a_cache_entry(export_dir, tmp_path):
     cache = tmp_path / "embeddings.sqlite"
     planted = np.zeros(384, dtype=np.float32)
-    Encoder(cache_path=cache).cache.put_many({text_key("one text"): planted})
-    openvino = Encoder(cache_path=cache, runtime="openvino", export_dir=export_dir)
+    Encoder(cache=cache).cache.put_many({text_key("one text"): planted})
+    openvino = Encoder(cache=cache, runtime="openvino", export_dir=export_dir)
     assert openvino.runtime.variant in {"openvino-bf16", "openvino-f32"}
     vector = openvino.encode(["one text"])[0]
     assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4  # computed, not torch's entry

@@ -11,7 +11,7 @@ from ls_backend.worker import Worker
 def encoder(tmp_path_factory):
     from ls_backend.core.embeddings import Encoder
 
-    return Encoder(cache_path=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+    return Encoder(cache=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
 
 
 @pytest.fixture
