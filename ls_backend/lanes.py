@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -305,7 +305,7 @@ class JobStatus:
     last_result: dict[str, Any] | None = None
     started: float | None = None
     finished: float | None = None
-    pid: int = field(default_factory=os.getpid)
+    pid: int | None = None  # of the process running or last to run it
 
     @property
     def produced(self) -> bool:

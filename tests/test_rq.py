@@ -179,3 +179,26 @@ def test_a_worker_killed_during_a_lora_run_leaves_serving_alone_and_another_redo
         assert status.last_result["version"].endswith("-lora")
     finally:
         workers.stop()
+
+
+def test_status_and_metrics_agree_whichever_replica_answers(replicas, workers):
+    from fastapi.testclient import TestClient
+
+    from ls_backend.server.app import create_app
+
+    workers.start()
+    for i in range(30):
+        send(replicas[i % 2], i, "AB"[i % 2])
+    assert replicas[0].worker.wait_idle(60)
+    shared = ("ls_backend_project_", "ls_backend_lane_")
+    answers = []
+    for backend in replicas:
+        with TestClient(create_app(backend.settings, backend)) as client:
+            text = client.get("/metrics").text
+            lines = sorted(line for line in text.splitlines() if line.startswith(shared))
+            answers.append((client.get("/status").json()["projects"], lines))
+    assert answers[0] == answers[1]
+    assert 'ls_backend_project_annotations{project="1"} 30.0' in answers[0][1]
+    assert any(
+        line.startswith('ls_backend_lane_runs{lane="head",project="1"} ') for line in answers[0][1]
+    )

@@ -221,7 +221,9 @@ def suspected_mislabels(
     if present.size >= 2 and all(np.sum(targets == k) >= 2 for k in present):
         # Confident learning needs each class counted; map to the classes present.
         sub = smoothed[:, present] / smoothed[:, present].sum(axis=1, keepdims=True)
-        issues = find_label_issues(np.searchsorted(present, targets), sub)
+        # n_jobs=1: its default forks a multiprocessing pool, and a process forked from a
+        # multi-threaded server can hang forever on a lock another thread held (it did).
+        issues = find_label_issues(np.searchsorted(present, targets), sub, n_jobs=1)
         flagged = {int(i) for i in np.flatnonzero(issues)}
     order = np.argsort(quality, kind="stable")[:top]
     guesses = probs.argmax(axis=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -22,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ls_backend import __version__, metrics
+from ls_backend.core.registry import version_number
 from ls_backend.databases import StoreUnavailable
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.labelstudio.events import KNOWN_ACTIONS, EventError
 from ls_backend.labelstudio.lane import attach_label_studio
-from ls_backend.lanes import CONNECTED, SYNC_REQUESTED
+from ls_backend.lanes import CONNECTED, SYNC_REQUESTED, read_status
 from ls_backend.report import ProjectReport, build_report
 from ls_backend.server import dashboard
 from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
@@ -245,9 +246,21 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
         )
         return {"projects": projects, "sync": sync}
 
+    def shared_figures() -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
+        backend = the_backend()
+        for key in backend.known_projects():
+            project = backend.project(key)
+            serving = project.registry.current()
+            lanes = {}
+            for lane in backend.lanes.names():
+                status = read_status(project, lane)
+                lanes[lane] = (status.runs, status.failures)
+            number = version_number(serving) if serving else 0
+            yield key, project.store.count("annotations"), number, lanes
+
     @app.get("/metrics", summary="Prometheus metrics")
     def prometheus() -> Response:
-        payload, content_type = metrics.render()
+        payload, content_type = metrics.render(metrics.SharedState(shared_figures))
         return Response(payload, media_type=content_type)
 
     @app.post("/sync/{project}", status_code=202, summary="Re-rank the project's queue now")

@@ -107,7 +107,7 @@ def test_the_dashboard_shows_curve_queue_suspects_and_rolls_back(
             page.screenshot(path=str(screens / "projects.png"), full_page=True)
             assert page.locator(f"a[href='/ui/projects/{pid}']").count() == 1
             started = time.monotonic()
-            page.goto(f"{backend.url}/ui/projects/{pid}", timeout=90_000)
+            page.goto(f"{backend.url}/ui/projects/{pid}")
             print(f"\nproject page: {time.monotonic() - started:.2f} s")
             page.screenshot(path=str(screens / "project.png"), full_page=True)
 
