@@ -175,7 +175,7 @@ def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
     for metric, colour, css in (("accuracy", "#3b6fd4", "acc"), ("macro_f1", "#e07b1f", "f1")):
         line = [(p, getattr(p, metric)) for p in scored if getattr(p, metric) is not None]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(p.labels, v) for p, v in line))
-        marks.append(f'<polyline points="{path}" fill=none stroke="{colour}" opacity=.35/>')
+        marks.append(f'<polyline points="{path}" fill=none stroke="{colour}" opacity=".35"/>')
         for p, value in line:
             x, y = at(p.labels, value)
             fill = colour if p.promoted else "#fff"

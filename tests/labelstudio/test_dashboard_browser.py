@@ -115,6 +115,11 @@ def test_the_dashboard_shows_curve_queue_suspects_and_rolls_back(
                 "#learning-curve .acc-point", "els => els.map(e => e.dataset.version)"
             )
             assert points == scored
+            # Drawn, not only in the markup: both metrics' marks and the serving ring.
+            curve = page.locator("#learning-curve")
+            assert curve.locator(".f1-point").count() == len(scored)
+            assert curve.locator(".f1-point").first.is_visible()
+            assert curve.locator(".serving-mark").is_visible()
             first_row = page.locator("#queue tr").nth(1)
             assert first_row.locator("td").nth(1).inner_text().strip() == str(next_task)
             shown = page.eval_on_selector_all(
