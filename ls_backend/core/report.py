@@ -25,6 +25,8 @@ STOP_KAPPA = 0.99
 STOP_WINDOW = 3
 #: Folds of the out-of-fold predictions that judge each annotation.
 OOF_FOLDS = 5
+#: The fewest labels between two versions whose accuracies make a gain per 100 labels.
+GAIN_SPAN = 50
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,20 @@ def learning_curve(infos: Sequence[Mapping[str, Any]], serving: str | None) -> l
     return points
 
 
-def gain_per_100_labels(points: Sequence[CurvePoint], window: int = STOP_WINDOW) -> float | None:
-    """Held-out accuracy gained per 100 labels over the last ``window`` steps of the scored
-    versions of the latest one's kind (k-fold figures and other kinds do not compare)."""
+def gain_per_100_labels(points: Sequence[CurvePoint], span: int = GAIN_SPAN) -> float | None:
+    """Held-out accuracy gained per 100 labels between the latest scored version and the
+    newest one of its kind trained on at least ``span`` fewer labels (k-fold figures and
+    other kinds do not compare). None until the history spans that many labels: each
+    version is scored on its own held-out labels, so over a few labels the difference is
+    noise, and scaled to 100 labels it reads as a trend."""
     scored = [p for p in points if p.accuracy is not None and p.evaluation == "held-out"]
     if not scored:
         return None
-    line = [p for p in scored if p.kind == scored[-1].kind][-(window + 1) :]
-    first, last = line[0], line[-1]
-    if last.labels <= first.labels:
+    last = scored[-1]
+    earlier = [p for p in scored if p.kind == last.kind and p.labels <= last.labels - span]
+    if not earlier:
         return None
+    first = earlier[-1]
     assert first.accuracy is not None and last.accuracy is not None
     return 100 * (last.accuracy - first.accuracy) / (last.labels - first.labels)
 

@@ -200,8 +200,8 @@ def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
                     f'<text x={x + 11:.1f} y={y - 8:.1f} fill="#1e7d32">serving</text>'
                 )
     legend = (
-        f"<text x={x0 + 8} y={y0 + h + 30}>● accuracy (blue) and macro-F1 (orange) on held-out "
-        "labels · ■ LoRA adapter · hollow: not promoted · ring: serving · x: labels</text>"
+        f"<text x={x0 + 8} y={y0 + h + 30}>● accuracy (blue), macro-F1 (orange) on held-out "
+        "labels · ■ LoRA · hollow: not promoted · ring: serving</text>"
     )
     return (
         f'<svg id=learning-curve viewBox="0 0 {x0 + w + 60} {y0 + h + 40}" width="100%" '
@@ -258,7 +258,7 @@ def project_page(report: ProjectReport) -> str:
     gain = (
         f"{100 * report.gain_per_100_labels:+.1f} accuracy points per 100 labels lately"
         if report.gain_per_100_labels is not None
-        else ""
+        else "a gain per 100 labels shows once versions of one kind are 50 labels apart"
     )
     state = f"""<section><h2>Project {escape(key)}</h2><table>
 <tr><th>serving version</th><td data-project="{escape(key)}" data-serving>

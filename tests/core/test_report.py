@@ -68,6 +68,13 @@ def test_gain_compares_versions_of_one_kind() -> None:
     assert gain_per_100_labels(learning_curve(infos, None)) == pytest.approx(0.1)
 
 
+def test_no_gain_is_read_from_a_few_labels_of_noise() -> None:
+    infos = [info("v0001-head", 95, 0.80), info("v0002-head", 100, 0.70)]
+    assert gain_per_100_labels(learning_curve(infos, None)) is None  # not -2 points per label
+    infos = [info("v0001-head", 40, 0.60), *infos]
+    assert gain_per_100_labels(learning_curve(infos, None)) == pytest.approx(0.1 * 100 / 60)
+
+
 def test_kappa_is_one_for_identical_and_zero_for_chance_agreement() -> None:
     a = np.array([0, 1, 2, 0, 1, 2])
     assert cohen_kappa(a, a) == 1.0
