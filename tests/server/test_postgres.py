@@ -37,3 +37,25 @@ def test_a_postgres_outage_refuses_webhooks_with_503_and_predictions_keep_servin
         again = client.post("/webhook", json=annotation_event(2, 12, ["B"], config=CONFIG))
         assert again.status_code == 200, again.text
     assert backend.project(1).store.count("annotations") == 2
+
+
+def test_the_embedding_cache_never_fails_an_embedding_while_postgres_is_away(
+    tmp_path, postgres, database_url
+):
+    import numpy as np
+
+    from ls_backend.core.embeddings import EmbeddingCache
+    from ls_backend.databases import Databases
+
+    databases = Databases(tmp_path, database_url)
+    cache = EmbeddingCache(databases.embedding_cache(), "model")
+    vector = np.ones(4, dtype=np.float32)
+    cache.put_many({b"k": vector})
+    postgres.stop()
+    try:
+        assert cache.get_many([b"k"]) == {}  # a miss: the model embeds it again
+        cache.put_many({b"other": vector})  # not kept, and no error
+    finally:
+        postgres.start()
+    assert set(EmbeddingCache(databases.embedding_cache(), "model").get_many([b"k"])) == {b"k"}
+    databases.close()
