@@ -240,6 +240,10 @@ class Databases:
                     # A connection from before a PostgreSQL restart is dead: test it on
                     # checkout (one round trip) instead of failing the request it serves.
                     check=ConnectionPool.check_connection,
+                    # Background reconnects back off (1, 2, 4 s...): give them up after 10 s
+                    # so that, once PostgreSQL is back, the next request connects at once
+                    # instead of waiting out a backoff as long as the outage was.
+                    reconnect_timeout=10,
                 )
                 self._pool.open(wait=False)
             return self._pool

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -281,7 +281,7 @@ class LoraLane(TrainingLane):
             mc_samples=s.mc_samples,
             device=s.device,
         )
-        return RoundConfig(**{**asdict(super().config()), "lora": lora})
+        return replace(super().config(), lora=lora)
 
 
 def training_lanes(settings: Settings) -> Lanes:
