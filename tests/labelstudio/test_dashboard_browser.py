@@ -30,7 +30,13 @@ pytestmark = [
 ]
 
 LABELED, UNLABELED = 100, 100
+FIRST_BATCH = 60  # labels before the first wait: above EVAL_MIN_LABELS, so it is scored
 FLIPPED = (7, 23, 41, 66, 88)  # rows labeled with another class on purpose
+
+
+def head_trained_on(backend: BackendServer, pid: int) -> int:
+    head = httpx.get(f"{backend.url}/status").json()["projects"][str(pid)]["jobs"]["head"]
+    return int((head.get("last_result") or {}).get("labels", 0))
 
 
 def lanes_idle(backend: BackendServer, pid: int) -> bool:
@@ -78,6 +84,8 @@ def test_the_dashboard_shows_curve_queue_suspects_and_rolls_back(
             ]
             reply = ls.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
             assert reply.status_code == 201, reply.text
+            if i + 1 in (FIRST_BATCH, LABELED):  # two held-out-scored versions, whatever the pace
+                wait_for(lambda n=i + 1: head_trained_on(backend, pid) == n, 120, f"{i + 1} labels")
         flipped = {task_ids[i] for i in FLIPPED}
         wait_for(lambda: lanes_idle(backend, pid), 120, "training and sync after the labels")
         assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
