@@ -147,12 +147,13 @@ def create_app(settings: Settings, backend: Backend | None = None) -> FastAPI:
 
     @app.exception_handler(StoreUnavailable)
     async def on_store_away(_request: Request, exc: StoreUnavailable) -> JSONResponse:
-        # Label Studio does not retry a webhook: the admin's Start Training re-reads the labels.
+        # Any route that reads or writes a store. Label Studio does not retry a webhook: once
+        # the database is back, the admin's Start Training re-reads the labels.
         log.error("%s", exc)
         return _error(
             503,
-            f"{exc}: the event was not stored; once the database is back, Start Training "
-            "re-reads every label from Label Studio",
+            f"{exc}: nothing was stored; a webhook refused now is re-read by Start Training "
+            "once the database is back",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
 
