@@ -7,7 +7,8 @@ MODEL_DIR, each a real process (`ls-backend serve`, `ls-backend worker`) on 127.
 - burst: 1,000 ANNOTATION_CREATED webhooks (TREC texts) sent round-robin to the 2 replicas
   from 50 concurrent clients: acknowledged, stored (PostgreSQL) and lost; ack p50/p99; head
   runs caused (goal <= 2); /status equal on both replicas; then 20 more labels and the time
-  from the promotion (the `current` pointer written) to each replica serving the version.
+  from the promotion (the version written; the pointer in PostgreSQL moves right after) to
+  each replica serving the version.
 - worker-kill: a LoRA run on one worker is killed with SIGKILL; serving is untouched, and a
   second LoRA worker does the run again (its sweep finds the work still pending).
 - redis-restart: Redis is restarted empty between two bursts of 100 webhooks: the served
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -194,9 +196,11 @@ def burst(quick: bool) -> bool:
         old = first["model_version"]
         more = [annotation_event(5000 + i, 20_000 + i, train[n + i]) for i in range(20)]
         fire_round_robin(c, more, 2)
-        pointer = c.model_dir / str(PROJECT) / "models" / "current"
         wait_for(lambda: c.status()["model_version"] != old, 120, "a promotion")
-        promoted = pointer.stat().st_mtime
+        # The version's files are complete at `created`; the pointer in PostgreSQL moves
+        # right after, so the delays below are upper bounds.
+        info = c.model_dir / str(PROJECT) / "models" / c.status()["model_version"] / "info.json"
+        promoted = json.loads(info.read_text())["created"]
         seen = serving_everywhere(c, old)
         delays = [t - promoted for t in seen]
         shown = ", ".join(f"{d:.2f} s" for d in delays)

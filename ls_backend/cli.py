@@ -56,13 +56,13 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def _registry(settings: Settings, project: str) -> Any:
-    from ls_backend.core.registry import Registry
+    from ls_backend.labelstudio.events import StoreAddress, project_registry
     from ls_backend.service import project_key
 
-    root = settings.model_dir / project_key(project) / "models"
-    if not root.is_dir():
+    address = StoreAddress(settings.model_dir, settings.database_url_value, project_key(project))
+    if not (address.project_dir / "models").is_dir():
         sys.exit(f"no models for project {project} under {settings.model_dir}")
-    return Registry(root)
+    return project_registry(address.project_dir, address.open())
 
 
 def models(args: argparse.Namespace) -> None:

@@ -5,19 +5,26 @@ replicas and workers on several machines share.
 Stores write portable SQL (``?`` placeholders, ``ON CONFLICT``, ``RETURNING``) against a
 ``Session``; the few differences (the DDL of an auto-numbered key, reading a JSON field) are
 properties of the database. Schemas are versioned: ``migrate`` applies the steps a database
-has not seen, once, under a lock.
+has not seen, once, under a lock. Named locks (``lock``: one training run per lane, one writer
+of the model registry) are ``flock`` files beside an SQLite store, and advisory locks in
+PostgreSQL, so processes on several machines take turns without a shared lock file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from ls_backend.core.registry import flock
+
+log = logging.getLogger(__name__)
 
 #: A migration step: SQL statements, formatted with the database's ``ddl`` words.
 Migration = Sequence[str]
@@ -57,6 +64,11 @@ class Database(Protocol):
     def migrate(self, steps: Sequence[Migration], legacy: Callable[[Session], int]) -> None:
         """Apply the steps this database has not seen. ``legacy`` says how many steps a store
         from before versioning already has (SQLite files only)."""
+        ...
+
+    def lock(self, name: str, wait: bool = True) -> AbstractContextManager[bool]:
+        """The lock ``name`` of this store, held by one thread of one process at a time (it
+        goes with a killed process); yields whether it is held (always, when ``wait``)."""
         ...
 
 
@@ -120,6 +132,9 @@ class SqliteDatabase:
                 for statement in step:
                     s.execute(statement.format(**self.ddl))
             s.execute(f"PRAGMA user_version = {len(steps)}")
+
+    def lock(self, name: str, wait: bool = True) -> AbstractContextManager[bool]:
+        return flock(self.path.parent / f"{name}.lock", wait)
 
 
 # --- PostgreSQL: one schema per project, a connection pool per process ------------------------
@@ -199,6 +214,34 @@ class PostgresDatabase:
                     conn.execute(statement.format(**self.ddl))
             conn.execute("DELETE FROM schema_version")
             conn.execute("INSERT INTO schema_version VALUES (%s)", (len(steps),))
+
+    @contextmanager
+    def lock(self, name: str, wait: bool = True) -> Iterator[bool]:
+        """A session-level advisory lock on a connection of its own, idle while held (a LoRA
+        run holds it for minutes): it goes with the connection if the process dies."""
+        import psycopg
+
+        key = _lock_id(f"{self.schema}.{name}")
+        try:
+            with self.pool.connection() as conn:
+                take = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
+                held = conn.execute(f"SELECT {take}(%s)", (key,)).fetchone()[0] is not False
+                conn.commit()  # not idle in a transaction while the lock is held
+                try:
+                    yield held
+                finally:
+                    if held:
+                        self._unlock(conn, key)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"PostgreSQL is unreachable: {exc}") from exc
+
+    def _unlock(self, conn: Any, key: int) -> None:
+        import psycopg
+
+        try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except psycopg.OperationalError:  # the connection died: the lock went with it
+            log.warning("%s: a lock's connection was lost while it was held", self.schema)
 
 
 class Databases:

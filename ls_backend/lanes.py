@@ -3,15 +3,15 @@ to run it; a scheduler (``worker.Worker`` in-process, ``rq_jobs`` on Redis) neve
 
 What is pending lives in the project's durable store (the event log and a ``<lane>_done``
 marker), so any process, after any restart, derives the same work; one run per project and
-lane at a time holds an ``flock`` in ``MODEL_DIR``. Two lanes train: ``head`` (the light
-head, after every annotation) and ``lora`` (the adapter, every ``LORA_EVERY`` annotations or
-on START_TRAINING); the Label Studio adapter registers ``sync`` (``labelstudio.lane``).
+lane at a time holds the store's lock of that name and writes its status into the store. Two
+lanes train: ``head`` (the light head, after every annotation) and ``lora`` (the adapter, every
+``LORA_EVERY`` annotations or on START_TRAINING); the Label Studio adapter registers ``sync``
+(``labelstudio.lane``).
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
+import errno
 import logging
 import multiprocessing
 import os
@@ -20,15 +20,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ls_backend import metrics
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
-from ls_backend.core.registry import Registry, write_json_atomic
 from ls_backend.core.training import (
     LabeledData,
     NotEnoughLabels,
@@ -37,7 +35,13 @@ from ls_backend.core.training import (
     RoundResult,
     run_round,
 )
-from ls_backend.labelstudio.events import LABEL_ACTIONS
+from ls_backend.databases import StoreUnavailable
+from ls_backend.labelstudio.events import (
+    LABEL_ACTIONS,
+    AnnotationStore,
+    StoreAddress,
+    project_registry,
+)
 from ls_backend.settings import Settings
 
 if TYPE_CHECKING:  # the service holds the lanes; lanes take its projects
@@ -140,17 +144,18 @@ def follow_parent(poll_s: float = 1.0) -> None:
 
 
 def isolated_round(
-    registry_root: Path,
+    address: StoreAddress,
     space: LabelSpace,
     data: LabeledData,
     config: RoundConfig,
     device: str,
     progress: Progress,
 ) -> RoundResult:
-    """A LoRA round as run in a child process: it loads the serving model itself."""
+    """A LoRA round as run in a child process: it opens the project's store and loads the
+    serving model itself."""
     os.nice(CHILD_NICENESS)
     follow_parent()
-    registry = Registry(registry_root)
+    registry = project_registry(address.project_dir, address.open())
 
     def current() -> ModelVersion | None:
         version = registry.current()
@@ -175,10 +180,17 @@ class TrainingLane(Lane):
     the evaluation says so (``core.training.run_round``)."""
 
     emits = MODEL_TRAINED
+    # A full disk or an unreachable database goes away without anyone restarting anything.
+    retries = 6
+    retry_s = 2.0
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.prepare: list[Prepare] = []
+
+    def transient(self, exc: Exception) -> bool:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return full or isinstance(exc, StoreUnavailable)
 
     def wake(self, project: Project, event: str) -> bool:
         return event in TRAINING_EVENTS
@@ -213,9 +225,10 @@ class TrainingLane(Lane):
     def train(
         self, project: Project, space: LabelSpace, data: LabeledData, progress: Progress
     ) -> RoundResult:
-        return run_round(
-            self.name, project.registry, space, data, project.current_model, self.config(), progress
-        )
+        def serving() -> ModelVersion | None:  # under the registry's lock: read, not polled
+            return project.current_model(fresh=True)
+
+        return run_round(self.name, project.registry, space, data, serving, self.config(), progress)
 
     def config(self) -> RoundConfig:
         s = self.settings
@@ -259,8 +272,8 @@ class LoraLane(TrainingLane):
         # Minutes of training, possibly out of memory: in a child process, niced, so a crash
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
-        registry = project.registry.root
-        return run_isolated(isolated_round, registry, space, data, self.config(), device, progress)
+        address = project.address
+        return run_isolated(isolated_round, address, space, data, self.config(), device, progress)
 
     def config(self) -> RoundConfig:
         from ls_backend.core.lora import LoraTrainConfig
@@ -314,45 +327,43 @@ class JobStatus:
 
 
 @dataclass
-class ProgressFile:
-    """Writes a run's progress into its status file; picklable, so a child process reports too."""
+class ProgressRecord:
+    """Writes a run's progress into the store; picklable, so a child process reports too (it
+    opens the store again)."""
 
-    path: Path
+    address: StoreAddress
     status: JobStatus
+    store: AnnotationStore | None = field(default=None, compare=False)
 
     def __call__(self, fraction: float, stage: str) -> None:
         self.status.progress, self.status.stage = round(fraction, 3), stage
-        write_json_atomic(self.path, asdict(self.status))
+        self.store = self.store or self.address.open()
+        self.store.set_lane_status(self.status.lane, asdict(self.status))
 
-
-def status_path(project: Project, lane: str) -> Path:
-    return project.dir / f"status-{lane}.json"
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "store": None}  # connections do not cross processes
 
 
 def read_status(project: Project, lane: str) -> JobStatus:
+    stored = project.store.lane_status(lane)
     try:
-        with open(status_path(project, lane)) as f:
-            return JobStatus(**json.load(f))
-    except (FileNotFoundError, json.JSONDecodeError, TypeError):
+        return JobStatus(**stored) if stored else JobStatus(project.key, lane)
+    except TypeError:  # written by another version of JobStatus
         return JobStatus(project.key, lane)
 
 
-@contextmanager
-def try_lock(path: os.PathLike[str]) -> Iterator[bool]:
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def shown_status(project: Project, lane: Lane) -> JobStatus:
+    """The lane's last run as /status shows it: ``queued`` when work waits and no run is in
+    flight, unless the last run failed and is to be retried (the failure is the news)."""
+    status = read_status(project, lane.name)
+    if status.state not in {"running", "queued"} and not status.retries and lane.pending(project):
+        status.state = "queued"
+    return status
 
 
-def lane_lock(project: Project, lane: Lane) -> Path:
-    return project.dir / f"{lane.name}.lock"
+def lane_lock(project: Project, lane: Lane) -> AbstractContextManager[bool]:
+    """Whether this process may run ``lane`` for ``project`` now (one run at a time)."""
+    return project.store.database.lock(lane.name, wait=False)
 
 
 def run_once(project: Project, lane: Lane) -> JobStatus:
@@ -362,11 +373,10 @@ def run_once(project: Project, lane: Lane) -> JobStatus:
     serving down."""
     seen = lane.marker(project)
     status = read_status(project, lane.name)
-    status.state, status.progress, status.stage = "running", 0.0, "starting"
-    status.started, status.finished, status.pid = time.time(), None, os.getpid()
-    write_json_atomic(status_path(project, lane.name), asdict(status))
-
-    progress = ProgressFile(status_path(project, lane.name), status)
+    status.state, status.started, status.finished = "running", time.time(), None
+    status.pid = os.getpid()
+    progress = ProgressRecord(project.address, status, project.store)
+    progress(0.0, "starting")
     started = time.monotonic()
     outcome, transient = "done", False
     try:
@@ -387,6 +397,6 @@ def run_once(project: Project, lane: Lane) -> JobStatus:
         project.store.set_meta(f"{lane.name}_done", str(seen))
     status.state, status.runs, status.finished = outcome, status.runs + 1, time.time()
     status.progress = 1.0
-    write_json_atomic(status_path(project, lane.name), asdict(status))
+    project.store.set_lane_status(lane.name, asdict(status))
     metrics.record_run(lane.name, outcome, time.monotonic() - started)
     return status

@@ -20,7 +20,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from ls_backend.lanes import lane_lock, read_status, run_once, try_lock
+from ls_backend.lanes import lane_lock, run_once, shown_status
 from ls_backend.service import Backend, Project
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class RqScheduler:
             return
         project, lane = self.backend.project(key), self.lanes[name]
         while lane.pending(project):
-            with try_lock(lane_lock(project, lane)) as mine:
+            with lane_lock(project, lane) as mine:
                 if not mine:  # another worker runs it; look again when it may be done
                     self.request(key, name, after=LOCK_BUSY_S)
                     return
@@ -158,10 +158,7 @@ class RqScheduler:
     # --- what /status and the tests see --------------------------------------------------
 
     def status(self, project: Project, lane: str) -> dict[str, Any]:
-        status = read_status(project, lane)
-        if status.state != "running" and self.lanes[lane].pending(project):
-            status.state = "queued"
-        return asdict(status)
+        return asdict(shown_status(project, self.lanes[lane]))
 
     def waiting(self) -> bool:
         """Jobs queued or scheduled in any lane's queue. (Running ones show as pending work:

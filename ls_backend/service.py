@@ -24,11 +24,14 @@ from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion, decided_labels
-from ls_backend.core.registry import Registry
 from ls_backend.core.training import LabeledData, prototype_model, save_prototype
 from ls_backend.databases import Databases, StoreUnavailable
 from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
-from ls_backend.labelstudio.events import AnnotationStore
+from ls_backend.labelstudio.events import (
+    AnnotationStore,
+    StoreAddress,
+    project_registry,
+)
 from ls_backend.lanes import LABEL_SPACE_CHANGED, training_lanes
 from ls_backend.settings import Settings
 
@@ -42,6 +45,9 @@ OPEN_PROJECTS = 32
 #: Labels whose probability and figures a prediction reports (the most probable ones); with
 #: more, ``labels_cut`` says how many there were.
 REPORTED_LABELS = 20
+#: A serving process looks at most this often which version serves (a promotion elsewhere
+#: serves here this much later; one made in this process at once).
+POINTER_POLL_S = 0.5
 #: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
 #: so the single task Label Studio asks for while an annotator waits goes first.
 BACKGROUND_BATCH = 16
@@ -78,13 +84,15 @@ class Project:
     def __init__(self, backend: Backend, key: str) -> None:
         self.key = key
         self.backend = backend
-        self.dir = backend.settings.model_dir / key
+        settings = backend.settings
+        self.dir = settings.model_dir / key
+        self.address = StoreAddress(settings.model_dir, settings.database_url_value, key)
         self.store = AnnotationStore(backend.databases.project(key))
-        self.registry = Registry(self.dir / "models")
+        self.registry = project_registry(self.dir, self.store)
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._loaded: ModelVersion | None = None
-        self._stamp = -1
+        self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
         self._config: tuple[str, ClassificationConfig] | None = None  # (xml, parsed)
 
     # --- label config ---------------------------------------------------------------------
@@ -127,12 +135,25 @@ class Project:
 
     # --- the serving model ------------------------------------------------------------------
 
-    def current_model(self) -> ModelVersion | None:
-        """The version ``current`` points at, reloaded only when the pointer moved (one stat)."""
+    def current_model(self, fresh: bool = False) -> ModelVersion | None:
+        """The serving version, loaded when the pointer moved. The pointer is read at most every
+        POINTER_POLL_S unless ``fresh``; while the store is unreachable the loaded model serves."""
         with self._lock:
-            stamp = self.registry.pointer_stamp()
-            if stamp != self._stamp:
+            writes = self.registry.moves
+            now = time.monotonic()
+            if not fresh and self._looked is not None:
+                when, seen = self._looked
+                if seen == writes and now - when < POINTER_POLL_S:
+                    return self._loaded
+            try:
                 version = self.registry.current()
+            except StoreUnavailable:
+                if self._looked is None:
+                    raise
+                log.warning("project %s: the store is unreachable; serving on", self.key)
+                return self._loaded
+            self._looked = (now, writes)
+            if version != (self._loaded.version if self._loaded else None):
                 self._loaded = (
                     ModelVersion.load(
                         self.registry.path(version),
@@ -142,7 +163,6 @@ class Project:
                     if version
                     else None
                 )
-                self._stamp = stamp
             return self._loaded
 
     def model(self) -> ModelVersion:

@@ -2,9 +2,9 @@
 threads per lane, shared by every project; bursts of events coalesce into one run.
 
 It never names a lane: it asks each which events wake it and whether work is pending. What
-is pending lives in the project's durable store, and one run per project and lane holds an
-``flock`` in ``MODEL_DIR``, so several gunicorn workers cooperate: whoever gets the lock
-trains on everything stored so far, and the others re-check once it is free.
+is pending lives in the project's durable store, and one run per project and lane holds the
+store's lock of the lane, so several gunicorn workers cooperate: whoever gets the lock trains
+on everything stored so far, and the others re-check once it is free.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from ls_backend.lanes import Lane, lane_lock, read_status, run_once, try_lock
+from ls_backend.lanes import Lane, lane_lock, run_once, shown_status
 from ls_backend.service import Backend, Project
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class Worker:
         try:
             project, lane = self.backend.project(key), self.lanes[name]
             while not self._stopping.is_set() and lane.pending(project):
-                with try_lock(lane_lock(project, lane)) as mine:
+                with lane_lock(project, lane) as mine:
                     if not mine:  # another process runs it; look again when it is done
                         self._later(key, name, LOCK_RETRY_S)
                         return
@@ -202,12 +202,10 @@ class Worker:
     def status(self, project: Project, lane: str) -> dict[str, Any]:
         """The lane's last run, with ``queued`` when work waits and no run is in flight, and
         ``failed`` with the error while something outside the runs keeps it from working."""
-        status = read_status(project, lane)
+        status = shown_status(project, self.lanes[lane])
         trouble = self._trouble.get((project.key, lane))
         if trouble is not None:
             status.state, status.last_error = "failed", trouble[1]
-        elif status.state != "running" and self.lanes[lane].pending(project):
-            status.state = "queued"
         return asdict(status)
 
 

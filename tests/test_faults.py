@@ -15,7 +15,6 @@ import multiprocessing
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from backend_server import BackendServer
 from fakes import HashEncoder, alive, annotation_event, wait_for
 
 from ls_backend.core.registry import Registry
+from ls_backend.databases import Databases
 from ls_backend.labelstudio.events import LABEL_ACTIONS
 from ls_backend.lanes import read_status
 from ls_backend.service import Backend
@@ -78,9 +78,13 @@ def read_acks(path: Path) -> set[int]:
 
 
 def stored_ids(model_dir: Path) -> set[int]:
-    path = model_dir / "1" / "annotations.sqlite"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return {row[0] for row in db.execute("SELECT annotation_id FROM annotations")}
+    """Project 1's stored annotations (in PostgreSQL on scripts/test's second pass)."""
+    databases = Databases(model_dir, os.environ.get("DATABASE_URL"))
+    try:
+        with databases.project("1").session() as db:
+            return {row[0] for row in db.execute("SELECT annotation_id FROM annotations")}
+    finally:
+        databases.close()
 
 
 def assert_restart_serves(model_dir: Path, acked: set[int], what: str) -> None:

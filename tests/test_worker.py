@@ -94,11 +94,9 @@ def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkey
 
 def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
     """Another process training the same lane: this one waits, then trains what it missed."""
-    from ls_backend.lanes import try_lock
-
     project = backend.project(1)
     project.setup(CONFIG)
-    with try_lock(project.dir / "head.lock") as mine:  # stands in for another gunicorn worker
+    with project.store.database.lock("head", wait=False) as mine:  # another gunicorn worker
         assert mine
         for i in range(6):
             send(backend, event(i, 1000 + i, "AB"[i % 2]))
@@ -272,3 +270,21 @@ def test_a_registered_lane_runs_on_its_events_without_the_scheduler_knowing_it(b
     assert backend.worker.wait_idle(30)
     status = backend.worker.status(project, "echo")
     assert status["state"] == "done" and status["last_result"] == {"echoed": "1"}
+
+
+def test_a_version_promoted_by_another_process_serves_here_within_the_poll(backend, tmp_path):
+    """Replicas share only the store and MODEL_DIR: a promotion made by one (here a second
+    Backend on the same MODEL_DIR, and the same database on the PostgreSQL pass) serves on
+    the other without a restart, after at most POINTER_POLL_S."""
+    from ls_backend.service import POINTER_POLL_S
+
+    project = label_many(backend, 12)
+    assert backend.worker.wait_idle(60)
+    here = project.predict([{"id": 1, "data": {"text": "a"}}]).model_version
+    other = Backend(backend.settings, encoder=HashEncoder()).project(1)
+    assert other.model().version == here
+    with other.registry.lock():
+        earlier = other.registry.rollback()
+    assert earlier != here
+    time.sleep(POINTER_POLL_S)
+    assert project.predict([{"id": 1, "data": {"text": "a"}}]).model_version == earlier

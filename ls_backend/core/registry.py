@@ -1,14 +1,15 @@
-"""Model versions on disk: atomic save, a ``current`` pointer, rollback.
+"""Model versions on disk: atomic save, a pointer to the serving version, rollback.
 
 Layout under a project's ``models/`` folder::
 
     v0007-head/   one finished version (model files, info.json, metrics, ...)
     .tmp-.../     a version being written; never read, removed on start
-    current       the serving version's name, replaced atomically
+    current       the serving version's name, replaced atomically (``FilePointer``)
 
 A version directory appears only by ``rename`` of a fully written and fsynced
-temporary directory, and ``current`` moves only after that, so a ``kill -9`` at
-any moment leaves the last good version serving.
+temporary directory, and the pointer moves only after that, so a ``kill -9`` at
+any moment leaves the last good version serving. The server keeps the pointer in the
+project's database instead (``Pointer``), where every replica reads it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 _VERSION = re.compile(r"^v(\d{4,})-([a-z]+)$")
 
@@ -54,16 +55,6 @@ def _fsync_tree(root: Path) -> None:
         _fsync_dir(Path(dirpath))
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> bool:
     """Create directory ``target`` with ``write(tmp)`` on a sibling temporary directory,
     fsynced, then renamed: it appears whole or not at all. Returns False (and discards this
@@ -88,20 +79,73 @@ def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> bool:
     return True
 
 
+@contextmanager
+def flock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` across threads and processes of this machine; yields
+    whether it is held (always, when ``wait``)."""
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class Pointer(Protocol):
+    """Where the serving version's name lives."""
+
+    def read(self) -> str | None: ...
+
+    def write(self, version: str) -> None: ...
+
+
+class FilePointer:
+    """The serving version's name in a file, replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> str | None:
+        try:
+            return self.path.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def write(self, version: str) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
+        with open(tmp, "w") as f:
+            f.write(version)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+
 class Registry:
-    def __init__(self, root: Path) -> None:
+    """A project's versions under ``root``. ``pointer`` says which one serves (the ``current``
+    file by default); ``lock`` serialises writers (an ``flock`` in ``root`` by default)."""
+
+    def __init__(
+        self,
+        root: Path,
+        pointer: Pointer | None = None,
+        lock: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self.pointer = pointer or FilePointer(root / "current")
+        self._lock = lock or (lambda: flock(root / ".lock"))
+        self.moves = 0  # of the pointer, through this object
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Serialise writers of this registry across threads and processes (flock)."""
-        with open(self.root / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """Serialise writers of this registry (saves, promotions, rollbacks)."""
+        with self._lock():
+            yield
 
     def clean(self) -> None:
         """Drop half-written versions left by a crash (call while holding the write lock)."""
@@ -144,33 +188,14 @@ class Registry:
         data: dict[str, Any] = json.loads((self.path(version) / "info.json").read_text())
         return data
 
-    @property
-    def pointer(self) -> Path:
-        return self.root / "current"
-
     def current(self) -> str | None:
-        try:
-            name = self.pointer.read_text().strip()
-        except FileNotFoundError:
-            return None
-        return name if (self.root / name / "info.json").is_file() else None
-
-    def pointer_stamp(self) -> int:
-        """Cheap change detector for serving processes (no read, one stat)."""
-        try:
-            return self.pointer.stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+        name = self.pointer.read()
+        return name if name and (self.root / name / "info.json").is_file() else None
 
     def set_current(self, version: str) -> None:
         self.path(version)  # must exist and be complete
-        tmp = self.root / f".current.{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            f.write(version)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.pointer)
-        _fsync_dir(self.root)
+        self.pointer.write(version)
+        self.moves += 1
 
     def rollback(self, version: str | None = None) -> str:
         """Serve ``version``, or the promoted version before the current one."""

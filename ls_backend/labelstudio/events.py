@@ -10,6 +10,9 @@ its own annotation -> task map.
 The ``tasks`` table mirrors the project's tasks (data, labeled or not): one full read
 from Label Studio fills it, task and annotation webhooks keep it current, so a sync
 reads from Label Studio only what it does not have.
+
+The store also holds what every serving replica and worker must agree on: which model
+version serves (``StorePointer``, the registry's pointer) and each lane's status.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ls_backend.databases import Database, Session
+from ls_backend.core.registry import FilePointer, Registry
+from ls_backend.databases import Database, Databases, Session
 
 LABEL_ACTIONS = {
     "ANNOTATION_CREATED",
@@ -70,6 +76,10 @@ def _legacy_version(s: Session) -> int:
         return 3
     return 2 if "labeled" in columns["tasks"] else 1
 
+
+#: The meta key of the serving version's name, and the prefix of a lane's status.
+SERVING = "serving_version"
+STATUS = "status:"
 
 #: Keys never written to disk: the project's cloud-storage login and any credential.
 _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNORECASE)
@@ -402,3 +412,60 @@ class AnnotationStore:
         if table not in {"events", "tasks", "annotations"}:
             raise ValueError(table)
         return int(self._one(f"SELECT COUNT(*) FROM {table}")[0])
+
+    # --- shared state --------------------------------------------------------------------------
+
+    def lane_status(self, lane: str) -> dict[str, Any] | None:
+        raw = self.meta(STATUS + lane)
+        return None if raw is None else dict(json.loads(raw))
+
+    def set_lane_status(self, lane: str, status: dict[str, Any]) -> None:
+        self.set_meta(STATUS + lane, json.dumps(status))
+
+
+class StorePointer:
+    """The registry's pointer in the project's store, where every replica and worker reads
+    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+
+    def __init__(self, store: AnnotationStore, legacy: Path) -> None:
+        self.store, self.legacy = store, legacy
+
+    def read(self) -> str | None:
+        name = self.store.meta(SERVING)
+        if name is None and (name := FilePointer(self.legacy).read()) is not None:
+            self.store.set_meta(SERVING, name)
+        return name
+
+    def write(self, version: str) -> None:
+        self.store.set_meta(SERVING, version)
+
+
+def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
+    """The project's model registry: versions in ``models/``, the pointer and the writers' lock
+    in the store."""
+    root = project_dir / "models"
+    pointer = StorePointer(store, root / "current")
+    return Registry(root, pointer, lambda: store.database.lock("models"))
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where a project's store is; picklable, so a child process opens it again."""
+
+    model_dir: Path
+    database_url: str | None
+    key: str
+
+    @property
+    def project_dir(self) -> Path:
+        return self.model_dir / self.key
+
+    def open(self) -> AnnotationStore:
+        """The store, opened once per process."""
+        return _open(self)
+
+
+@lru_cache(maxsize=8)
+def _open(address: StoreAddress) -> AnnotationStore:
+    databases = Databases(address.model_dir, address.database_url, pool_size=3)
+    return AnnotationStore(databases.project(address.key))

@@ -172,3 +172,80 @@ def test_a_store_from_before_schema_versions_is_migrated_and_keeps_its_events(tm
     assert store.mirror_counts() == (1, 1)  # the columns later steps added are there
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_a_lock_is_held_by_one_holder_at_a_time_and_freed_after(make_database):
+    import threading
+
+    database = make_database("1")
+    seen: list[bool] = []
+
+    def try_elsewhere() -> None:  # another thread, so another connection or file handle
+        with database.lock("lora", wait=False) as held:
+            seen.append(held)
+
+    with database.lock("lora") as held:
+        assert held
+        thread = threading.Thread(target=try_elsewhere)
+        thread.start()
+        thread.join()
+        with make_database("2").lock("lora", wait=False) as other_project:
+            assert other_project  # locks are per project
+    try_elsewhere()
+    assert seen == [False, True]
+
+
+def test_a_killed_holder_frees_its_lock(make_database, tmp_path):
+    """A worker killed mid-run (kill -9) must not keep the lane locked for ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ls_backend.databases import PostgresDatabase
+
+    database = make_database("1")
+    url = database.pool.conninfo if isinstance(database, PostgresDatabase) else None
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from ls_backend.databases import Databases\n"
+        f"db = Databases(Path({str(tmp_path / 'models')!r}), {url!r}).project('1')\n"
+        "with db.lock('lora') as held:\n"
+        "    print(held, flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "True"
+    with database.lock("lora", wait=False) as held:
+        assert not held
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with database.lock("lora") as held:  # waits for the server to notice, at most
+        assert held
+
+
+def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tmp_path):
+    from ls_backend.core.registry import FilePointer
+    from ls_backend.labelstudio.events import project_registry
+
+    project_dir = tmp_path / "1"
+    (project_dir / "models" / "v0001-head").mkdir(parents=True)
+    (project_dir / "models" / "v0001-head" / "info.json").write_text("{}")
+    FilePointer(project_dir / "models" / "current").write("v0001-head")  # an older install
+    store = AnnotationStore(make_database("1"))
+    registry = project_registry(project_dir, store)
+    assert registry.current() == "v0001-head"  # adopted from the file
+    version = registry.save("head", lambda path: None, {"promoted": True})
+    with registry.lock():
+        registry.set_current(version)
+    reopened = project_registry(project_dir, AnnotationStore(make_database("1")))
+    assert reopened.current() == version == "v0002-head"
+    assert FilePointer(project_dir / "models" / "current").read() == "v0001-head"  # not used
+
+    store.set_lane_status("head", {"state": "running", "progress": 0.5})
+    assert AnnotationStore(make_database("1")).lane_status("head") == {
+        "state": "running",
+        "progress": 0.5,
+    }
+    assert store.lane_status("lora") is None
