@@ -13,9 +13,9 @@ MODEL_DIR, each a real process (`ls-backend serve`, `ls-backend worker`) on 127.
   second LoRA worker does the run again (its sweep finds the work still pending).
 - redis-restart: Redis is restarted empty between two bursts of 100 webhooks: the served
   version ends up trained on all 200 labels.
-- postgres-restart: webhooks at ~20/s while PostgreSQL stops for 3 s: refused ones get 503
-  (Label Studio does not retry them: Start Training re-reads them); every acknowledged one
-  is stored.
+- postgres-restart: webhooks at ~20/s while PostgreSQL stops for 8 s (longer than a request
+  waits for a connection): refused ones get 503 (Label Studio does not retry them: Start
+  Training re-reads them); every acknowledged one is stored.
 """
 
 from __future__ import annotations
@@ -279,7 +279,8 @@ def _labels(c: Cluster, version: str) -> int:
 
 
 def postgres_restart(quick: bool) -> bool:
-    print("\n== postgres-restart: webhooks at ~20/s while PostgreSQL stops for 3 s")
+    # Longer than a request waits for a connection (5 s), so some webhooks must get a 503.
+    print("\n== postgres-restart: webhooks at ~20/s while PostgreSQL stops for 8 s")
     train = rows("train")
     acked: list[int] = []
     refused: list[int] = []
@@ -305,7 +306,7 @@ def postgres_restart(quick: bool) -> bool:
         sender.start()
         time.sleep(3.0)
         c.postgres.stop()
-        time.sleep(3.0)
+        time.sleep(8.0)
         c.postgres.start()
         time.sleep(3.0)
         stop.set()
