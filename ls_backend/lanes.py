@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ls_backend import metrics
-from ls_backend.core.labels import LabelSpace
+from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry, write_json_atomic
 from ls_backend.core.training import (
@@ -146,6 +146,7 @@ def isolated_round(
     config: RoundConfig,
     device: str,
     progress: Progress,
+    label_embeddings: Embeddings | None = None,
 ) -> RoundResult:
     """A LoRA round as run in a child process: it loads the serving model itself."""
     os.nice(CHILD_NICENESS)
@@ -156,7 +157,7 @@ def isolated_round(
         version = registry.current()
         return ModelVersion.load(registry.path(version), version, device) if version else None
 
-    return run_round("lora", registry, space, data, current, config, progress)
+    return run_round("lora", registry, space, data, current, config, progress, label_embeddings)
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
@@ -214,13 +215,21 @@ class TrainingLane(Lane):
         self, project: Project, space: LabelSpace, data: LabeledData, progress: Progress
     ) -> RoundResult:
         return run_round(
-            self.name, project.registry, space, data, project.current_model, self.config(), progress
+            self.name,
+            project.registry,
+            space,
+            data,
+            project.current_model,
+            self.config(),
+            progress,
+            project.label_embeddings(space),
         )
 
     def config(self) -> RoundConfig:
         s = self.settings
         return RoundConfig(
             head_c=s.head_c,
+            head_prior=s.head_prior,
             eval_fraction=s.eval_fraction,
             eval_min_labels=s.eval_min_labels,
             star_lambda_decay=s.star_lambda_decay,
@@ -260,7 +269,10 @@ class LoraLane(TrainingLane):
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
         registry = project.registry.root
-        return run_isolated(isolated_round, registry, space, data, self.config(), device, progress)
+        names = project.label_embeddings(space)
+        return run_isolated(
+            isolated_round, registry, space, data, self.config(), device, progress, names
+        )
 
     def config(self) -> RoundConfig:
         from ls_backend.core.lora import LoraTrainConfig
