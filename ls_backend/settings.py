@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     head_prior: bool = Field(
         True,
         description="Shrink the light head toward the label names' embeddings (zero-shot as a "
-        "prior) as strongly as cross-validation on the labels says, none when they mislead.",
+        "prior) as strongly as cross-validation on the labels says: none when the names do not "
+        "fit the labels.",
     )
 
     # --- training --------------------------------------------------------------------------

@@ -203,9 +203,11 @@ def choose_prior_strength(
     c: float = 10.0,
     strengths: tuple[float, ...] = PRIOR_STRENGTHS,
 ) -> float:
-    """The strength with the lowest cross-validated log-loss on these labels: label names
-    that mislead (reuters' ``earn``, ``acq``) make the prior confidently wrong on held-out
-    labels, so it gets a weak strength or none. 0 for multi-label, or without a usable fold."""
+    """The strength with the lowest cross-validated log-loss on these labels: names that do
+    not fit the labels make the prior wrong on held-out labels, so it gets a weak strength or
+    none. Names that fit the labels asked for but mislead on the items uncertainty sampling
+    never asks about (reuters_r8) pass; the grid's cap is what limits them. 0 for
+    multi-label, or without a usable fold."""
     if space.multi_label:
         return 0.0
     if len(strengths) == 1:
