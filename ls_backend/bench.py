@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ls_backend.core import learning_curves as lc
 from ls_backend.core.evaluation import paired_gain
-from ls_backend.core.heads import LinearHead, label_prototype_texts
+from ls_backend.core.heads import LinearHead, choose_prior_strength, label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import STRATEGIES, rank_pool
@@ -149,17 +149,21 @@ def load_data(
 
 
 def fit_predict(
-    data: BenchData, labeled: NDArray[np.int64], pool: bool = True
+    data: BenchData, labeled: NDArray[np.int64], pool: bool = True, prior: bool = False
 ) -> tuple[Probs | None, NDArray[np.int64]]:
     """Pool probabilities (None unless ``pool``) and test predictions of the light head trained
-    on ``labeled``."""
+    on ``labeled``; with ``prior``, shrunk toward the label names as the server's head is
+    (HEAD_PRIOR)."""
     targets = data.pool_y[labeled]
     if np.unique(targets).size < 2:
         # One class seen: it is the only answer the model can give.
         probs = np.zeros((data.pool_x.shape[0], data.space.size, 1), dtype=np.float32)
         probs[:, targets[0], 0] = 1.0
         return probs, np.full(data.test_y.size, targets[0], dtype=np.int64)
-    head = LinearHead.fit(data.space, data.pool_x[labeled], targets)
+    x = data.pool_x[labeled]
+    names = data.label_x if prior else None
+    strength = 0.0 if names is None else choose_prior_strength(data.space, x, targets, names)
+    head = LinearHead.fit(data.space, x, targets, prior=names, strength=strength)
     test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1)
     return head.predict_proba(data.pool_x) if pool else None, test_pred.astype(np.int64)
 
@@ -221,7 +225,14 @@ class ServedFit:
         before = self.serving
         try:
             result = run_round(
-                "head", self.registry, data.space, labels, lambda: before, self.config
+                "head",
+                self.registry,
+                data.space,
+                labels,
+                lambda: before,
+                self.config,
+                None,
+                data.label_x,
             )
         except NotEnoughLabels:  # one class so far: zero-shot still serves
             result = None
@@ -629,6 +640,7 @@ def run_bench(
         settings = Settings()
         config = RoundConfig(
             head_c=settings.head_c,
+            head_prior=settings.head_prior,
             eval_fraction=settings.eval_fraction,
             eval_min_labels=settings.eval_min_labels,
         )
@@ -639,7 +651,8 @@ def run_bench(
         report = summarise(served, full_pool, budget, model)
         _write(out, f"{title}: the served model (the server's head lane)", report)
         return report[0]
-    runs = loop(lambda _: fit_predict, "head")
+    head_fit = partial(fit_predict, prior=Settings().head_prior)
+    runs = loop(lambda _: head_fit, "head")
     report = summarise(runs, full_pool, budget, model)
     _write(out, title, report)
     if model == "prepal-then-lora":

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ls_backend import metrics
-from ls_backend.core.labels import LabelSpace
+from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.training import (
     LabeledData,
@@ -150,6 +150,7 @@ def isolated_round(
     config: RoundConfig,
     device: str,
     progress: Progress,
+    label_embeddings: Embeddings | None = None,
 ) -> RoundResult:
     """A LoRA round as run in a child process: it opens the project's store and loads the
     serving model itself."""
@@ -161,7 +162,7 @@ def isolated_round(
         version = registry.current()
         return ModelVersion.load(registry.path(version), version, device) if version else None
 
-    return run_round("lora", registry, space, data, current, config, progress)
+    return run_round("lora", registry, space, data, current, config, progress, label_embeddings)
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
@@ -228,12 +229,16 @@ class TrainingLane(Lane):
         def serving() -> ModelVersion | None:  # under the registry's lock: read, not polled
             return project.current_model(fresh=True)
 
-        return run_round(self.name, project.registry, space, data, serving, self.config(), progress)
+        names = project.label_embeddings(space)
+        return run_round(
+            self.name, project.registry, space, data, serving, self.config(), progress, names
+        )
 
     def config(self) -> RoundConfig:
         s = self.settings
         return RoundConfig(
             head_c=s.head_c,
+            head_prior=s.head_prior,
             eval_fraction=s.eval_fraction,
             eval_min_labels=s.eval_min_labels,
             star_lambda_decay=s.star_lambda_decay,
@@ -272,8 +277,10 @@ class LoraLane(TrainingLane):
         # Minutes of training, possibly out of memory: in a child process, niced, so a crash
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
-        address = project.address
-        return run_isolated(isolated_round, address, space, data, self.config(), device, progress)
+        address, names = project.address, project.label_embeddings(space)
+        return run_isolated(
+            isolated_round, address, space, data, self.config(), device, progress, names
+        )
 
     def config(self) -> RoundConfig:
         from ls_backend.core.lora import LoraTrainConfig

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
         "a CPU. LoRA always runs on torch.",
     )
     head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
+    head_prior: bool = Field(
+        True,
+        description="Shrink the light head toward the label names' embeddings (zero-shot as a "
+        "prior) as strongly as cross-validation on the labels says: none when the names do not "
+        "fit the labels.",
+    )
 
     # --- training --------------------------------------------------------------------------
     train_debounce_s: float = Field(

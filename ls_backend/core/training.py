@@ -33,7 +33,7 @@ from ls_backend.core.evaluation import (
     strata_of,
     stratified_folds,
 )
-from ls_backend.core.heads import LinearHead, PrototypeHead
+from ls_backend.core.heads import LinearHead, PrototypeHead, choose_prior_strength
 from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry
@@ -71,6 +71,7 @@ class LabeledData:
 @dataclass
 class RoundConfig:
     head_c: float = 10.0
+    head_prior: bool = False  # shrink the head toward the label names (HEAD_PRIOR)
     eval_fraction: float = 0.2
     eval_min_labels: int = 30
     star_lambda_decay: float = 0.5
@@ -102,9 +103,15 @@ def save_prototype(registry: Registry, model: ModelVersion, reason: str) -> str:
     return version
 
 
-def _fit_head(space: LabelSpace, data: LabeledData, c: float) -> LinearHead:
+def _fit_head(
+    space: LabelSpace, data: LabeledData, c: float, prior: Embeddings | None = None
+) -> LinearHead:
+    """The light head; with ``prior`` (label-name embeddings), shrunk toward them as strongly
+    as cross-validation on these labels says (``choose_prior_strength``; 0 is the plain head)."""
+    x, y = data.embeddings, data.targets
     try:
-        return LinearHead.fit(space, data.embeddings, data.targets, c=c)
+        strength = 0.0 if prior is None else choose_prior_strength(space, x, y, prior, c)
+        return LinearHead.fit(space, x, y, c=c, prior=prior, strength=strength)
     except ValueError as exc:
         raise NotEnoughLabels(str(exc)) from exc
 
@@ -121,7 +128,9 @@ def _score(model: ModelVersion, space: LabelSpace, data: LabeledData) -> Scores 
     return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
 
 
-def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Scores | None:
+def _kfold_head_metrics(
+    space: LabelSpace, data: LabeledData, c: float, prior: Embeddings | None
+) -> Scores | None:
     strata = strata_of(space, data.targets)
     smallest = min(np.unique(strata, return_counts=True)[1])
     k = int(min(5, smallest))
@@ -129,7 +138,8 @@ def _kfold_head_metrics(space: LabelSpace, data: LabeledData, c: float) -> Score
         return None
     probs = np.zeros((len(data), space.size, 1), dtype=np.float32)
     for train, test in stratified_folds(strata, k):
-        probs[test] = _fit_head(space, data.take(train), c).predict_proba(data.embeddings[test])
+        head = _fit_head(space, data.take(train), c, prior)
+        probs[test] = head.predict_proba(data.embeddings[test])
     return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
 
 
@@ -141,13 +151,17 @@ def run_round(
     load_current: Callable[[], ModelVersion | None],
     config: RoundConfig,
     progress: Progress | None = None,
+    label_embeddings: Embeddings | None = None,
 ) -> RoundResult:
     """Train, evaluate, save and (maybe) promote one candidate.
 
     Training runs outside the registry lock; the comparison with the serving model,
     the save and the promotion run inside it, against whatever serves by then.
+    ``label_embeddings``: the label names' (zero-shot prototypes), the head's prior when
+    ``config.head_prior``.
     """
     report = progress or (lambda _fraction, _stage: None)
+    prior = label_embeddings if config.head_prior else None
     started = time.monotonic()
     report(0.0, "split")
     few = len(data) < config.eval_min_labels
@@ -156,8 +170,8 @@ def run_round(
     if few:
         # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
         # only with zero-shot, which never trained on these labels.
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
-        evaluated, scores = None, _kfold_head_metrics(space, data, config.head_c)
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior))
+        evaluated, scores = None, _kfold_head_metrics(space, data, config.head_c, prior)
         train_data = eval_data = data
     else:
         # The evaluated fit leaves the held-out part out; the candidate that would serve
@@ -166,8 +180,8 @@ def run_round(
             data.strata_keys, strata_of(space, data.targets), config.eval_fraction
         )
         train_data, eval_data = data.take(train_idx), data.take(held_idx)
-        evaluated = ModelVersion("", space, _fit_head(space, train_data, config.head_c))
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c))
+        evaluated = ModelVersion("", space, _fit_head(space, train_data, config.head_c, prior))
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior))
         if kind == "lora":
             lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
                 v.endswith("-lora") and bool(registry.info(v).get("promoted"))
@@ -239,6 +253,8 @@ def run_round(
             "train_seconds": round(time.monotonic() - started, 3),
             "settings": _settings_record(config),
         }
+        if isinstance(candidate.head, LinearHead) and config.head_prior:
+            info["head_prior_strength"] = candidate.head.prior_strength
         version = registry.save(candidate.kind, write, info)
         if promoted:
             registry.set_current(version)
@@ -256,6 +272,7 @@ def run_round(
 def _settings_record(config: RoundConfig) -> dict[str, Any]:
     record: dict[str, Any] = {
         "head_c": config.head_c,
+        "head_prior": config.head_prior,
         "eval_fraction": config.eval_fraction,
         "eval_min_labels": config.eval_min_labels,
         "star_lambda_decay": config.star_lambda_decay,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ls_backend.core.heads import LinearHead, PrototypeHead
+from ls_backend.core.heads import LinearHead, PrototypeHead, choose_prior_strength
 from ls_backend.core.labels import LabelSpace
 
 
@@ -61,3 +61,41 @@ def test_prototypes_pick_the_nearest_label():
     head = PrototypeHead(space, np.eye(2, dtype=np.float32))
     probs = head.predict_proba(np.array([[0.9, 0.1], [0.2, 0.8]], dtype=np.float32))
     assert list(probs[:, :, 0].argmax(axis=1)) == [0, 1]
+
+
+def noisy_blobs(n_per_class: int, classes: int, seed: int = 0):
+    """Overlapping classes in 16 dimensions: a few labels leave the plain head unsure."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = np.eye(16)[y] + 0.6 * rng.standard_normal((y.size, 16))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def test_prior_head_starts_from_the_label_names_and_scores_unseen_classes():
+    space = LabelSpace(("a", "b", "c"))
+    names = np.eye(16, dtype=np.float32)[:3]
+    x, y = noisy_blobs(4, 2)  # no label of "c" yet
+    head = LinearHead.fit(space, x, y, prior=names, strength=20.0)
+    probe = np.eye(16, dtype=np.float32)[:3]
+    probs = head.predict_proba(probe)[:, :, 0]
+    assert (probs.argmax(axis=1) == [0, 1, 2]).all()  # "c" from its name alone
+    assert head.prior_strength == 20.0
+    plain = LinearHead.fit(space, x, y, prior=names, strength=0.0)
+    assert np.allclose(plain.predict_proba(probe)[:, 2, 0], 0.0)  # strength 0: the plain head
+
+
+def test_cross_validation_trusts_names_that_fit_and_drops_names_that_mislead():
+    space = LabelSpace(("a", "b", "c"))
+    x, y = noisy_blobs(5, 3)
+    right = np.eye(16, dtype=np.float32)[:3]
+    wrong = np.roll(right, 1, axis=0)  # every name sits on another class
+    assert choose_prior_strength(space, x, y, right) > 0
+    assert choose_prior_strength(space, x, y, wrong) == 0.0
+
+
+def test_prior_strength_is_zero_for_multi_label_and_without_a_usable_fold():
+    names = np.eye(16, dtype=np.float32)[:2]
+    x, y = noisy_blobs(1, 2)  # one label per class: no fold trains on both
+    assert choose_prior_strength(LabelSpace(("a", "b")), x, y, names) == 0.0
+    multi = LabelSpace(("a", "b"), multi_label=True)
+    assert choose_prior_strength(multi, x, np.eye(2, dtype=np.int64)[y], names) == 0.0

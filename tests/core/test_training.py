@@ -165,3 +165,18 @@ def test_lora_needs_a_held_out_set(tmp_path):
             lambda: None,
             RoundConfig(eval_min_labels=30),
         )
+
+
+def test_head_prior_fits_toward_the_label_names_and_records_its_strength(tmp_path):
+    registry = Registry(tmp_path)
+    names = np.eye(8, dtype=np.float32)[:3]
+    save_prototype(registry, prototype_model(SPACE, names), "test")
+    config = RoundConfig(head_prior=True)
+    labels = data(40, noise=0.3)
+    result = run_round("head", registry, SPACE, labels, loader(registry), config, None, names)
+    info = registry.info(result.version)
+    assert info["settings"]["head_prior"] is True
+    assert info["head_prior_strength"] > 0  # names that fit the labels are trusted
+    wrong = np.roll(names, 1, axis=0)
+    result = run_round("head", registry, SPACE, labels, loader(registry), config, None, wrong)
+    assert registry.info(result.version)["head_prior_strength"] == 0.0
