@@ -153,8 +153,11 @@ def head_time(args: argparse.Namespace) -> None:
     texts, labels = load("trec", "train")
     space = LabelSpace(tuple(sorted(set(labels))))
     encoder = Encoder()
+    from ls_backend.core.heads import label_prototype_texts
+
+    names = encoder.encode(label_prototype_texts(space))
     print("\n## Light head: one round (trec, embeddings cached)")
-    print("| labels | round s | of which fit + evaluate s |\n|---|---|---|")
+    print("| labels | HEAD_PRIOR | round s | of which fit + evaluate s |\n|---|---|---|---|")
     for n in (100, 500, 1000):
         picked = sample(len(texts), n)
         chosen = [texts[i] for i in picked]
@@ -165,19 +168,21 @@ def head_time(args: argparse.Namespace) -> None:
             space.encode([[labels[i]] for i in picked]),
             encoder.encode(chosen),
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            registry = Registry(Path(tmp))
+        for prior in (False, True):
+            config = RoundConfig(head_prior=prior)
+            with tempfile.TemporaryDirectory() as tmp:
+                registry = Registry(Path(tmp))
 
-            def current(registry: Registry = registry) -> ModelVersion | None:
-                version = registry.current()
-                return ModelVersion.load(registry.path(version), version) if version else None
+                def current(registry: Registry = registry) -> ModelVersion | None:
+                    version = registry.current()
+                    return ModelVersion.load(registry.path(version), version) if version else None
 
-            run_round("head", registry, space, data, current, RoundConfig())  # a model to beat
-            started = time.perf_counter()
-            result = run_round("head", registry, space, data, current, RoundConfig())
-            total = time.perf_counter() - started
-            fit = registry.info(result.version)["train_seconds"]
-        print(f"| {n} | {total:.3f} | {fit:.3f} |")
+                run_round("head", registry, space, data, current, config, None, names)  # to beat
+                started = time.perf_counter()
+                result = run_round("head", registry, space, data, current, config, None, names)
+                total = time.perf_counter() - started
+                fit = registry.info(result.version)["train_seconds"]
+            print(f"| {n} | {'on' if prior else 'off'} | {total:.3f} | {fit:.3f} |")
 
 
 def webhook_ack(args: argparse.Namespace) -> None:

@@ -104,13 +104,19 @@ def save_prototype(registry: Registry, model: ModelVersion, reason: str) -> str:
 
 
 def _fit_head(
-    space: LabelSpace, data: LabeledData, c: float, prior: Embeddings | None = None
+    space: LabelSpace,
+    data: LabeledData,
+    c: float,
+    prior: Embeddings | None = None,
+    strength: float | None = None,
 ) -> LinearHead:
-    """The light head; with ``prior`` (label-name embeddings), shrunk toward them as strongly
-    as cross-validation on these labels says (``choose_prior_strength``; 0 is the plain head)."""
+    """The light head; with ``prior`` (label-name embeddings), shrunk toward them with
+    ``strength``, or as strongly as cross-validation on these labels says
+    (``choose_prior_strength``; 0 is the plain head)."""
     x, y = data.embeddings, data.targets
     try:
-        strength = 0.0 if prior is None else choose_prior_strength(space, x, y, prior, c)
+        if strength is None:
+            strength = 0.0 if prior is None else choose_prior_strength(space, x, y, prior, c)
         return LinearHead.fit(space, x, y, c=c, prior=prior, strength=strength)
     except ValueError as exc:
         raise NotEnoughLabels(str(exc)) from exc
@@ -180,8 +186,11 @@ def run_round(
             data.strata_keys, strata_of(space, data.targets), config.eval_fraction
         )
         train_data, eval_data = data.take(train_idx), data.take(held_idx)
-        evaluated = ModelVersion("", space, _fit_head(space, train_data, config.head_c, prior))
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior))
+        evaluated_head = _fit_head(space, train_data, config.head_c, prior)
+        evaluated = ModelVersion("", space, evaluated_head)
+        # With the prior strength the evaluated fit chose, as the adapter keeps its epochs.
+        chosen = evaluated_head.prior_strength
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior, chosen))
         if kind == "lora":
             lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
                 v.endswith("-lora") and bool(registry.info(v).get("promoted"))
