@@ -434,6 +434,9 @@ def summarise(
             "macro_f1_std": f1.std(axis=0).tolist(),
             "ece": ece.mean(axis=0).tolist(),  # of the test probabilities, per round
             "ece_std": ece.std(axis=0).tolist(),
+            # Per seed, so runs written apart can be paired (RIPL and its SE across folders).
+            "accuracy_per_seed": acc.tolist(),
+            "ece_per_seed": ece.tolist(),
             "labels_to_random_final": None
             if random_final is None
             else lc.labels_to_reach(labels, curves[name], random_final),
