@@ -5,8 +5,9 @@
 
 OUT holds ``<dataset>/<variant>/{results,details}.json``. RIPL is against random *of the same
 variant*, paired by seed (± its standard error); ``no-dynamic`` pairs with full STAR's random
-(dynamic uncertainty only changes the ranking, so random's runs are the same) and ``no-mc``
-with ``no-mc-random``.
+(dynamic uncertainty only changes the ranking, so random's runs are the same), ``no-mc``
+with ``no-mc-random``, ``no-l2`` with ``no-l2-random``. "Δ AUC vs full STAR" pairs each
+variant's ``default`` with full STAR's, seed by seed.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ VARIANTS = {
     "full STAR": ("star", "star"),
     "no dynamic uncertainty": ("no-dynamic", "star"),
     "no MC dropout": ("no-mc", "no-mc-random"),
-    "no L2 on lora_B": ("no-l2", "no-l2"),
+    "no L2 on lora_B": ("no-l2", "no-l2-random"),
 }
 #: Label counts the per-round table shows.
-SHOWN = (10, 50, 100, 140, 150, 200, 250, 280, 290, 300)
+SHOWN = (10, 50, 100, 140, 150, 160, 200, 250, 280, 290, 300)
 
 
 def _runs(root: Path, folder: str, strategy: str) -> dict[str, Any] | None:
@@ -40,14 +41,26 @@ def _runs(root: Path, folder: str, strategy: str) -> dict[str, Any] | None:
     return None if entry is None or "accuracy_per_seed" not in entry else entry
 
 
+def _paired(aucs: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """Mean AUC difference over seeds and its standard error (seed s against seed s)."""
+    d = aucs - other
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+
+
 def rows(root: Path) -> list[dict[str, Any]]:
     out = []
+    reference = _runs(root, "star", "default")
+    shown: set[str] = set()  # random runs are listed once, under the first variant using them
     for variant, (folder, random_folder) in VARIANTS.items():
         random = _runs(root, random_folder, "random")
         for strategy in ("random", "default"):
+            if strategy == "random" and random_folder in shown:
+                continue
             entry = _runs(root, random_folder if strategy == "random" else folder, strategy)
             if entry is None:
                 continue
+            if strategy == "random":
+                shown.add(random_folder)
             acc = np.array(entry["accuracy_per_seed"])
             ece = np.array(entry["ece_per_seed"])
             aucs = acc.mean(axis=1)
@@ -66,7 +79,11 @@ def rows(root: Path) -> list[dict[str, Any]]:
                 "promotions": entry.get("promotions", {}),
                 "ripl": None,
                 "ripl_se": None,
+                "vs_star": None,
             }
+            if strategy == "default" and reference is not None and folder != "star":
+                star_aucs = np.array(reference["accuracy_per_seed"]).mean(axis=1)
+                row["vs_star"] = _paired(aucs, star_aucs)
             if strategy == "default" and random is not None:
                 random_aucs = np.array(random["accuracy_per_seed"]).mean(axis=1)
                 row["ripl"] = 100 * lc.ripl(float(aucs.mean()), float(random_aucs.mean()))
@@ -79,8 +96,9 @@ def rows(root: Path) -> list[dict[str, Any]]:
 def table(found: list[dict[str, Any]]) -> str:
     lines = [
         "| variant | strategy | AUC | RIPL % vs its random (± SE) | final acc. | ECE, last "
-        "| ECE, mean | LoRA promoted / rounds | LoRA kept out but better |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ECE, mean | LoRA promoted / rounds | LoRA kept out but better "
+        "| Δ AUC vs full STAR (± SE) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in found:
         ripl = "-" if r["ripl"] is None else f"{r['ripl']:+.1f}"
@@ -89,10 +107,11 @@ def table(found: list[dict[str, Any]]) -> str:
         p = r["promotions"]
         lora = f"{p['lora_promoted']} / {p['lora_rounds']}" if "lora_rounds" in p else "-"
         better = str(p["lora_better_kept_out"]) if "lora_rounds" in p else "-"
+        vs = "-" if r["vs_star"] is None else f"{r['vs_star'][0]:+.3f} ± {r['vs_star'][1]:.3f}"
         lines.append(
             f"| {r['variant']} | {r['strategy']} | {r['auc']:.3f} ± {r['auc_std']:.3f} | {ripl} "
             f"| {r['final']:.3f} ± {r['final_std']:.3f} | {r['ece_last']:.3f} "
-            f"| {r['ece_mean']:.3f} | {lora} | {better} |"
+            f"| {r['ece_mean']:.3f} | {lora} | {better} | {vs} |"
         )
     return "\n".join(lines)
 
