@@ -41,7 +41,6 @@ from ls_backend.core.labels import Probs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BAG = 8
-Prediction = tuple[Probs | None, NDArray[np.int64]]
 
 
 def badge(pool: ranking.Pool, window: int = 10) -> ranking.Order:
@@ -110,19 +109,21 @@ RANKINGS: dict[str, ranking.Strategy] = {
 }
 
 
-def bagged_fit(data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Prediction:
-    probs, pred = bench.fit_predict(data, labeled, pool)
+def bagged_fit(
+    data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True
+) -> bench.Predicted:
+    plain = bench.fit_predict(data, labeled, pool)
     targets = data.pool_y[labeled]
-    if probs is None or np.unique(targets).size < 2:
-        return probs, pred
+    if plain.pool is None or np.unique(targets).size < 2:
+        return plain
     rng = np.random.default_rng(labeled.size)
-    members = [probs[:, :, 0]]
+    members = [plain.pool[:, :, 0]]
     while len(members) < BAG:
         rows = rng.choice(labeled.size, labeled.size)
         if np.unique(targets[rows]).size > 1:
             head = LinearHead.fit(data.space, data.pool_x[labeled[rows]], targets[rows])
             members.append(head.predict_proba(data.pool_x)[:, :, 0])
-    return np.stack(members, axis=2), pred
+    return bench.Predicted(plain.test, np.stack(members, axis=2))
 
 
 def fit_with_prior(
@@ -156,15 +157,17 @@ def fit_with_prior(
 
 
 def prior_fit(prototypes: NDArray[np.float64]) -> bench.Fit:
-    def fit(data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Prediction:
+    def fit(
+        data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True
+    ) -> bench.Predicted:
         predict = fit_with_prior(
             data.pool_x[labeled].astype(np.float64), data.pool_y[labeled], prototypes
         )
-        test_pred = predict(data.test_x.astype(np.float64)).argmax(axis=1)
+        test = predict(data.test_x.astype(np.float64)).astype(np.float32)[:, :, None]
         probs: Probs | None = None
         if pool:
             probs = predict(data.pool_x.astype(np.float64)).astype(np.float32)[:, :, None]
-        return probs, test_pred
+        return bench.Predicted(test, probs)
 
     return fit
 

@@ -11,7 +11,9 @@ Models (the one loop, ``simulate``, with a different ``Fit``):
 - ``lora``: a fresh LoRA classifier from the backbone every round (the server's lora lane),
   ranking with its MC-dropout probabilities; diversity still uses the embeddings;
 - ``prepal-then-lora``: select with the head (exactly the ``head`` loop), then fine-tune LoRA
-  once on the acquired labels; compared with ``lora`` (run here, or read from ``--compare``).
+  once on the acquired labels; compared with ``lora`` (run here, or read from ``--compare``);
+- ``served``: the server's head lane (``ServedFit``); ``served-lora``: its head lane every round
+  and its LoRA lane every ``--lora-every`` labels, ranked as the server ranks (``ServedLoraFit``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +36,8 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ls_backend.core import learning_curves as lc
-from ls_backend.core.evaluation import paired_gain
+from ls_backend.core import uncertainty
+from ls_backend.core.evaluation import expected_calibration_error, paired_gain
 from ls_backend.core.heads import LinearHead, choose_prior_strength, label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion
@@ -45,6 +48,7 @@ from ls_backend.core.training import (
     LabeledData,
     NotEnoughLabels,
     RoundConfig,
+    RoundResult,
     prototype_model,
     run_round,
     save_prototype,
@@ -54,7 +58,7 @@ from ls_backend.settings import Settings
 if TYPE_CHECKING:
     from ls_backend.core.lora import LoraTrainConfig
 
-MODELS = ("head", "served", "lora", "prepal-then-lora")
+MODELS = ("head", "served", "served-lora", "lora", "prepal-then-lora")
 #: What the server ranks with unless STRATEGY says otherwise (Settings.strategy's default).
 DEFAULT_STRATEGY = "default"
 #: Share of the full-pool ("ceiling") accuracy that ``labels_to_target`` counts labels to.
@@ -88,11 +92,32 @@ class Run:
     # Stabilizing predictions: kappa of each round's test predictions against the round
     # before (the test texts serve as the stop set: predicted, never trained on).
     kappas: list[float] = field(default_factory=list)
+    ece: list[float] = field(default_factory=list)  # of the test probabilities, each round
 
 
-#: ``(data, labeled rows, predict the pool?)`` -> (pool probabilities ``[N, C, T]`` or None,
-#: test predictions ``[M]``).
-Fit = Callable[[BenchData, NDArray[np.int64], bool], tuple[Probs | None, NDArray[np.int64]]]
+@dataclass
+class Predicted:
+    """What a ``Fit`` gives: the test probabilities ``[M, C, T]`` of the model that serves and,
+    when asked, the pool's ``[N, C, T]`` and the scores ``default`` ranks by (None: margin)."""
+
+    test: Probs
+    pool: Probs | None = None
+    scores: NDArray[np.float64] | None = None
+
+
+#: ``(data, labeled rows, predict the pool?)`` -> ``Predicted``.
+Fit = Callable[[BenchData, NDArray[np.int64], bool], Predicted]
+
+
+def decided(probs: Probs) -> NDArray[np.int64]:
+    """Single-label decisions: the most probable class of the mean over samples."""
+    return np.asarray(probs.mean(axis=2).argmax(axis=1), dtype=np.int64)
+
+
+def calibration_error(probs: Probs, targets: NDArray[np.int64]) -> float:
+    """ECE of the top class's mean probability (10 bins, as the versions' metrics)."""
+    mean = probs.mean(axis=2)
+    return expected_calibration_error(mean.max(axis=1), mean.argmax(axis=1) == targets)
 
 
 def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
@@ -150,22 +175,25 @@ def load_data(
 
 def fit_predict(
     data: BenchData, labeled: NDArray[np.int64], pool: bool = True, prior: bool = False
-) -> tuple[Probs | None, NDArray[np.int64]]:
-    """Pool probabilities (None unless ``pool``) and test predictions of the light head trained
-    on ``labeled``; with ``prior``, shrunk toward the label names as the server's head is
-    (HEAD_PRIOR)."""
+) -> Predicted:
+    """Test and (if ``pool``) pool probabilities of the light head trained on ``labeled``; with
+    ``prior``, shrunk toward the label names as the server's head is (HEAD_PRIOR)."""
     targets = data.pool_y[labeled]
     if np.unique(targets).size < 2:
         # One class seen: it is the only answer the model can give.
-        probs = np.zeros((data.pool_x.shape[0], data.space.size, 1), dtype=np.float32)
-        probs[:, targets[0], 0] = 1.0
-        return probs, np.full(data.test_y.size, targets[0], dtype=np.int64)
+        def certain(n: int) -> Probs:
+            probs = np.zeros((n, data.space.size, 1), dtype=np.float32)
+            probs[:, targets[0], 0] = 1.0
+            return probs
+
+        return Predicted(certain(data.test_y.size), certain(data.pool_y.size) if pool else None)
     x = data.pool_x[labeled]
     names = data.label_x if prior else None
     strength = 0.0 if names is None else choose_prior_strength(data.space, x, targets, names)
     head = LinearHead.fit(data.space, x, targets, prior=names, strength=strength)
-    test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1)
-    return head.predict_proba(data.pool_x) if pool else None, test_pred.astype(np.int64)
+    return Predicted(
+        head.predict_proba(data.test_x), head.predict_proba(data.pool_x) if pool else None
+    )
 
 
 @dataclass(frozen=True)
@@ -176,28 +204,29 @@ class LoraFit:
 
     config: LoraTrainConfig
 
-    def __call__(
-        self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True
-    ) -> tuple[Probs | None, NDArray[np.int64]]:
+    def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
         from ls_backend.core.lora import LoraClassifier
 
         texts = [data.pool_texts[i] for i in labeled]
         clf = LoraClassifier.train(data.space, texts, data.pool_y[labeled], self.config)
-        test_pred = clf.predict_proba(data.test_texts, mc_samples=1)[:, :, 0].argmax(axis=1)
+        test = clf.predict_proba(data.test_texts, mc_samples=1)
         if not pool:
-            return None, test_pred.astype(np.int64)
+            return Predicted(test)
         # Only the unlabeled rows are ranked: the labeled ones get a placeholder.
         n, classes, samples = data.pool_y.size, data.space.size, self.config.mc_samples
         probs = np.full((n, classes, samples), 1 / classes, dtype=np.float32)
         rest = np.setdiff1d(np.arange(n), labeled)
         probs[rest] = clf.predict_proba([data.pool_texts[i] for i in rest])
-        return probs, test_pred.astype(np.int64)
+        return Predicted(test, probs)
 
 
 class ServedFit:
     """A ``Fit`` that is the server's head lane: every round runs the server's own
     ``run_round`` (evaluated fit, served fit on every label, promotion) on a registry of its
     own, starting from zero-shot prototypes, and predicts with whatever then serves."""
+
+    #: MC-dropout passes an adapter predicts with (the server's MC_SAMPLES); heads have one.
+    mc_samples = 1
 
     def __init__(self, root: Path, data: BenchData, config: RoundConfig) -> None:
         if data.label_x is None:
@@ -208,12 +237,18 @@ class ServedFit:
         self.promotions = dict.fromkeys(
             ("rounds", "promoted", "worse_promoted", "better_kept_out"), 0
         )
+        self._test: dict[str, Probs] = {}  # test probabilities by version
         self.serving = prototype_model(data.space, data.label_x)  # what the registry serves
         self.serving.version = save_prototype(self.registry, self.serving, "bench")
 
-    def __call__(
-        self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True
-    ) -> tuple[Probs | None, NDArray[np.int64]]:
+    def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
+        self.round("head", data, labeled, self.config)
+        return self.predict(data, labeled, pool)
+
+    def round(
+        self, kind: str, data: BenchData, labeled: NDArray[np.int64], config: RoundConfig
+    ) -> RoundResult | None:
+        """One ``run_round`` of ``kind`` on the labeled rows, tallied; a promotion serves."""
         rows = labeled.tolist()
         labels = LabeledData(
             keys=rows,
@@ -225,35 +260,98 @@ class ServedFit:
         before = self.serving
         try:
             result = run_round(
-                "head",
-                self.registry,
-                data.space,
-                labels,
-                lambda: before,
-                self.config,
-                None,
-                data.label_x,
+                kind, self.registry, data.space, labels, lambda: before, config, None, data.label_x
             )
         except NotEnoughLabels:  # one class so far: zero-shot still serves
-            result = None
-        if result is not None:
-            candidate = ModelVersion.load(self.registry.path(result.version), result.version)
-            # Judged like the rule judges, but on the full test split: a paired difference
-            # beyond 2 of its standard errors (one item of 500 is not "worse").
-            gain, se = paired_gain(_test_correct(data, candidate), _test_correct(data, before))
-            self.promotions["rounds"] += 1
-            self.promotions["promoted"] += result.promoted
-            self.promotions["worse_promoted"] += result.promoted and gain < -2 * se
-            self.promotions["better_kept_out"] += not result.promoted and gain > 2 * se
-            if result.promoted:
-                self.serving = candidate
-        head = self.serving.head
-        test_pred = head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1).astype(np.int64)
-        return head.predict_proba(data.pool_x) if pool else None, test_pred
+            return None
+        candidate = ModelVersion.load(self.registry.path(result.version), result.version)
+        # Judged like the rule judges, but on the full test split: a paired difference
+        # beyond 2 of its standard errors (one item of 500 is not "worse").
+        gain, se = paired_gain(self._correct(data, candidate), self._correct(data, before))
+        tally, prefix = self.promotions, "" if kind == "head" else f"{kind}_"
+        tally[f"{prefix}rounds"] += 1
+        tally[f"{prefix}promoted"] += result.promoted
+        tally[f"{prefix}worse_promoted"] += result.promoted and gain < -2 * se
+        tally[f"{prefix}better_kept_out"] += not result.promoted and gain > 2 * se
+        if result.promoted:
+            self.serving = candidate
+        return result
+
+    def predict(self, data: BenchData, labeled: NDArray[np.int64], pool: bool) -> Predicted:
+        """What serves, on the test split and (if ``pool``) the pool, as the server ranks it:
+        zero-shot prototypes give no probabilities (the order is pure diversity)."""
+        model = self.serving
+        test = self._test_probs(data, model)
+        if not pool or model.kind == "prototype":
+            return Predicted(test)
+        return Predicted(test, model.head.predict_proba(data.pool_x))
+
+    def _test_probs(self, data: BenchData, model: ModelVersion) -> Probs:
+        if model.version not in self._test:
+            prediction = model.predict(data.test_texts, data.test_x, mc_samples=self.mc_samples)
+            self._test[model.version] = prediction.probs
+        return self._test[model.version]
+
+    def _correct(self, data: BenchData, model: ModelVersion) -> NDArray[np.bool_]:
+        return np.asarray(decided(self._test_probs(data, model)) == data.test_y)
 
 
-def _test_correct(data: BenchData, model: ModelVersion) -> NDArray[np.bool_]:
-    return np.asarray(model.head.predict_proba(data.test_x)[:, :, 0].argmax(axis=1) == data.test_y)
+class ServedLoraFit(ServedFit):
+    """``ServedFit`` with the server's LoRA lane as well: after the head round, an adapter
+    round whenever ``every`` labels came in since the last one (from ``min_labels`` on), as
+    the lane runs after a burst of labels. While an adapter serves, the pool is ranked as the
+    server ranks it: STAR's mix of the base head's and the adapter's margins, or the
+    adapter's margin alone without ``star_mix``."""
+
+    def __init__(
+        self,
+        root: Path,
+        data: BenchData,
+        config: RoundConfig,
+        lora: RoundConfig,
+        every: int,
+        min_labels: int,
+        star_mix: bool = True,
+    ) -> None:
+        super().__init__(root, data, config)
+        self.lora, self.every, self.min_labels, self.star_mix = lora, every, min_labels, star_mix
+        self.mc_samples = lora.lora.mc_samples
+        self.promotions.update(
+            dict.fromkeys(
+                ("lora_rounds", "lora_promoted", "lora_worse_promoted", "lora_better_kept_out"), 0
+            )
+        )
+        self._lora_labels = 0  # labels at the last LoRA round
+        self._pool: tuple[str, Probs] | None = None  # the serving adapter's pool probabilities
+
+    def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
+        self.round("head", data, labeled, self.config)
+        due = labeled.size - self._lora_labels >= self.every
+        if due and labeled.size >= self.min_labels:
+            self._lora_labels = labeled.size
+            self.round("lora", data, labeled, self.lora)
+        return self.predict(data, labeled, pool)
+
+    def predict(self, data: BenchData, labeled: NDArray[np.int64], pool: bool) -> Predicted:
+        model = self.serving
+        if model.lora is None or not pool:
+            return super().predict(data, labeled, pool)
+        if self._pool is None or self._pool[0] != model.version:
+            # An adapter serves unchanged until the next promotion: predict the pool once (the
+            # rows labeled then get a placeholder; later ones are never ranked again).
+            n, classes = data.pool_y.size, data.space.size
+            fresh = np.full((n, classes, self.mc_samples), 1 / classes, dtype=np.float32)
+            rest = np.setdiff1d(np.arange(n), labeled)
+            texts = [data.pool_texts[i] for i in rest]
+            fresh[rest] = model.lora.predict_proba(texts, mc_samples=self.mc_samples)
+            self._pool = (model.version, fresh)
+        probs = self._pool[1]
+        scores = None
+        if self.star_mix:
+            base = model.head.predict_proba(data.pool_x)
+            decay = self.lora.star_lambda_decay
+            scores = uncertainty.star_scores(base, probs, model.lora_round, decay)
+        return Predicted(self._test_probs(data, model), probs, scores)
 
 
 def simulate(
@@ -273,15 +371,19 @@ def simulate(
     while True:
         start = time.perf_counter()
         last = labeled.size >= budget
-        probs, pred = fit(data, labeled, not last and strategy not in PROB_FREE)
+        predicted = fit(data, labeled, not last and strategy not in PROB_FREE)
+        pred = decided(predicted.test)
         run.labels.append(int(labeled.size))
+        run.ece.append(calibration_error(predicted.test, data.test_y))
         run.accuracy.append(float((pred == data.test_y).mean()))
         run.macro_f1.append(float(f1_score(data.test_y, pred, average="macro", zero_division=0)))
         if previous is not None:
             run.kappas.append(cohen_kappa(previous, pred))
         previous = pred
         if not last:
-            order = rank_pool(strategy, probs, data.pool_x, labeled, rng=rng)
+            order = rank_pool(
+                strategy, predicted.pool, data.pool_x, labeled, rng=rng, scores=predicted.scores
+            )
             # Sorted, so the fit does not depend on the order within a batch: otherwise float
             # rounding alone sends two strategies with the same picks down different paths.
             picks = order[: min(batch, budget - labeled.size)]
@@ -297,7 +399,7 @@ def simulate(
 
 def ceiling(data: BenchData) -> float:
     """Test accuracy of the same head trained on the whole pool."""
-    _, pred = fit_predict(data, np.arange(data.pool_y.size))
+    pred = decided(fit_predict(data, np.arange(data.pool_y.size), False).test)
     return float((pred == data.test_y).mean())
 
 
@@ -332,11 +434,17 @@ def summarise(
         }
         f1 = np.array([r.macro_f1 for r in rs])
         acc = np.array([r.accuracy for r in rs])
+        ece = np.array([r.ece for r in rs])
         details["strategies"][name] = {
             "labels": labels,
             "accuracy_std": acc.std(axis=0).tolist(),
             "macro_f1": f1.mean(axis=0).tolist(),
             "macro_f1_std": f1.std(axis=0).tolist(),
+            "ece": ece.mean(axis=0).tolist(),  # of the test probabilities, per round
+            "ece_std": ece.std(axis=0).tolist(),
+            # Per seed, so runs written apart can be paired (RIPL and its SE across folders).
+            "accuracy_per_seed": acc.tolist(),
+            "ece_per_seed": ece.tolist(),
             "labels_to_random_final": None
             if random_final is None
             else lc.labels_to_reach(labels, curves[name], random_final),
@@ -381,9 +489,9 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
     lines = [
         f"### {title} (ceiling {details['ceiling']:.3f}{ceiling_of})",
         "",
-        "| strategy | AUC | RIPL % (± SE) | final acc. | final macro-F1 | labels to 95% ceiling "
-        "| savings vs random | labels to random@budget | s / round |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| strategy | AUC | RIPL % (± SE) | final acc. | final macro-F1 | final ECE | mean ECE "
+        "| labels to 95% ceiling | savings vs random | labels to random@budget | s / round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(value: float | None, spec: str) -> str:
@@ -397,6 +505,7 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
         lines.append(
             f"| {name} | {s['auc']:.3f} ± {s['auc_std']:.3f} | {fmt(s['ripl'], '+.1f')}{se} "
             f"| {s['curve'][-1]:.3f} ± {d['accuracy_std'][-1]:.3f} | {d['macro_f1'][-1]:.3f} "
+            f"| {d['ece'][-1]:.3f} | {np.mean(d['ece']):.3f} "
             f"| {fmt(s['labels_to_target'], 'd')} | {fmt(s['savings'], '.0%')} | {share} "
             f"| {d['seconds_per_round']:.2f} |"
         )
@@ -423,14 +532,16 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
             "Promotions, summed over seeds; worse / better: on the full test split, by more "
             "than 2 standard errors of the paired difference:",
             "",
-            "| strategy | rounds | promoted | promoted but worse | kept out but better |",
-            "|---|---|---|---|---|",
+            "| strategy | lane | rounds | promoted | promoted but worse | kept out but better |",
+            "|---|---|---|---|---|---|",
         ]
         for name, t in tallies.items():
-            lines.append(
-                f"| {name} | {t['rounds']} | {t['promoted']} | {t['worse_promoted']} "
-                f"| {t['better_kept_out']} |"
-            )
+            for lane, prefix in (("head", ""), ("lora", "lora_")):
+                if f"{prefix}rounds" in t:
+                    lines.append(
+                        f"| {name} | {lane} | {t[prefix + 'rounds']} | {t[prefix + 'promoted']} "
+                        f"| {t[prefix + 'worse_promoted']} | {t[prefix + 'better_kept_out']} |"
+                    )
     return "\n".join(lines) + "\n"
 
 
@@ -499,7 +610,8 @@ def lora_once(
         for name, rs in runs.items():
             for seed, run in enumerate(rs):  # _loop appends seed by seed
                 start = time.perf_counter()
-                _, pred = fit_for(seed)(data, np.array(run.acquired, dtype=np.int64), False)
+                test = fit_for(seed)(data, np.array(run.acquired, dtype=np.int64), False).test
+                pred = decided(test)
                 accuracy = float((pred == data.test_y).mean())
                 once[name].append((accuracy, time.perf_counter() - start))
                 bar.update(1)
@@ -603,6 +715,8 @@ def run_bench(
     lora: LoraTrainConfig | None = None,
     compare_with: Path | None = None,
     embedding_backend: str | None = None,
+    lora_every: int | None = None,
+    star_mix: bool = True,
 ) -> dict[str, Any]:
     """Run every strategy for every seed; write results.json, details.json, results.md and
     curves.png under ``out`` and return the results.json content.
@@ -611,6 +725,8 @@ def run_bench(
     results.md) against LoRA every round, which it runs into ``out/lora`` unless
     ``compare_with`` names the folder of an earlier ``--model lora`` run.
     ``embedding_backend``: the embedding runtime (default: the server's, EMBEDDING_BACKEND).
+    ``served-lora``: a LoRA round every ``lora_every`` labels (default: the server's
+    LORA_EVERY), ranked with STAR's mix unless ``star_mix`` is off.
     """
     lora_config = _lora_config(model, lora)
     unknown = [s for s in strategies if s not in STRATEGIES]
@@ -636,20 +752,40 @@ def run_bench(
         report = summarise(loop(lora_fit, "lora"), full_pool, budget, model)
         _write(out, f"{title}: LoRA every round", report)
         return report[0]
-    if model == "served":
+    if model in ("served", "served-lora"):
+        from ls_backend.lanes import HeadLane, LoraLane  # the server's round configs
+
         settings = Settings()
-        config = RoundConfig(
-            head_c=settings.head_c,
-            head_prior=settings.head_prior,
-            eval_fraction=settings.eval_fraction,
-            eval_min_labels=settings.eval_min_labels,
-        )
+        config = HeadLane(settings).config()
+        every = lora_every or settings.lora_every
+
+        def served_fit(registries: str, seed: int) -> Fit:
+            root = Path(tempfile.mkdtemp(dir=registries))
+            if model == "served":
+                return ServedFit(root, data, config)
+            assert lora_config is not None
+            lane = replace(LoraLane(settings).config(), lora=replace(lora_config, seed=seed))
+            min_labels = settings.lora_min_labels
+            return ServedLoraFit(root, data, config, lane, every, min_labels, star_mix)
+
         with tempfile.TemporaryDirectory() as registries:
-            served = loop(
-                lambda _: ServedFit(Path(tempfile.mkdtemp(dir=registries)), data, config), "served"
-            )
+            served = loop(partial(served_fit, registries), model)
         report = summarise(served, full_pool, budget, model)
-        _write(out, f"{title}: the served model (the server's head lane)", report)
+        title += ": the served model (the server's head lane"
+        if model == "served-lora":
+            mix = "STAR's mix" if star_mix else "the adapter's margin"
+            title += f", LoRA every {every} labels, ranked by {mix})"
+            assert lora_config is not None
+            report[1]["served_lora"] = {
+                "lora_every": every,
+                "lora_min_labels": settings.lora_min_labels,
+                "star_mix": star_mix,
+                "star_lambda_decay": settings.star_lambda_decay,
+                "lora": asdict(lora_config),
+            }
+        else:
+            title += ")"
+        _write(out, title, report)
         return report[0]
     head_fit = partial(fit_predict, prior=Settings().head_prior)
     runs = loop(lambda _: head_fit, "head")
@@ -670,8 +806,8 @@ def run_bench(
 
 def _main(args: argparse.Namespace) -> None:
     lora = None
-    if args.model != "head":
-        from ls_backend.core.lora import LoraTrainConfig
+    if args.model not in ("head", "served"):
+        from ls_backend.lanes import LoraLane
 
         given = {
             "backbone": args.backbone,
@@ -679,8 +815,10 @@ def _main(args: argparse.Namespace) -> None:
             "min_steps": args.lora_min_steps,
             "max_length": args.max_length,
             "mc_samples": args.mc_samples,
+            "b_decay": args.b_decay,
         }
-        lora = LoraTrainConfig(**{k: v for k, v in given.items() if v is not None})
+        server = LoraLane(Settings()).config().lora  # the server's LoRA settings
+        lora = replace(server, **{k: v for k, v in given.items() if v is not None})
     run_bench(
         args.train,
         args.test,
@@ -697,6 +835,8 @@ def _main(args: argparse.Namespace) -> None:
         lora,
         args.compare,
         args.embedding_backend,
+        args.lora_every,
+        args.star_mix,
     )
     print((args.out / "results.md").read_text(), end="")
 
@@ -723,7 +863,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         choices=MODELS,
         default="head",
         help="head: light head every round, on every label; served: the server's head lane "
-        "(zero-shot first, held-out evaluation, promotions); lora: LoRA every round; "
+        "(zero-shot first, held-out evaluation, promotions); served-lora: that and the server's "
+        "LoRA lane every --lora-every labels; lora: LoRA every round; "
         "prepal-then-lora: select with the head, fine-tune LoRA once, compare with LoRA every "
         "round",
     )
@@ -740,7 +881,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="embedding runtime (default: the server's, EMBEDDING_BACKEND)",
     )
-    lora = p.add_argument_group("LoRA (--model lora / prepal-then-lora; default: the server's)")
+    lora = p.add_argument_group(
+        "LoRA (--model served-lora / lora / prepal-then-lora; default: the server's)"
+    )
     lora.add_argument("--backbone", default=None, help="`embedded`, a local path or a HF id")
     lora.add_argument("--lora-epochs", type=int, default=None, help="epochs per fit")
     lora.add_argument(
@@ -748,6 +891,22 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     lora.add_argument("--max-length", type=int, default=None, help="tokens per text")
     lora.add_argument("--mc-samples", type=int, default=None, help="MC-dropout passes (pool)")
+    lora.add_argument(
+        "--b-decay", type=float, default=None, help="STAR's L2 on lora_B (0 turns it off)"
+    )
+    lora.add_argument(
+        "--lora-every",
+        type=int,
+        default=None,
+        help="served-lora: labels between LoRA rounds (default: the server's LORA_EVERY)",
+    )
+    lora.add_argument(
+        "--star-mix",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="served-lora: rank by STAR's dynamic uncertainty while an adapter serves "
+        "(--no-star-mix: by the adapter's margin alone)",
+    )
     lora.add_argument(
         "--compare",
         type=Path,

@@ -224,9 +224,13 @@ class Project:
         space = model.space
         figures = uncertainty.uncertainty_figures(prediction.probs, space.multi_label)
         if model.lora is not None:
-            lam = uncertainty.star_lambda(model.lora_round, settings.star_lambda_decay)
-            base = uncertainty.scores(prediction.base_probs, "margin", space.multi_label)
-            figures["star"] = uncertainty.dynamic_uncertainty(base, figures["margin"], lam)
+            figures["star"] = uncertainty.star_scores(
+                prediction.base_probs,
+                prediction.probs,
+                model.lora_round,
+                settings.star_lambda_decay,
+                space.multi_label,
+            )
         return Scored(model, prediction.probs, figures)
 
     def results(self, scored: Scored, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:

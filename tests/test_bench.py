@@ -58,9 +58,15 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
 
 def test_one_seen_class_predicts_that_class() -> None:
     data = toy_data()
-    probs, pred = bench.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
-    assert (pred == 1).all()
-    assert probs.shape == (90, 3, 1)
+    predicted = bench.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
+    assert (bench.decided(predicted.test) == 1).all()
+    assert predicted.pool is not None and predicted.pool.shape == (90, 3, 1)
+
+
+def test_calibration_error_is_the_gap_between_confidence_and_accuracy() -> None:
+    probs = np.array([[[0.9], [0.1]], [[0.9], [0.1]]], dtype=np.float32)  # both say class 0
+    assert bench.calibration_error(probs, np.array([0, 0])) == pytest.approx(0.1)
+    assert bench.calibration_error(probs, np.array([0, 1])) == pytest.approx(0.4)
 
 
 SUMMARY_KEYS = {"auc", "auc_std", "ripl", "ripl_se", "labels_to_target", "savings", "curve"}
@@ -261,3 +267,70 @@ def test_reads_plain_and_gzipped_jsonl(tmp_path: Path) -> None:
         f.write(line)
     for name in ("a.jsonl", "b.jsonl.gz"):
         assert bench.read_jsonl(tmp_path / name) == (["hello"], ["1"])
+
+
+def toy_served_lora_data() -> bench.BenchData:
+    data = toy_text_data()
+    data.label_x = np.eye(16, dtype=np.float32)[:3]
+    return data
+
+
+def test_served_lora_runs_the_lora_lane_every_n_labels_with_the_star_parts_as_flagged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
+) -> None:
+    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_served_lora_data())
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    out = tmp_path / "out"
+    files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    args = parser.parse_args(
+        ["bench", *files, "--out", str(out), "--model", "served-lora", "--lora-every", "20"]
+        + ["--strategies", "random,default", "--init", "6", "--batch", "10", "--budget", "56"]
+        + ["--seeds", "1", "--backbone", tiny_backbone, "--lora-epochs", "2"]
+        + ["--lora-min-steps", "0", "--max-length", "16", "--mc-samples", "2"]
+        + ["--b-decay", "0", "--no-star-mix"]
+    )
+    args.func(args)
+    details = json.loads((out / "details.json").read_text())
+    record = details["served_lora"]
+    assert record["star_mix"] is False and record["lora_every"] == 20
+    assert record["lora"]["b_decay"] == 0 and record["lora"]["mc_samples"] == 2
+    for entry in details["strategies"].values():
+        # 6, 16, ..., 56 labels: LoRA from 50 labels (LORA_MIN_LABELS) and 20 after the last.
+        assert entry["promotions"]["rounds"] == 6 and entry["promotions"]["lora_rounds"] == 1
+        assert len(entry["ece"]) == 6 and all(0 <= e <= 1 for e in entry["ece"])
+    text = (out / "results.md").read_text()
+    assert "LoRA every 20 labels, ranked by the adapter's margin" in text and "| lora |" in text
+
+
+def test_while_an_adapter_serves_the_pool_is_ranked_by_star_mix_or_its_margin(
+    tmp_path: Path, tiny_backbone: str
+) -> None:
+    from dataclasses import replace
+
+    from ls_backend.core.lora import LoraClassifier
+    from ls_backend.core.model import ModelVersion
+    from ls_backend.core.training import RoundConfig
+    from ls_backend.core.uncertainty import star_scores
+
+    data = toy_served_lora_data()
+    lora = RoundConfig(star_lambda_decay=0.5, lora=tiny_lora(tiny_backbone))
+    labeled = np.arange(12, dtype=np.int64)
+    adapter = LoraClassifier.train(
+        data.space, data.pool_texts[:12], data.pool_y[:12], replace(lora.lora, epochs=1)
+    )
+    served = {}
+    for mix in (True, False):
+        fit = bench.ServedLoraFit(tmp_path / str(mix), data, RoundConfig(), lora, 50, 50, mix)
+        head = bench.ServedFit(tmp_path / f"head-{mix}", data, RoundConfig())
+        head.round("head", data, labeled, RoundConfig())
+        fit.serving = ModelVersion("v-lora", data.space, head.serving.head, adapter, lora_round=2)
+        served[mix] = fit.predict(data, labeled, True)
+    mixed, alone = served[True], served[False]
+    assert mixed.pool is not None and mixed.pool.shape == (90, 3, 2)  # MC dropout: 2 passes
+    assert mixed.test.shape == (30, 3, 2) and alone.scores is None  # default: adapter's margin
+    base = head.serving.head.predict_proba(data.pool_x)
+    expected = star_scores(base, mixed.pool, 2, 0.5)  # lambda = 0.5 ** 2
+    assert mixed.scores is not None and np.allclose(mixed.scores, expected)
+    margin_only = star_scores(base, mixed.pool, 2, 1e-9)
+    assert not np.allclose(mixed.scores[12:], margin_only[12:])

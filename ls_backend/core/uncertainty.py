@@ -120,3 +120,13 @@ def dynamic_uncertainty(mu_base: Scores, mu_lora: Scores, lam: float) -> Scores:
     return lam * np.asarray(mu_base, dtype=np.float64) + (1.0 - lam) * np.asarray(
         mu_lora, dtype=np.float64
     )
+
+
+def star_scores(
+    base_probs: Probs, probs: Probs, round_: int, decay: float, multi_label: bool = False
+) -> Scores:
+    """What the server ranks by while an adapter of LoRA round ``round_`` serves: the margin of
+    the base head (``base_probs``) and of the adapter (``probs``), mixed by ``star_lambda``."""
+    lam = star_lambda(round_, decay)
+    base = scores(base_probs, "margin", multi_label)
+    return dynamic_uncertainty(base, scores(probs, "margin", multi_label), lam)

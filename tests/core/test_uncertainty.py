@@ -88,3 +88,11 @@ def test_dynamic_uncertainty_moves_from_base_to_lora() -> None:
     assert u.dynamic_uncertainty(base, lora, 1.0) == pytest.approx(base)
     assert u.dynamic_uncertainty(base, lora, 0.0) == pytest.approx(lora)
     assert u.dynamic_uncertainty(base, lora, 0.25) == pytest.approx([0.25, 0.75])
+
+
+def test_star_scores_weigh_the_base_margin_by_decay_to_the_adapters_round() -> None:
+    base = np.array([[[0.5], [0.5]], [[1.0], [0.0]]], dtype=np.float32)  # unsure, then sure
+    adapter = base[::-1].copy()  # the other way round
+    assert u.star_scores(base, adapter, 1, 0.5) == pytest.approx([0.5, 0.5])
+    assert u.star_scores(base, adapter, 2, 0.5) == pytest.approx([0.25, 0.75])
+    assert u.star_scores(base, adapter, 0, 0.5) == pytest.approx(u.margin(base))
