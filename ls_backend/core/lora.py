@@ -75,7 +75,7 @@ class LoraTrainConfig:
         metadata={"help": "STAR: loss += b_decay * sum ||lora_B||^2 (lora_B only, not AdamW)."},
     )
     mc_samples: int = field(
-        default=5, metadata={"help": "MC-dropout passes at inference (T); 1 = deterministic."}
+        default=1, metadata={"help": "MC-dropout passes at inference (T); 1 = deterministic."}
     )
     device: str = field(
         default="auto", metadata={"help": "`auto` (CUDA when available), `cpu` or `cuda[:N]`."}
