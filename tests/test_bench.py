@@ -89,35 +89,24 @@ def test_summary_has_the_promised_shape() -> None:
     assert details["strategies"]["default"]["labels_to_random_final"] == 20
 
 
+def run_cli(tmp_path: Path, *flags: str) -> Path:
+    """``ls-backend bench`` on tmp_path's train/test files with ``flags``; returns --out."""
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    out = tmp_path / "out"
+    files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
+    args = parser.parse_args(["bench", *files, "--out", str(out), *flags])
+    args.func(args)
+    return out
+
+
 def test_bench_command_writes_results_table_and_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_data())
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text('{"text": "x", "label": "a"}\n')
-    parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers())
-    out = tmp_path / "out"
-    args = parser.parse_args(
-        [
-            "bench",
-            "--train",
-            str(tmp_path / "train.jsonl"),
-            "--test",
-            str(tmp_path / "test.jsonl"),
-            "--out",
-            str(out),
-            "--init",
-            "6",
-            "--batch",
-            "6",
-            "--budget",
-            "30",
-            "--seeds",
-            "2",
-        ]
-    )
-    args.func(args)
+    out = run_cli(tmp_path, "--init", "6", "--batch", "6", "--budget", "30", "--seeds", "2")
     results = json.loads((out / "results.json").read_text())
     assert set(results["strategies"]) == {"random", "margin", "default"}
     assert len(results["strategies"]["default"]["curve"]) == 5
@@ -227,17 +216,13 @@ def test_prepal_then_lora_selects_like_head_and_compares_with_lora_every_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
 ) -> None:
     monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_text_data())
-    parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers())
-    out = tmp_path / "out"
-    files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
-    args = parser.parse_args(
-        ["bench", *files, "--out", str(out), "--model", "prepal-then-lora"]
-        + ["--strategies", "random,default", "--init", "6", "--batch", "5", "--budget", "21"]
-        + ["--seeds", "1", "--backbone", tiny_backbone, "--lora-epochs", "2"]
-        + ["--lora-min-steps", "0", "--max-length", "16", "--mc-samples", "2"]
+    out = run_cli(
+        tmp_path,
+        *["--model", "prepal-then-lora", "--strategies", "random,default", "--init", "6"],
+        *["--batch", "5", "--budget", "21", "--seeds", "1", "--backbone", tiny_backbone],
+        *["--lora-epochs", "2", "--lora-min-steps", "0", "--max-length", "16"],
+        *["--mc-samples", "2"],
     )
-    args.func(args)
     results = json.loads((out / "results.json").read_text())
     head = bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "head", **LORA_BENCH)
     for name, entry in results["strategies"].items():  # the selection is the head loop's
@@ -279,18 +264,13 @@ def test_served_lora_runs_the_lora_lane_every_n_labels_with_the_star_parts_as_fl
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
 ) -> None:
     monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_served_lora_data())
-    parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers())
-    out = tmp_path / "out"
-    files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
-    args = parser.parse_args(
-        ["bench", *files, "--out", str(out), "--model", "served-lora", "--lora-every", "20"]
-        + ["--strategies", "random,default", "--init", "6", "--batch", "10", "--budget", "56"]
-        + ["--seeds", "1", "--backbone", tiny_backbone, "--lora-epochs", "2"]
-        + ["--lora-min-steps", "0", "--max-length", "16", "--mc-samples", "2"]
-        + ["--b-decay", "0", "--no-star-mix"]
+    out = run_cli(
+        tmp_path,
+        *["--model", "served-lora", "--lora-every", "20", "--strategies", "random,default"],
+        *["--init", "6", "--batch", "10", "--budget", "56", "--seeds", "1"],
+        *["--backbone", tiny_backbone, "--lora-epochs", "2", "--lora-min-steps", "0"],
+        *["--max-length", "16", "--mc-samples", "2", "--b-decay", "0", "--no-star-mix"],
     )
-    args.func(args)
     details = json.loads((out / "details.json").read_text())
     record = details["served_lora"]
     assert record["star_mix"] is False and record["lora_every"] == 20
