@@ -247,7 +247,11 @@ class PostgresDatabase:
 class Databases:
     """Opens each project's database: the one way the backend opens a store."""
 
-    def __init__(self, model_dir: Path, url: str | None = None, pool_size: int = 8) -> None:
+    #: Connections per process, at most (opened as needed): every running lane holds one for its
+    #: lock (5 lane threads in-process), and requests must still find one within 5 s.
+    POOL_SIZE = 16
+
+    def __init__(self, model_dir: Path, url: str | None = None, pool_size: int = POOL_SIZE) -> None:
         self.model_dir, self.url = model_dir, url
         self._pool: Any = None
         self._pool_size = pool_size
