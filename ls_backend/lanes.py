@@ -229,10 +229,14 @@ class TrainingLane(Lane):
         def serving() -> ModelVersion | None:  # under the registry's lock: read, not polled
             return project.current_model(fresh=True)
 
-        names = project.label_embeddings(space)
+        names = self.prior(project, space)
         return run_round(
             self.name, project.registry, space, data, serving, self.config(), progress, names
         )
+
+    def prior(self, project: Project, space: LabelSpace) -> Embeddings | None:
+        """The label names' embeddings when HEAD_PRIOR shrinks the head toward them."""
+        return project.label_embeddings(space) if self.settings.head_prior else None
 
     def config(self) -> RoundConfig:
         s = self.settings
@@ -277,7 +281,7 @@ class LoraLane(TrainingLane):
         # Minutes of training, possibly out of memory: in a child process, niced, so a crash
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
-        address, names = project.address, project.label_embeddings(space)
+        address, names = project.address, self.prior(project, space)
         return run_isolated(
             isolated_round, address, space, data, self.config(), device, progress, names
         )
@@ -363,7 +367,7 @@ def shown_status(project: Project, lane: Lane) -> JobStatus:
     """The lane's last run as /status shows it: ``queued`` when work waits and no run is in
     flight, unless the last run failed and is to be retried (the failure is the news)."""
     status = read_status(project, lane.name)
-    if status.state not in {"running", "queued"} and not status.retries and lane.pending(project):
+    if status.state != "running" and not status.retries and lane.pending(project):
         status.state = "queued"
     return status
 
