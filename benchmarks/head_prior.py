@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 
 from ls_backend import bench
 from ls_backend.core import learning_curves as lc
-from ls_backend.core.training import RoundConfig
+from ls_backend.lanes import HeadLane
 from ls_backend.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -40,13 +41,7 @@ def fits(mode: str, prior: bool, data: bench.BenchData, root: Path) -> bench.Fit
     """A fresh ``Fit`` for one run."""
     if mode == "head":
         return partial(bench.fit_predict, prior=prior)
-    s = Settings()
-    config = RoundConfig(
-        head_c=s.head_c,
-        head_prior=prior,
-        eval_fraction=s.eval_fraction,
-        eval_min_labels=s.eval_min_labels,
-    )
+    config = replace(HeadLane(Settings()).config(), head_prior=prior)  # the server's round
     return bench.ServedFit(Path(tempfile.mkdtemp(dir=root)), data, config)
 
 

@@ -21,8 +21,9 @@ common=(--train "$(split train)" --test "$(split test)" --cache "$cache"
   --seeds "${SEEDS:-3}")
 # The server's LoRA training defaults (10 epochs, 100 steps at least): with 3 epochs and 30
 # steps no adapter beat the head by the promotion rule's 2 standard errors (0 of 24 rounds).
+# Full STAR as measured: MC dropout on (5 passes; MC_SAMPLES is 1 by default since).
 lora=(--model served-lora --lora-every "${EVERY:-160}" --max-length "$max_length"
-  --lora-epochs "${EPOCHS:-10}" --lora-min-steps "${MIN_STEPS:-100}")
+  --lora-epochs "${EPOCHS:-10}" --lora-min-steps "${MIN_STEPS:-100}" --mc-samples 5)
 mkdir -p "$out"
 for variant in "${variants[@]}"; do
   case $variant in
