@@ -145,10 +145,11 @@ def head_time(args: argparse.Namespace) -> None:
     comparison with the serving model, atomic save, promotion), embeddings cached."""
     import tempfile
 
+    from ls_backend.core.configs import RoundConfig
     from ls_backend.core.embeddings import Encoder
     from ls_backend.core.model import ModelVersion
     from ls_backend.core.registry import Registry
-    from ls_backend.core.training import LabeledData, RoundConfig, run_round
+    from ls_backend.core.training import LabeledData, run_round
 
     texts, labels = load("trec", "train")
     space = LabelSpace(tuple(sorted(set(labels))))

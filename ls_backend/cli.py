@@ -56,8 +56,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def _registry(settings: Settings, project: str) -> Any:
-    from ls_backend.labelstudio.events import StoreAddress, project_registry
-    from ls_backend.service import project_key
+    from ls_backend.projects import project_key
+    from ls_backend.store.pointer import StoreAddress, project_registry
 
     address = StoreAddress(settings.model_dir, settings.database_url_value, project_key(project))
     if not (address.project_dir / "models").is_dir():
@@ -90,16 +90,18 @@ def models(args: argparse.Namespace) -> None:
 
 
 def sync(args: argparse.Namespace) -> None:
+    from ls_backend.jobs.sync import sync_target
     from ls_backend.labelstudio.client import LabelStudioClient
     from ls_backend.labelstudio.sync import Syncer
-    from ls_backend.service import Backend
+    from ls_backend.projects import Projects
 
     settings = get_settings()
     if not settings.sync_configured:
         sys.exit("sync needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     client = LabelStudioClient.from_settings(settings)
     try:
-        result = Syncer(client, settings)(Backend(settings).project(args.project), force=True)
+        project = Projects(settings).project(args.project)
+        result = Syncer(client, settings)(sync_target(project), force=True)
     finally:
         client.close()
     print(json.dumps(result, indent=2))
@@ -108,33 +110,32 @@ def sync(args: argparse.Namespace) -> None:
 def worker(args: argparse.Namespace) -> None:
     from redis import Redis
 
-    from ls_backend.rq_jobs import work
-    from ls_backend.service import Backend
+    from ls_backend.jobs import lanes_for
+    from ls_backend.jobs.rq import work
+    from ls_backend.projects import Projects
 
     settings = get_settings()
     if not settings.redis_url:
         sys.exit("ls-backend worker needs REDIS_URL (without it the server runs every lane)")
-    backend = Backend(settings)
-    if settings.sync_configured:
-        from ls_backend.labelstudio.lane import attach_label_studio
-
-        attach_label_studio(backend.lanes, settings)
-    lanes = args.queues.split(",") if args.queues else None
+    projects = Projects(settings)
+    names = args.queues.split(",") if args.queues else None
     try:
-        work(backend, Redis.from_url(settings.redis_url), lanes)
+        work(projects, lanes_for(projects), Redis.from_url(settings.redis_url), names)
     except ValueError as exc:
         sys.exit(str(exc))
 
 
 def report(args: argparse.Namespace) -> None:
-    from ls_backend.lanes import read_status
-    from ls_backend.report import build_report
-    from ls_backend.service import Backend
+    from ls_backend.jobs import lanes_for
+    from ls_backend.jobs.lanes import read_status
+    from ls_backend.projects import Projects
+    from ls_backend.server.report import build_report
 
-    project = Backend(get_settings()).connected_project(args.project)
+    projects = Projects(get_settings())
+    project = projects.connected_project(args.project)
     if project is None:
         sys.exit(f"project {args.project} is unknown under {get_settings().model_dir}")
-    jobs = {lane: asdict(read_status(project, lane)) for lane in project.backend.lanes.names()}
+    jobs = {lane: asdict(read_status(project, lane)) for lane in lanes_for(projects).names()}
     print(build_report(project, jobs).model_dump_json(indent=2))
 
 
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=report)
 
     try:
-        from ls_backend import bench
+        from ls_backend.bench import cli as bench
     except ImportError:
         pass
     else:

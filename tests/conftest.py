@@ -131,7 +131,7 @@ def database_url(postgres: PostgresServer) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def make_database(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
     """Opens a project's database on each engine: ``make_database("1")``."""
-    from ls_backend.databases import Databases
+    from ls_backend.store.databases import Databases
 
     url = request.getfixturevalue("database_url") if request.param == "postgresql" else None
     databases = Databases(tmp_path / "models", url)

@@ -9,8 +9,9 @@ import sys
 from fakes import HashEncoder
 from redis import Redis
 
-from ls_backend import rq_jobs
-from ls_backend.service import Backend
+from ls_backend.jobs import lanes_for
+from ls_backend.jobs import rq as rq_jobs
+from ls_backend.projects import Projects
 from ls_backend.settings import Settings
 
 if __name__ == "__main__":  # a LoRA round's spawned child imports this module again
@@ -18,5 +19,5 @@ if __name__ == "__main__":  # a LoRA round's spawned child imports this module a
     settings = Settings()
     assert settings.redis_url
     lanes = sys.argv[1].split(",") if len(sys.argv) > 1 else None
-    backend = Backend(settings, encoder=HashEncoder())
-    rq_jobs.work(backend, Redis.from_url(settings.redis_url), lanes)
+    projects = Projects(settings, encoder=HashEncoder())
+    rq_jobs.work(projects, lanes_for(projects), Redis.from_url(settings.redis_url), lanes)

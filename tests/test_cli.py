@@ -3,12 +3,10 @@
 import json
 
 import pytest
-from fakes import HashEncoder, annotation_event
+from fakes import BackendProcess, HashEncoder, annotation_event
 
 from ls_backend import cli
-from ls_backend.service import Backend
 from ls_backend.settings import Settings, get_settings
-from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
@@ -18,11 +16,10 @@ CONFIG = """<View><Text name="text" value="$text"/>
 def trained(tmp_path, monkeypatch):
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     get_settings.cache_clear()
-    backend = Backend(
-        Settings(model_dir=tmp_path, train_debounce_s=0.05, lora_enabled=False),
-        encoder=HashEncoder(),
+    backend = BackendProcess(
+        Settings(model_dir=tmp_path, train_debounce_s=0.05, lora_enabled=False)
     )
-    worker = Worker(backend)
+    worker = backend.scheduler
     project = backend.project(5)
     project.setup(CONFIG)
     for i in range(8):
@@ -59,7 +56,7 @@ def test_unknown_project_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_report_prints_the_dashboards_json(trained, capsys, monkeypatch):
-    monkeypatch.setattr("ls_backend.service.Encoder", lambda *_a, **_k: HashEncoder())
+    monkeypatch.setattr("ls_backend.projects.Encoder", lambda *_a, **_k: HashEncoder())
     cli.main(["report", "--project", "5"])
     report = json.loads(capsys.readouterr().out)
     assert [p["version"] for p in report["learning_curve"]] == trained.registry.versions()

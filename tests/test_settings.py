@@ -43,3 +43,9 @@ def test_basic_auth_with_only_one_of_its_two_variables_is_a_start_up_error():
             Settings(**half)
     assert Settings(basic_auth_user="admin", basic_auth_pass="s3cret").auth_enabled
     assert not Settings().auth_enabled
+
+
+def test_auto_picks_openvino_on_a_cpu_and_keeps_torch_on_cuda():
+    assert Settings(device="cpu").resolved_embedding_backend() == "openvino"
+    assert Settings(device="cuda").resolved_embedding_backend() == "torch"
+    assert Settings(device="cuda", embedding_backend="onnx").resolved_embedding_backend() == "onnx"

@@ -11,7 +11,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.heads import load_space, save_space
 from ls_backend.core.labels import LabelSpace, Probs
@@ -40,65 +41,9 @@ QUERY_VALUE_NAMES: tuple[tuple[str, ...], ...] = (
     ("in_proj",),  # DeBERTa v1 (fused qkv)
 )
 _ATTENTION_MARKERS = ("attn", "attention")
-_PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """Called after every epoch with ``(epoch, total_epochs, metrics)``; raise from it to cancel."""
-
-
-@dataclass
-class LoraTrainConfig:
-    """Everything that shapes a LoRA run; saved beside the adapter so a load re-creates it."""
-
-    backbone: str = field(
-        default="embedded",
-        metadata={"help": "`embedded` (offline all-MiniLM-L6-v2), a local path or a HF model id."},
-    )
-    max_length: int = field(default=128, metadata={"help": "Tokens per text; longer ones are cut."})
-    epochs: int = field(default=10, metadata={"help": "Epochs; the best on eval data is kept."})
-    min_steps: int = field(
-        default=100,
-        metadata={
-            "help": "Add epochs until at least this many optimiser steps run: with few labels, "
-            "`epochs` alone leaves the adapter underfit (TREC, 100 labels: 0.42 -> 0.84)."
-        },
-    )
-    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate (constant)."})
-    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (update scaled by alpha / r)."})
-    dropout: float = field(
-        default=0.1, metadata={"help": "LoRA dropout; also what MC dropout samples at inference."}
-    )
-    b_decay: float = field(
-        default=0.01,
-        metadata={"help": "STAR: loss += b_decay * sum ||lora_B||^2 (lora_B only, not AdamW)."},
-    )
-    mc_samples: int = field(
-        default=1, metadata={"help": "MC-dropout passes at inference (T); 1 = deterministic."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "`auto` (CUDA when available), `cpu` or `cuda[:N]`."}
-    )
-    mixed_precision: str = field(
-        default="auto",
-        metadata={
-            "help": "`auto`: bf16 autocast on CUDA when supported, else fp16 with a GradScaler; "
-            "`bf16`, `fp16` or `no`. Always off on CPU."
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "Seeds head/adapter init, shuffling, dropout."})
-
-    def __post_init__(self) -> None:
-        if self.mixed_precision not in _PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {_PRECISIONS}")
-        if min(self.mc_samples, self.epochs, self.batch_size) < 1 or self.min_steps < 0:
-            raise ValueError("mc_samples, epochs and batch_size must be >= 1, min_steps >= 0")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoraTrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass

@@ -14,17 +14,17 @@ project's database instead (``Pointer``), where every replica reads it.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from ls_backend.core.files import flock, write_dir_atomic, write_text_atomic
+from ls_backend.core.kinds import ModelKind
 
 _VERSION = re.compile(r"^v(\d{4,})-([a-z]+)$")
 
@@ -34,65 +34,6 @@ def version_number(name: str) -> int:
     if match is None:
         raise KeyError(f"no model version {name!r}")
     return int(match.group(1))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> bool:
-    """Create directory ``target`` with ``write(tmp)`` on a sibling temporary directory,
-    fsynced, then renamed: it appears whole or not at all. Returns False (and discards this
-    copy) when another writer created ``target`` first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return True
-
-
-@contextmanager
-def flock(path: Path, wait: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` across threads and processes of this machine; yields
-    whether it is held (always, when ``wait``)."""
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Pointer(Protocol):
@@ -116,13 +57,7 @@ class FilePointer:
             return None
 
     def write(self, version: str) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
-        with open(tmp, "w") as f:
-            f.write(version)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        write_text_atomic(self.path, version)
 
 
 class Registry:
@@ -156,22 +91,21 @@ class Registry:
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=version_number)
 
-    def save(self, kind: str, write: Callable[[Path], None], info: dict[str, Any]) -> str:
+    def save(self, kind: ModelKind, write: Callable[[Path], None], info: dict[str, Any]) -> str:
         """Write a new version with ``write(dir)`` plus ``info.json``; returns its name.
 
         Callers serialise saves per project (the registry lock), so numbering is race-free
         and any ``.tmp-*`` left now is a killed writer's, removed here.
         """
-        if not re.fullmatch(r"[a-z]+", kind):
-            raise ValueError(f"bad model kind {kind!r}")
+        kind = ModelKind(kind)
         self.clean()
         existing = self.versions()
         number = version_number(existing[-1]) + 1 if existing else 1
-        name = f"v{number:04d}-{kind}"
+        name = f"v{number:04d}-{kind.value}"
 
         def write_version(tmp: Path) -> None:
             write(tmp)
-            record = {"version": name, "kind": kind, "created": time.time(), **info}
+            record = {"version": name, "kind": kind.value, "created": time.time(), **info}
             (tmp / "info.json").write_text(json.dumps(record, indent=1, sort_keys=True))
 
         if not write_dir_atomic(self.root / name, write_version):

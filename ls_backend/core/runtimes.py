@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from ls_backend.core.files import write_dir_atomic
 from ls_backend.core.labels import Embeddings
-from ls_backend.core.registry import write_dir_atomic
 
 #: Inputs a BERT-like tokenizer may produce, in the order the exported graph takes them.
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")

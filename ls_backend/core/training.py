@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ls_backend.core.configs import RoundConfig
 from ls_backend.core.evaluation import (
     Metrics,
     evaluate,
@@ -34,6 +35,7 @@ from ls_backend.core.evaluation import (
     stratified_folds,
 )
 from ls_backend.core.heads import LinearHead, PrototypeHead, choose_prior_strength
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry
@@ -69,20 +71,9 @@ class LabeledData:
 
 
 @dataclass
-class RoundConfig:
-    head_c: float = 10.0
-    head_prior: bool = False  # shrink the head toward the label names (HEAD_PRIOR)
-    eval_fraction: float = 0.2
-    eval_min_labels: int = 30
-    star_lambda_decay: float = 0.5
-    lora: Any = None  # a LoraTrainConfig for lora rounds
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the version
-
-
-@dataclass
 class RoundResult:
     version: str
-    kind: str
+    kind: ModelKind
     promoted: bool
     metrics: dict[str, float]
     baseline: dict[str, float] | None
@@ -150,7 +141,7 @@ def _kfold_head_metrics(
 
 
 def run_round(
-    kind: str,
+    kind: ModelKind,
     registry: Registry,
     space: LabelSpace,
     data: LabeledData,
@@ -166,12 +157,13 @@ def run_round(
     ``label_embeddings``: the label names' (zero-shot prototypes), the head's prior when
     ``config.head_prior``.
     """
+    kind = ModelKind(kind)
     report = progress or (lambda _fraction, _stage: None)
     prior = label_embeddings if config.head_prior else None
     started = time.monotonic()
     report(0.0, "split")
     few = len(data) < config.eval_min_labels
-    if kind == "lora" and few:
+    if kind is ModelKind.LORA and few:
         raise NotEnoughLabels(f"LoRA needs at least {config.eval_min_labels} labels")
     if few:
         # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
@@ -189,18 +181,20 @@ def run_round(
         evaluated_head = _fit_head(space, train_data, config.head_c, prior)
         evaluated = ModelVersion("", space, evaluated_head)
         # With the prior strength the evaluated fit chose, as the adapter keeps its epochs.
-        chosen = evaluated_head.prior_strength
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior, chosen))
-        if kind == "lora":
+        strength = evaluated_head.prior_strength
+        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior, strength))
+        if kind is ModelKind.LORA:
             lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
-                v.endswith("-lora") and bool(registry.info(v).get("promoted"))
+                ModelKind.of(v) is ModelKind.LORA and bool(registry.info(v).get("promoted"))
                 for v in registry.versions()
             )
             evaluated = _train_lora(
                 space, evaluated, train_data, eval_data, lora_round, config, report, 0.05, 0.5
             )
             assert evaluated.lora is not None and evaluated.lora.fit_result is not None
-            chosen = replace(config.lora, epochs=evaluated.lora.fit_result.best_epoch, min_steps=0)
+            assert config.lora is not None
+            epochs = evaluated.lora.fit_result.best_epoch
+            chosen = replace(config.lora, epochs=epochs, min_steps=0)
             candidate = _train_lora(
                 space,
                 candidate,
@@ -218,7 +212,7 @@ def run_round(
     with registry.lock():
         current = load_current()
         reference = _evaluated_fit(registry, current) if current else None
-        comparable = reference is not None and (not few or reference.kind == "prototype")
+        comparable = reference is not None and (not few or reference.kind is ModelKind.PROTOTYPE)
         against = _score(reference, space, eval_data) if reference and comparable else None
         metrics = scores[0] if scores else None
         baseline = against[0] if against else None
@@ -328,7 +322,7 @@ def _evaluated_fit(registry: Registry, current: ModelVersion) -> ModelVersion | 
     """What the serving version is compared by: its fit that never saw a held-out label
     (held-out sides are stable per task). None for a version fitted on every label without
     one (k-fold, below EVAL_MIN_LABELS): it saw today's held-out labels, nothing compares."""
-    if current.kind == "prototype":
+    if current.kind is ModelKind.PROTOTYPE:
         return current  # never trained on a label
     path = registry.path(current.version)
     if (path / EVALUATED).is_dir():

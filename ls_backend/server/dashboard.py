@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.report import CurvePoint, StopSignal
-from ls_backend.report import ProjectReport
+from ls_backend.server.report import ProjectReport
 
 #: How often the page asks /status for job progress.
 POLL_MS = 3000
@@ -188,7 +189,7 @@ def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
                 f'class="{css}-point" data-version="{escape(p.version)}" fill="{fill}" '
                 f'stroke="{colour}" stroke-width=1.5'
             )
-            if p.kind == "lora":
+            if p.kind == ModelKind.LORA:
                 tag, where = "rect", f"x={x - 4:.1f} y={y - 4:.1f} width=8 height=8"
             else:
                 tag, where = "circle", f"cx={x:.1f} cy={y:.1f} r=4"

@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from fakes import DictCache
 
 from ls_backend.core import runtimes
 from ls_backend.core.embeddings import Encoder, text_key
-from ls_backend.settings import Settings
 
 TEXTS = [
     "What is the capital of France ?",
@@ -51,10 +51,10 @@ def test_the_export_is_made_once_and_reused(export_dir, monkeypatch):
     assert Encoder(runtime="onnx", export_dir=export_dir).encode(["reused"]).shape == (1, 384)
 
 
-def test_vectors_of_two_runtimes_never_share_a_cache_entry(export_dir, tmp_path):
-    cache = tmp_path / "embeddings.sqlite"
+def test_vectors_of_two_runtimes_never_share_a_cache_entry(export_dir):
+    cache = DictCache()
     planted = np.zeros(384, dtype=np.float32)
-    Encoder(cache=cache).cache.put_many({text_key("one text"): planted})
+    cache.put_many(Encoder().cache_key, {text_key("one text"): planted})
     openvino = Encoder(cache=cache, runtime="openvino", export_dir=export_dir)
     assert openvino.runtime.variant in {"openvino-bf16", "openvino-f32"}
     vector = openvino.encode(["one text"])[0]
@@ -68,9 +68,3 @@ def test_a_missing_package_is_named_at_start(runtime, package, monkeypatch, expo
     monkeypatch.setitem(sys.modules, package, None)  # import fails
     with pytest.raises(RuntimeError, match=f"EMBEDDING_BACKEND={runtime} .* pip install {package}"):
         Encoder(runtime=runtime, export_dir=export_dir)
-
-
-def test_auto_picks_openvino_on_a_cpu_and_keeps_torch_on_cuda():
-    assert Settings(device="cpu").resolved_embedding_backend() == "openvino"
-    assert Settings(device="cuda").resolved_embedding_backend() == "torch"
-    assert Settings(device="cuda", embedding_backend="onnx").resolved_embedding_backend() == "onnx"

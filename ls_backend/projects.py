@@ -1,7 +1,10 @@
-"""The backend's per-process state: one encoder, and per project its store, models and predictions.
+"""Where a project's state meets the model, per process: one encoder, and per project its
+store, label config, serving model, predictions and training data.
 
-This is where the Label Studio adapters meet the core: tasks and label configs come
-in, the core's models and measures run, prediction dicts in Label Studio's format go out.
+Label Studio's side comes in (tasks, label configs) and goes out (predictions in its format)
+through the ``labelstudio`` adapters; the core's models and measures run in between. This
+module knows nothing of background work: what happens to a project is announced to whoever
+subscribed (``Projects.subscribe``: the scheduler), so nothing here calls back up.
 """
 
 from __future__ import annotations
@@ -11,46 +14,53 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
-from ls_backend.core.labels import Embeddings, LabelSpace, Probs
-from ls_backend.core.model import ModelVersion, decided_labels
+from ls_backend.core.labels import Embeddings, LabelSpace
+from ls_backend.core.model import ModelVersion
+from ls_backend.core.scoring import Scored, score
 from ls_backend.core.training import LabeledData, prototype_model, save_prototype
-from ls_backend.databases import Databases, StoreUnavailable
+from ls_backend.labelstudio import predictions
 from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
-from ls_backend.labelstudio.events import (
-    AnnotationStore,
-    StoreAddress,
-    project_registry,
-)
-from ls_backend.lanes import LABEL_SPACE_CHANGED, training_lanes
 from ls_backend.settings import Settings
+from ls_backend.store.annotations import AnnotationStore
+from ls_backend.store.base import StoreUnavailable
+from ls_backend.store.databases import Databases
+from ls_backend.store.pointer import StoreAddress, project_registry
 
 log = logging.getLogger(__name__)
+
+# What happens to a project besides Label Studio's webhook actions (``store.annotations``);
+# background lanes wake on these.
+#: Label Studio called /setup for the project.
+CONNECTED = "PROJECT_CONNECTED"
+#: The project's label config now has another label set.
+LABEL_SPACE_CHANGED = "LABEL_SPACE_CHANGED"
+#: ``POST /sync/{project}``: an admin asks for a new ranking now.
+SYNC_REQUESTED = "SYNC_REQUESTED"
+#: A training lane finished a round (promoted or not).
+MODEL_TRAINED = "MODEL_TRAINED"
 
 _PROJECT = re.compile(r"^[0-9]+$")
 #: Label Studio ids are 32-bit; anything longer is not a project.
 MAX_PROJECT_ID = 2**31 - 1
 #: Projects kept open per process (a store connection per thread that used it, the model).
 OPEN_PROJECTS = 32
-#: Labels whose probability and figures a prediction reports (the most probable ones); with
-#: more, ``labels_cut`` says how many there were.
-REPORTED_LABELS = 20
 #: A serving process looks at most this often which version serves (a promotion elsewhere
 #: serves here this much later; one made in this process at once).
 POINTER_POLL_S = 0.5
 #: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
 #: so the single task Label Studio asks for while an annotator waits goes first.
 BACKGROUND_BATCH = 16
+
+Listener = Callable[["Project", str], None]
 
 
 def project_key(raw: Any) -> str:
@@ -63,31 +73,20 @@ def project_key(raw: Any) -> str:
 
 
 @dataclass
-class Scored:
-    model: ModelVersion
-    probs: Probs
-    figures: dict[str, NDArray[np.float64]]
-
-    @property
-    def uncertainty(self) -> NDArray[np.float64]:
-        """What ranking orders by: STAR's mixed uncertainty when an adapter serves, else margin."""
-        return self.figures.get("star", self.figures["margin"])
-
-
-@dataclass
 class PredictionBatch:
     model_version: str
-    results: list[dict[str, Any]]
+    results: list[predictions.Prediction]
 
 
 class Project:
-    def __init__(self, backend: Backend, key: str) -> None:
+    def __init__(self, projects: Projects, key: str) -> None:
         self.key = key
-        self.backend = backend
-        settings = backend.settings
+        self.projects = projects
+        self.settings = settings = projects.settings
+        self.encoder = projects.encoder
         self.dir = settings.model_dir / key
         self.address = StoreAddress(settings.model_dir, settings.database_url_value, key)
-        self.store = AnnotationStore(backend.databases.project(key))
+        self.store = AnnotationStore(projects.databases.project(key))
         self.registry = project_registry(self.dir, self.store)
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
@@ -101,7 +100,7 @@ class Project:
         """The label config, parsed once per change; while the store is unreachable (a
         PostgreSQL restart), the last one read, so predictions keep serving."""
         try:
-            xml = self.store.meta("label_config")
+            xml = self.store.label_config()
         except StoreUnavailable:
             if self._config is None:
                 raise
@@ -110,7 +109,7 @@ class Project:
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
         if self._config is None or self._config[0] != xml:
-            parsed = ClassificationConfig.parse(xml, self.backend.settings.max_text_chars)
+            parsed = ClassificationConfig.parse(xml, self.settings.max_text_chars)
             self._config = (xml, parsed)
         return self._config[1]
 
@@ -119,19 +118,19 @@ class Project:
         if label_config is not None:
             ClassificationConfig.parse(label_config)
             known = self._config is not None and self._config[0] == label_config
-            if not known and self.store.meta("label_config") != label_config:
-                self.store.set_meta("label_config", label_config)
+            if not known and self.store.label_config() != label_config:
+                self.store.set_label_config(label_config)
         return self.model().version
 
     def connect(self) -> None:
         """Label Studio called /setup: from now on its events and syncs for it are welcome."""
-        if self.store.meta("connected") is None:
-            self.store.set_meta("connected", str(time.time()))
+        self.store.mark_connected()
+        self.projects.emit(self, CONNECTED)
 
     @property
     def connected(self) -> bool:
         # A store from before /setup was recorded is connected if it ever had a model.
-        return self.store.meta("connected") is not None or self.registry.current() is not None
+        return self.store.connected_at() is not None or self.registry.current() is not None
 
     # --- the serving model ------------------------------------------------------------------
 
@@ -156,9 +155,7 @@ class Project:
             if version != (self._loaded.version if self._loaded else None):
                 self._loaded = (
                     ModelVersion.load(
-                        self.registry.path(version),
-                        version,
-                        device=self.backend.settings.resolved_device(),
+                        self.registry.path(version), version, device=self.settings.resolved_device()
                     )
                     if version
                     else None
@@ -178,13 +175,26 @@ class Project:
             model = prototype_model(space, self.label_embeddings(space))
             reason = "new label config" if current else "first label config"
             model.version = save_prototype(self.registry, model, reason)
-        self.backend.on_label_space_changed(self)
+        self.projects.emit(self, LABEL_SPACE_CHANGED)
         return self.current_model() or model
 
     def label_embeddings(self, space: LabelSpace) -> Embeddings:
-        return self.backend.encoder.encode(label_prototype_texts(space))
+        return self.encoder.encode(label_prototype_texts(space))
 
     # --- predictions ----------------------------------------------------------------------
+
+    def score(
+        self, texts: list[str], embeddings: Embeddings, model: ModelVersion | None = None
+    ) -> Scored:
+        """Predict ``texts`` (already embedded) with ``model`` (the serving one by default)."""
+        settings = self.settings
+        return score(
+            model or self.model(),
+            texts,
+            embeddings,
+            mc_samples=settings.mc_samples,
+            star_decay=settings.star_lambda_decay,
+        )
 
     def predict(self, tasks: list[dict[str, Any]]) -> PredictionBatch:
         """One prediction per task, in order. A task without usable text gets an empty one
@@ -206,80 +216,12 @@ class Project:
             )  # fmt: skip
         # A big batch (Retrieve predictions) yields the encoder to live single-task requests.
         live = len(texts) <= BACKGROUND_BATCH
-        embeddings = self.backend.encoder.encode(list(texts.values()), background=not live)
+        embeddings = self.encoder.encode(list(texts.values()), background=not live)
         scored = self.score(list(texts.values()), embeddings)
-        by_row = dict(zip(texts, self.results(scored), strict=True))
-        empty = {"result": [], "score": 0.0, "model_version": scored.model.version}
+        by_row = dict(zip(texts, predictions.predictions(config, scored), strict=True))
+        empty = predictions.empty(scored.model.version)
         results = [by_row.get(row, empty) for row in range(len(tasks))]
         return PredictionBatch(scored.model.version, results)
-
-    def score(
-        self, texts: list[str], embeddings: Embeddings, model: ModelVersion | None = None
-    ) -> Scored:
-        """Predict ``texts`` (already embedded) with ``model`` (the serving one by default): the
-        probabilities and the uncertainty figures (STAR's mix when an adapter serves)."""
-        model = model or self.model()
-        settings = self.backend.settings
-        prediction = model.predict(texts, embeddings, mc_samples=settings.mc_samples)
-        space = model.space
-        figures = uncertainty.uncertainty_figures(prediction.probs, space.multi_label)
-        if model.lora is not None:
-            figures["star"] = uncertainty.star_scores(
-                prediction.base_probs,
-                prediction.probs,
-                model.lora_round,
-                settings.star_lambda_decay,
-                space.multi_label,
-            )
-        return Scored(model, prediction.probs, figures)
-
-    def results(self, scored: Scored, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Label Studio predictions (pre-annotation, confidence, figures) for ``rows`` of
-        ``scored`` (all of them by default)."""
-        config = self.config()
-        space = scored.model.space
-        picked = np.arange(len(scored.probs)) if rows is None else np.asarray(rows, dtype=np.int64)
-        probs = scored.probs[picked]
-        names, confidence = decided_labels(space, probs)
-        mean = probs.mean(axis=2)
-
-        cut = len(space.labels) > REPORTED_LABELS
-
-        def per_label(
-            values: NDArray[np.float64] | NDArray[np.float32], shown: NDArray[np.int64]
-        ) -> dict[str, float]:
-            return {space.labels[j]: round(float(values[j]), 6) for j in shown}
-
-        results = []
-        for i, (row, chosen) in enumerate(zip(picked, names, strict=True)):
-            # Thousands of labels: figures for the most probable REPORTED_LABELS only.
-            shown = np.argsort(-mean[i], kind="stable")[:REPORTED_LABELS]
-            figures_row = {
-                name: per_label(values[row], shown)
-                if values.ndim == 2
-                else round(float(values[row]), 6)
-                for name, values in scored.figures.items()
-            }
-            score = round(float(confidence[i]), 6)
-            extra: dict[str, Any] = {"labels_cut": len(space.labels)} if cut else {}
-            # Multi-label with no label above 0.5: an empty pre-annotation, not a wrong one.
-            result = (
-                [
-                    config.result_item(
-                        chosen,
-                        score=score,
-                        uncertainty=figures_row,
-                        probabilities=per_label(mean[i], shown),
-                        **extra,
-                    )
-                ]
-                if chosen
-                else []
-            )
-            results.append(
-                {"result": result, "score": score, "model_version": scored.model.version}
-            )
-        return results
 
     # --- training data ------------------------------------------------------------------------
 
@@ -305,13 +247,13 @@ class Project:
             texts.append(text)
             chosen.append(names)
         targets = space.encode(chosen) if chosen else np.zeros(0, dtype=np.int64)
-        embeddings = self.backend.encoder.encode(texts, background=True)  # training: not live
+        embeddings = self.encoder.encode(texts, background=True)  # training: not live
         return space, LabeledData(keys, tasks, texts, targets, embeddings), skipped
 
 
-class Backend:
-    """Everything one server process holds: settings, the encoder, open projects, the lanes
-    of background work and the scheduler that runs them."""
+class Projects:
+    """Everything one process holds: the settings, the encoder and the open projects; and
+    whoever listens to what happens to them (the scheduler of background work)."""
 
     def __init__(self, settings: Settings, encoder: Encoder | None = None) -> None:
         self.settings = settings
@@ -326,28 +268,36 @@ class Backend:
             runtime=settings.resolved_embedding_backend(),
             export_dir=settings.model_dir / "onnx",
         )
-        self._projects: OrderedDict[str, Project] = OrderedDict()
+        self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
-        self.lanes = training_lanes(settings)
-        self.worker: Any = None  # the scheduler (ls_backend.worker.Worker), attached by the app
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(project, event)`` for every event of every project from now on."""
+        self._listeners.append(listener)
+
+    def emit(self, project: Project, event: str) -> None:
+        """``event`` happened to ``project`` (a webhook action or one of this module's)."""
+        for listener in self._listeners:
+            listener(project, event)
 
     def project(self, raw_key: Any) -> Project:
         """The project's state; the OPEN_PROJECTS used last stay open (their databases, the
         loaded model), the others are closed and reopen from disk when needed."""
         key = project_key(raw_key)
         with self._lock:
-            if key not in self._projects:
-                self._projects[key] = Project(self, key)
-                while len(self._projects) > OPEN_PROJECTS:
-                    self._projects.popitem(last=False)  # its connections close with it
-            self._projects.move_to_end(key)
-            return self._projects[key]
+            if key not in self._open:
+                self._open[key] = Project(self, key)
+                while len(self._open) > OPEN_PROJECTS:
+                    self._open.popitem(last=False)  # its connections close with it
+            self._open.move_to_end(key)
+            return self._open[key]
 
     def connected_project(self, raw_key: Any) -> Project | None:
         """The project, if Label Studio connected it to this backend (else None, and nothing
         is created on disk for it)."""
         key = project_key(raw_key)
-        if key not in self._projects and not (self.settings.model_dir / key).is_dir():
+        if key not in self._open and not (self.settings.model_dir / key).is_dir():
             return None
         project = self.project(key)
         return project if project.connected else None
@@ -355,7 +305,3 @@ class Backend:
     def known_projects(self) -> list[str]:
         root: Path = self.settings.model_dir
         return sorted(p.name for p in root.iterdir() if p.is_dir() and _PROJECT.match(p.name))
-
-    def on_label_space_changed(self, project: Project) -> None:
-        if self.worker is not None:
-            self.worker.notify(project, LABEL_SPACE_CHANGED)

@@ -8,19 +8,18 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from ls_backend.core import report as core
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.labelstudio.config import TaskError
-from ls_backend.labelstudio.sync import QueueState
-
-if TYPE_CHECKING:
-    from ls_backend.service import Project
+from ls_backend.labelstudio.queue import QueueState
+from ls_backend.projects import Project
 
 #: Tasks of the mirror the stopping signal compares successive models on (B&V used a few
 #: thousand): chosen by a hash of the task id, so the set stays put as tasks come and go.
@@ -98,7 +97,7 @@ def _cut(text: str) -> str:
 
 def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectReport:
     """Everything the dashboard shows about ``project`` (raises ConfigError before /setup)."""
-    settings = project.backend.settings
+    settings = project.settings
     base = settings.label_studio_url
     config = project.config()
     space, data, _skipped = project.labeled_data()
@@ -169,7 +168,7 @@ def _queue(project: Project, base: str | None) -> tuple[list[QueueItem], str | N
     if ranking is None:
         note = (
             "no ranking pushed yet: Label Studio serves its own order"
-            if project.backend.settings.sync_configured
+            if project.settings.sync_configured
             else "sync is off (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY): "
             "Label Studio serves its own order"
         )
@@ -231,12 +230,12 @@ def _stopping(
 ) -> tuple[core.StopSignal | None, str]:
     """Stabilizing predictions over the light head's successive versions (refitted on every
     label: the model whose changes follow the labels; adapters train too seldom to compare)."""
-    heads = [i for i in infos if i.get("kind") == "head"][-STOP_VERSIONS:]
+    heads = [i for i in infos if i.get("kind") == ModelKind.HEAD][-STOP_VERSIONS:]
     if len(heads) < 2:
         return None, "needs at least two trained versions of the light head"
     # Only tasks already embedded (a sync embeds them all): the report never waits for the
     # encoder, which training and syncs keep busy.
-    rows, embeddings = project.backend.encoder.cached(_stop_set(project, config))
+    rows, embeddings = project.encoder.cached(_stop_set(project, config))
     if not rows:
         return None, "no stop set yet: the sync has not embedded the project's tasks"
     versions, labels, decisions = [], [], []

@@ -1,7 +1,7 @@
 import pytest
 
-from ls_backend.databases import SqliteDatabase
-from ls_backend.labelstudio.events import MIGRATIONS, AnnotationStore, EventError
+from ls_backend.store.annotations import MIGRATIONS, AnnotationStore, EventError
+from ls_backend.store.sqlite import SqliteDatabase
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
 
@@ -36,7 +36,7 @@ def test_create_update_delete_and_skip(make_database, tmp_path):
     assert choices(store) == {10: "b"}  # ids only: the store knows annotation 2 was task 11
     store.apply({"action": "TASKS_DELETED", "tasks": [{"id": 10}], "project": PROJECT})
     assert store.labeled() == []
-    assert store.meta("label_config") == "<View/>"
+    assert store.label_config() == "<View/>"
 
 
 def test_events_survive_reopening(make_database):
@@ -72,7 +72,7 @@ def test_malformed_events_are_rejected_and_not_stored(make_database, tmp_path, b
 
 
 def test_a_skip_is_logged_but_is_not_a_label_event(make_database, tmp_path):
-    from ls_backend.labelstudio.events import LABEL_ACTIONS
+    from ls_backend.store.annotations import LABEL_ACTIONS
 
     store = AnnotationStore(make_database("1"))
     store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
@@ -203,14 +203,14 @@ def test_a_killed_holder_frees_its_lock(make_database, tmp_path):
     import sys
     import time
 
-    from ls_backend.databases import PostgresDatabase
+    from ls_backend.store.postgres import PostgresDatabase
 
     database = make_database("1")
     url = database.pool.conninfo if isinstance(database, PostgresDatabase) else None
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from ls_backend.databases import Databases\n"
+        "from ls_backend.store.databases import Databases\n"
         f"db = Databases(Path({str(tmp_path / 'models')!r}), {url!r}).project('1')\n"
         "with db.lock('lora') as held:\n"
         "    print(held, flush=True)\n"
@@ -233,7 +233,7 @@ def test_a_killed_holder_frees_its_lock(make_database, tmp_path):
 
 def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tmp_path):
     from ls_backend.core.registry import FilePointer
-    from ls_backend.labelstudio.events import project_registry
+    from ls_backend.store.pointer import project_registry
 
     project_dir = tmp_path / "1"
     (project_dir / "models" / "v0001-head").mkdir(parents=True)

@@ -2,7 +2,7 @@
 
 import time
 
-from ls_backend.labelstudio.sync import HOLD_S, Ranking
+from ls_backend.labelstudio.queue import HOLD_S, QueueState, Ranking
 
 TASKS = list(range(1, 21))
 
@@ -66,9 +66,9 @@ class RecordingClient:
 
 
 def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(make_database, tmp_path):
-    from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.labelstudio.sync import Front, QueueState, Syncer
     from ls_backend.settings import Settings
+    from ls_backend.store.annotations import AnnotationStore
 
     client = RecordingClient()
     syncer = Syncer(client, Settings(model_dir=tmp_path))
@@ -84,8 +84,8 @@ def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(make_d
 def test_predictions_kept_for_open_editors_do_not_count_as_backlog(make_database, tmp_path):
     from fakes import annotation_event
 
-    from ls_backend.labelstudio.events import AnnotationStore
-    from ls_backend.labelstudio.sync import QueueState
+    from ls_backend.labelstudio.queue import QueueState
+    from ls_backend.store.annotations import AnnotationStore
 
     store = AnnotationStore(make_database("1"))
     store.apply(annotation_event(1, 5, ["A"], config="<View/>"))  # task 5 labeled from it
@@ -100,8 +100,8 @@ def test_a_label_that_came_after_a_ranking_was_replaced_is_not_its_frontier(
 ):
     from fakes import annotation_event
 
-    from ls_backend.labelstudio.events import AnnotationStore
-    from ls_backend.labelstudio.sync import SAVE_GRACE_S, QueueState
+    from ls_backend.labelstudio.queue import SAVE_GRACE_S, QueueState
+    from ls_backend.store.annotations import AnnotationStore
 
     store = AnnotationStore(make_database("1"))
     replaced = time.time() - SAVE_GRACE_S - 60
@@ -116,13 +116,13 @@ def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the
     make_database, tmp_path, monkeypatch
 ):
     from ls_backend.labelstudio import sync
-    from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.settings import Settings
+    from ls_backend.store.annotations import AnnotationStore
 
     monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
     client = RecordingClient()
     syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(make_database("1")), sync.QueueState()
+    store, state = AnnotationStore(make_database("1")), QueueState()
     tasks = list(range(1, 16))
     front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
     syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS + 1)
@@ -137,37 +137,36 @@ def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the
 
 
 def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_path):
-    from ls_backend.labelstudio.sync import stale_cap
+    from ls_backend.labelstudio.queue import stale_cap
     from ls_backend.settings import Settings
 
     settings = Settings(model_dir=tmp_path)
-    assert stale_cap(settings, 1_000) == stale_cap(settings, 10_000) == 4 * settings.sync_top_k
-    assert stale_cap(settings, 100_000) == 1_000  # 1%: deletes there are slower
+    assert stale_cap(settings.sync_top_k, 1_000) == stale_cap(settings.sync_top_k, 10_000) == 4 * settings.sync_top_k
+    assert stale_cap(settings.sync_top_k, 100_000) == 1_000  # 1%: deletes there are slower
 
 
 def two_pushes_one_by_one(make_database, tmp_path, monkeypatch):
     """Rankings [1, 2, 3] then [4, 5] pushed one prediction at a time; the first is replaced
     long enough ago that nobody can hold its predictions."""
     from ls_backend.labelstudio import sync
-    from ls_backend.labelstudio.events import AnnotationStore
     from ls_backend.settings import Settings
+    from ls_backend.store.annotations import AnnotationStore
 
     monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
     client = RecordingClient()
     syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
-    store, state = AnnotationStore(make_database("1")), sync.QueueState()
+    store, state = AnnotationStore(make_database("1")), QueueState()
     big = sync.BULK_PUSH_MAX_TASKS + 1
     for tasks in ([1, 2, 3], [4, 5]):
         front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
         syncer._push(1, state, front, store, project_tasks=big)
-    state.rankings[0].stale_since = time.time() - sync.HOLD_S - 1
+    state.rankings[0].stale_since = time.time() - HOLD_S - 1
     return client, syncer, store, state
 
 
 def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(
     make_database, tmp_path, monkeypatch
 ):
-    from ls_backend.labelstudio import sync
 
     # nobody can hold them
     client, syncer, store, state = two_pushes_one_by_one(make_database, tmp_path, monkeypatch)
@@ -175,7 +174,7 @@ def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(
     deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
     assert (deleted, more) == (3, False)
     assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
-    assert [r.tasks for r in sync.QueueState.load(store).rankings] == [[4, 5]]
+    assert [r.tasks for r in QueueState.load(store).rankings] == [[4, 5]]
 
 
 def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(
@@ -187,7 +186,7 @@ def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(
 
     def delete_then_promote(prediction_id):  # a head round promotes meanwhile
         delete(prediction_id)
-        store.set_meta("sync_wanted", str(time.time_ns()))
+        store.want_lane("sync")
 
     monkeypatch.setattr(client, "delete_prediction", delete_then_promote)
     assert syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None) == (1, False)

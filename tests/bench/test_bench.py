@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ls_backend import bench
+from ls_backend.bench import cli, report, simulate
+from ls_backend.bench import data as bench_data
 from ls_backend.core.labels import LabelSpace
 
 
-def toy_data(seed: int = 0) -> bench.BenchData:
+def toy_data(seed: int = 0) -> bench_data.BenchData:
     """Three separable classes in 16-d, 90 pool items and 30 test items."""
     rng = np.random.default_rng(seed)
 
@@ -22,11 +23,11 @@ def toy_data(seed: int = 0) -> bench.BenchData:
 
     pool_x, pool_y = split(90)
     test_x, test_y = split(30)
-    return bench.BenchData(LabelSpace(("a", "b", "c")), pool_x, pool_y, test_x, test_y)
+    return bench_data.BenchData(LabelSpace(("a", "b", "c")), pool_x, pool_y, test_x, test_y)
 
 
 def test_simulate_labels_batch_by_batch_up_to_the_budget() -> None:
-    run = bench.simulate(toy_data(), "default", seed=0, init=6, batch=5, budget=31)
+    run = simulate.simulate(toy_data(), "default", seed=0, init=6, batch=5, budget=31)
     assert run.labels == [6, 11, 16, 21, 26, 31]
     assert len(run.accuracy) == len(run.macro_f1) == len(run.seconds) == 6
     assert run.accuracy[-1] > 0.9  # separable classes: the head learns them
@@ -34,20 +35,20 @@ def test_simulate_labels_batch_by_batch_up_to_the_budget() -> None:
 
 def test_every_strategy_starts_from_the_same_labels_for_a_seed() -> None:
     data = toy_data()
-    first = [bench.simulate(data, s, 3, 6, 5, 6).acquired for s in ("random", "margin")]
+    first = [simulate.simulate(data, s, 3, 6, 5, 6).acquired for s in ("random", "margin")]
     assert first[0] == first[1]
-    assert bench.simulate(data, "random", 4, 6, 5, 6).acquired != first[0]
+    assert simulate.simulate(data, "random", 4, 6, 5, 6).acquired != first[0]
 
 
 def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
     tmp_path: Path,
 ) -> None:
-    from ls_backend.core.training import RoundConfig
+    from ls_backend.core.configs import RoundConfig
 
     data = toy_data()
     data.label_x = np.roll(np.eye(16, dtype=np.float32)[:3], 1, axis=0)  # wrong prototypes
-    fit = bench.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
-    run = bench.simulate(data, "default", seed=0, init=6, batch=10, budget=56, fit=fit)
+    fit = simulate.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
+    run = simulate.simulate(data, "default", seed=0, init=6, batch=10, budget=56, fit=fit)
     assert run.accuracy[-1] > 0.9
     serving = fit.registry.current()
     seen = json.loads((fit.registry.path(serving) / "annotations.json").read_text())
@@ -58,15 +59,15 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
 
 def test_one_seen_class_predicts_that_class() -> None:
     data = toy_data()
-    predicted = bench.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
-    assert (bench.decided(predicted.test) == 1).all()
+    predicted = simulate.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
+    assert (simulate.decided(predicted.test) == 1).all()
     assert predicted.pool is not None and predicted.pool.shape == (90, 3, 1)
 
 
 def test_calibration_error_is_the_gap_between_confidence_and_accuracy() -> None:
     probs = np.array([[[0.9], [0.1]], [[0.9], [0.1]]], dtype=np.float32)  # both say class 0
-    assert bench.calibration_error(probs, np.array([0, 0])) == pytest.approx(0.1)
-    assert bench.calibration_error(probs, np.array([0, 1])) == pytest.approx(0.4)
+    assert simulate.calibration_error(probs, np.array([0, 0])) == pytest.approx(0.1)
+    assert simulate.calibration_error(probs, np.array([0, 1])) == pytest.approx(0.4)
 
 
 SUMMARY_KEYS = {"auc", "auc_std", "ripl", "ripl_se", "labels_to_target", "savings", "curve"}
@@ -74,10 +75,10 @@ SUMMARY_KEYS = {"auc", "auc_std", "ripl", "ripl_se", "labels_to_target", "saving
 
 def test_summary_has_the_promised_shape() -> None:
     runs = {
-        "random": [bench.Run([10, 20], [0.5, 0.6], [0.4, 0.5], [0.1, 0.1])],
-        "default": [bench.Run([10, 20], [0.5, 0.8], [0.4, 0.7], [0.1, 0.1])],
+        "random": [simulate.Run([10, 20], [0.5, 0.6], [0.4, 0.5], [0.1, 0.1])],
+        "default": [simulate.Run([10, 20], [0.5, 0.8], [0.4, 0.7], [0.1, 0.1])],
     }
-    results, details = bench.summarise(runs, full_pool_accuracy=0.8, budget=20)
+    results, details = report.summarise(runs, full_pool_accuracy=0.8, budget=20)
     assert results["default"] == "default"
     entry = results["strategies"]["default"]
     assert set(entry) == SUMMARY_KEYS
@@ -92,7 +93,7 @@ def test_summary_has_the_promised_shape() -> None:
 def run_cli(tmp_path: Path, *flags: str) -> Path:
     """``ls-backend bench`` on tmp_path's train/test files with ``flags``; returns --out."""
     parser = argparse.ArgumentParser()
-    bench.register(parser.add_subparsers())
+    cli.register(parser.add_subparsers())
     out = tmp_path / "out"
     files = ["--train", str(tmp_path / "train.jsonl"), "--test", str(tmp_path / "test.jsonl")]
     args = parser.parse_args(["bench", *files, "--out", str(out), *flags])
@@ -103,7 +104,7 @@ def run_cli(tmp_path: Path, *flags: str) -> Path:
 def test_bench_command_writes_results_table_and_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_data())
+    monkeypatch.setattr(cli, "load_data", lambda *args, **kwargs: toy_data())
     for name in ("train.jsonl", "test.jsonl"):
         (tmp_path / name).write_text('{"text": "x", "label": "a"}\n')
     out = run_cli(tmp_path, "--init", "6", "--batch", "6", "--budget", "30", "--seeds", "2")
@@ -116,7 +117,7 @@ def test_bench_command_writes_results_table_and_plot(
 
 def test_an_unknown_model_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model"):
-        bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "out", model="bert")
+        run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "out", model="bert")
 
 
 def test_the_pool_is_predicted_only_when_the_strategy_ranks_with_it() -> None:
@@ -124,21 +125,21 @@ def test_the_pool_is_predicted_only_when_the_strategy_ranks_with_it() -> None:
     for strategy in ("random", "margin"):
         flags = calls[strategy] = []
 
-        def fit(data: bench.BenchData, labeled: np.ndarray, pool: bool, flags=flags) -> Any:
+        def fit(data: bench_data.BenchData, labeled: np.ndarray, pool: bool, flags=flags) -> Any:
             flags.append(pool)
-            return bench.fit_predict(data, labeled, pool)
+            return simulate.fit_predict(data, labeled, pool)
 
-        bench.simulate(toy_data(), strategy, 0, 6, 5, 16, fit)
+        simulate.simulate(toy_data(), strategy, 0, 6, 5, 16, fit)
     assert calls == {"random": [False] * 3, "margin": [True, True, False]}
 
 
 def test_subsample_is_stratified_sorted_and_fixed() -> None:
     texts = [f"t{i}" for i in range(40)]
     labels = ["a"] * 30 + ["b"] * 10
-    kept, kept_labels = bench._subsample(texts, labels, 20)
+    kept, kept_labels = bench_data.subsample(texts, labels, 20)
     assert kept_labels.count("b") == 5 and kept == sorted(kept, key=lambda t: int(t[1:]))
-    assert bench._subsample(texts, labels, 20) == (kept, kept_labels)
-    assert bench._subsample(texts, labels, 50) == (texts, labels)
+    assert bench_data.subsample(texts, labels, 20) == (kept, kept_labels)
+    assert bench_data.subsample(texts, labels, 50) == (texts, labels)
 
 
 # --- LoRA modes, on a tiny random BERT (seconds on CPU) ----------------------------------------
@@ -155,7 +156,7 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     torch.set_num_threads(before)
 
 
-def toy_text_data() -> bench.BenchData:
+def toy_text_data() -> bench_data.BenchData:
     data = toy_data()
     words = ("alpha", "bravo", "charlie")
     data.pool_texts = [f"{words[y]} item {i}" for i, y in enumerate(data.pool_y)]
@@ -164,11 +165,15 @@ def toy_text_data() -> bench.BenchData:
 
 
 def tiny_lora(backbone: str) -> Any:
-    from ls_backend.core.lora import LoraTrainConfig
+    from ls_backend.core.configs import LoraTrainConfig
 
     return LoraTrainConfig(
         backbone=backbone, max_length=16, epochs=2, min_steps=0, batch_size=4, mc_samples=2
     )
+
+
+def run_bench(train: Path, test: Path, out: Path, **options: Any) -> dict:
+    return cli.run_bench(cli.BenchOptions(train, test, out, **options))
 
 
 LORA_BENCH = {"strategies": ("random", "default"), "init": 6, "batch": 5, "budget": 21, "seeds": 1}
@@ -177,9 +182,9 @@ LORA_BENCH = {"strategies": ("random", "default"), "init": 6, "batch": 5, "budge
 def test_lora_every_round_writes_the_usual_results(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
 ) -> None:
-    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_text_data())
+    monkeypatch.setattr(cli, "load_data", lambda *args, **kwargs: toy_text_data())
     out = tmp_path / "lora"
-    results = bench.run_bench(
+    results = run_bench(
         tmp_path / "train.jsonl",
         tmp_path / "test.jsonl",
         out,
@@ -198,7 +203,7 @@ def test_lora_every_round_writes_the_usual_results(
     assert (out / "curves.png").stat().st_size > 0
 
     # prepal-then-lora against this run (--compare): no second LoRA-every-round loop.
-    both = bench.run_bench(
+    both = run_bench(
         tmp_path / "train.jsonl",
         tmp_path / "test.jsonl",
         tmp_path / "prepal",
@@ -215,7 +220,7 @@ def test_lora_every_round_writes_the_usual_results(
 def test_prepal_then_lora_selects_like_head_and_compares_with_lora_every_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
 ) -> None:
-    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_text_data())
+    monkeypatch.setattr(cli, "load_data", lambda *args, **kwargs: toy_text_data())
     out = run_cli(
         tmp_path,
         *["--model", "prepal-then-lora", "--strategies", "random,default", "--init", "6"],
@@ -224,7 +229,7 @@ def test_prepal_then_lora_selects_like_head_and_compares_with_lora_every_round(
         *["--mc-samples", "2"],
     )
     results = json.loads((out / "results.json").read_text())
-    head = bench.run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "head", **LORA_BENCH)
+    head = run_bench(tmp_path / "a", tmp_path / "b", tmp_path / "head", **LORA_BENCH)
     for name, entry in results["strategies"].items():  # the selection is the head loop's
         assert set(entry) == SUMMARY_KEYS and entry["curve"] == head["strategies"][name]["curve"]
     table = results["prepal_then_lora"]
@@ -251,10 +256,10 @@ def test_reads_plain_and_gzipped_jsonl(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
         f.write(line)
     for name in ("a.jsonl", "b.jsonl.gz"):
-        assert bench.read_jsonl(tmp_path / name) == (["hello"], ["1"])
+        assert bench_data.read_jsonl(tmp_path / name) == (["hello"], ["1"])
 
 
-def toy_served_lora_data() -> bench.BenchData:
+def toy_served_lora_data() -> bench_data.BenchData:
     data = toy_text_data()
     data.label_x = np.eye(16, dtype=np.float32)[:3]
     return data
@@ -263,7 +268,7 @@ def toy_served_lora_data() -> bench.BenchData:
 def test_served_lora_runs_the_lora_lane_every_n_labels_with_the_star_parts_as_flagged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_backbone: str
 ) -> None:
-    monkeypatch.setattr(bench, "load_data", lambda *args, **kwargs: toy_served_lora_data())
+    monkeypatch.setattr(cli, "load_data", lambda *args, **kwargs: toy_served_lora_data())
     out = run_cli(
         tmp_path,
         *["--model", "served-lora", "--lora-every", "20", "--strategies", "random,default"],
@@ -288,9 +293,9 @@ def test_while_an_adapter_serves_the_pool_is_ranked_by_star_mix_or_its_margin(
 ) -> None:
     from dataclasses import replace
 
+    from ls_backend.core.configs import RoundConfig
     from ls_backend.core.lora import LoraClassifier
     from ls_backend.core.model import ModelVersion
-    from ls_backend.core.training import RoundConfig
     from ls_backend.core.uncertainty import star_scores
 
     data = toy_served_lora_data()
@@ -301,8 +306,8 @@ def test_while_an_adapter_serves_the_pool_is_ranked_by_star_mix_or_its_margin(
     )
     served = {}
     for mix in (True, False):
-        fit = bench.ServedLoraFit(tmp_path / str(mix), data, RoundConfig(), lora, 50, 50, mix)
-        head = bench.ServedFit(tmp_path / f"head-{mix}", data, RoundConfig())
+        fit = simulate.ServedLoraFit(tmp_path / str(mix), data, RoundConfig(), lora, 50, 50, mix)
+        head = simulate.ServedFit(tmp_path / f"head-{mix}", data, RoundConfig())
         head.round("head", data, labeled, RoundConfig())
         fit.serving = ModelVersion("v-lora", data.space, head.serving.head, adapter, lora_round=2)
         served[mix] = fit.predict(data, labeled, True)

@@ -4,13 +4,12 @@ import json
 import time
 
 import pytest
-from fakes import HashEncoder, annotation_event
+from fakes import BackendProcess, annotation_event
 
-from ls_backend.labelstudio.lane import SyncLane, attach
-from ls_backend.lanes import SYNC_REQUESTED, read_status
-from ls_backend.service import Backend
+from ls_backend.jobs.lanes import read_status
+from ls_backend.jobs.sync import SyncLane, attach
+from ls_backend.projects import SYNC_REQUESTED
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
@@ -19,10 +18,9 @@ CONFIG = """<View><Text name="text" value="$text"/>
 @pytest.fixture
 def backend(tmp_path):
     settings = Settings(model_dir=tmp_path, lora_enabled=False, train_debounce_s=0.2)
-    backend = Backend(settings, encoder=HashEncoder())
-    Worker(backend)
+    backend = BackendProcess(settings)
     yield backend
-    backend.worker.stop()
+    backend.scheduler.stop()
 
 
 def event(ann_id, task_id, label, action="ANNOTATION_CREATED"):
@@ -32,7 +30,7 @@ def event(ann_id, task_id, label, action="ANNOTATION_CREATED"):
 def send(backend, body):
     project = backend.project(1)
     project.store.apply(body)
-    backend.worker.notify(project, body["action"])
+    backend.scheduler.notify(project, body["action"])
 
 
 def label_many(backend, n):
@@ -46,7 +44,7 @@ def label_many(backend, n):
 
 def test_a_burst_of_events_becomes_one_run(backend):
     project = label_many(backend, 100)
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     status = read_status(project, "head")
     assert status.state == "done" and status.runs == 1
     info = project.registry.info(project.registry.versions()[-1])
@@ -55,7 +53,7 @@ def test_a_burst_of_events_becomes_one_run(backend):
 
 def test_deleted_annotations_are_not_in_the_next_run(backend):
     project = label_many(backend, 40)
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     send(
         backend,
         {
@@ -64,7 +62,7 @@ def test_deleted_annotations_are_not_in_the_next_run(backend):
             "project": {"id": 1},
         },
     )
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     latest = project.registry.path(project.registry.versions()[-1])
     seen = json.loads((latest / "annotations.json").read_text())
     everything = set(seen["trained_on"]) | set(seen["held_out"])
@@ -73,22 +71,22 @@ def test_deleted_annotations_are_not_in_the_next_run(backend):
 
 def test_a_failing_run_is_marked_failed_and_serving_is_untouched(backend, monkeypatch):
     project = label_many(backend, 6)
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     serving = project.registry.current()
 
     def explode(*_args, **_kwargs):
         raise MemoryError("out of memory while training")
 
-    monkeypatch.setattr("ls_backend.lanes.run_round", explode)
+    monkeypatch.setattr("ls_backend.jobs.training.run_round", explode)
     send(backend, event(99, 2000, "A"))
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     status = read_status(project, "head")
     assert status.state == "failed" and "out of memory" in status.last_error
     assert project.registry.current() == serving
     assert project.predict([{"id": 1, "data": {"text": "still serving"}}]).model_version == serving
     monkeypatch.undo()
     send(backend, event(100, 2001, "B"))  # the next event retries, and succeeds
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     assert read_status(project, "head").state == "done"
 
 
@@ -100,9 +98,9 @@ def test_a_run_holding_the_lock_elsewhere_defers_and_then_runs(backend):
         assert mine
         for i in range(6):
             send(backend, event(i, 1000 + i, "AB"[i % 2]))
-        assert not backend.worker.wait_idle(1.0)
+        assert not backend.scheduler.wait_idle(1.0)
         assert read_status(project, "head").runs == 0
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     assert read_status(project, "head").runs == 1
 
 
@@ -121,8 +119,8 @@ def test_a_sync_broken_by_label_studio_being_away_retries_by_itself(backend, mon
     attach(backend.lanes, backend.settings, flaky_sync, lambda project: 0)
     project = backend.project(1)
     project.setup(CONFIG)
-    backend.worker.notify(project, SYNC_REQUESTED)
-    assert backend.worker.wait_idle(30)
+    backend.scheduler.notify(project, SYNC_REQUESTED)
+    assert backend.scheduler.wait_idle(30)
     assert len(calls) == 3
     status = read_status(project, "sync")
     assert status.state == "done" and status.failures == 0 and status.last_result == {"ranked": 1}
@@ -141,8 +139,8 @@ def test_a_sync_refused_for_a_bad_key_is_not_retried(backend, monkeypatch):
     attach(backend.lanes, backend.settings, refused, lambda project: 0)
     project = backend.project(1)
     project.setup(CONFIG)
-    backend.worker.notify(project, SYNC_REQUESTED)
-    assert backend.worker.wait_idle(30)
+    backend.scheduler.notify(project, SYNC_REQUESTED)
+    assert backend.scheduler.wait_idle(30)
     assert calls == [1]
     assert read_status(project, "sync").state == "failed"
 
@@ -163,14 +161,13 @@ def lora_backend(tmp_path):
         mc_samples=2,
         device="cpu",
     )
-    backend = Backend(settings, encoder=HashEncoder())
-    Worker(backend)
+    backend = BackendProcess(settings)
     yield backend
-    backend.worker.stop()
+    backend.scheduler.stop()
 
 
 def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkeypatch):
-    from ls_backend import lanes
+    from ls_backend.jobs import training as lanes
 
     children = []
 
@@ -181,7 +178,7 @@ def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkey
     run_isolated = lanes.run_isolated
     monkeypatch.setattr(lanes, "run_isolated", spy)
     project = label_many(lora_backend, 40)
-    assert lora_backend.worker.wait_idle(180)
+    assert lora_backend.scheduler.wait_idle(180)
     status = read_status(project, "lora")
     assert status.state == "done", status.last_error
     assert children == ["isolated_round"]  # the training itself ran in a child process
@@ -192,9 +189,9 @@ def test_lora_trains_in_a_child_process_and_saves_a_version(lora_backend, monkey
 def test_a_killed_lora_run_is_failed_and_serving_is_untouched(lora_backend, monkeypatch):
     from fakes import die
 
-    monkeypatch.setattr("ls_backend.lanes.isolated_round", die)
+    monkeypatch.setattr("ls_backend.jobs.training.isolated_round", die)
     project = label_many(lora_backend, 40)
-    assert lora_backend.worker.wait_idle(120)
+    assert lora_backend.scheduler.wait_idle(120)
     status = read_status(project, "lora")
     assert status.state == "failed" and "BrokenProcessPool" in status.last_error
     serving = project.registry.current()
@@ -216,8 +213,8 @@ def test_each_sync_request_gets_its_own_retries(backend, monkeypatch):
     project = backend.project(1)
     project.setup(CONFIG)
     for request in (1, 2):
-        backend.worker.notify(project, SYNC_REQUESTED)
-        assert backend.worker.wait_idle(30)
+        backend.scheduler.notify(project, SYNC_REQUESTED)
+        assert backend.scheduler.wait_idle(30)
         assert len(calls) == request * (1 + SyncLane.retries)
     assert read_status(project, "sync").state == "failed"
 
@@ -232,17 +229,17 @@ def test_a_label_studio_that_fails_the_reread_does_not_stop_training(backend):
     attach(backend.lanes, backend.settings, lambda project, progress: {}, broken_reread)
     project = label_many(backend, 10)
     send(backend, {"action": "START_TRAINING", "project": {"id": 1, "label_config": CONFIG}})
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     assert read_status(project, "head").state == "done"
     assert project.registry.info(project.registry.versions()[-1])["labels"] == 10
     label_many(backend, 12)  # later runs do not try the failed re-read again
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     assert len(rereads) == 1
 
 
 def test_a_registered_lane_runs_on_its_events_without_the_scheduler_knowing_it(backend):
     """The scheduler asks the lanes; a new lane is one registered object."""
-    from ls_backend.lanes import Lane
+    from ls_backend.jobs.lanes import Lane
 
     class Echo(Lane):
         name = "echo"
@@ -250,11 +247,11 @@ def test_a_registered_lane_runs_on_its_events_without_the_scheduler_knowing_it(b
         def wake(self, project, event):
             if event != "ECHO":
                 return False
-            project.store.set_meta("echo_wanted", str(time.time_ns()))
+            project.store.want_lane("echo")
             return True
 
         def marker(self, project):
-            return int(project.store.meta("echo_wanted") or 0)
+            return project.store.lane_wanted("echo")
 
         def run(self, project, progress):
             progress(0.5, "echoing")
@@ -263,25 +260,25 @@ def test_a_registered_lane_runs_on_its_events_without_the_scheduler_knowing_it(b
     backend.lanes.add(Echo())
     project = backend.project(1)
     project.setup(CONFIG)
-    backend.worker.notify(project, "ANNOTATION_CREATED")  # not its event: nothing to do
-    assert backend.worker.wait_idle(30)
+    backend.scheduler.notify(project, "ANNOTATION_CREATED")  # not its event: nothing to do
+    assert backend.scheduler.wait_idle(30)
     assert read_status(project, "echo").runs == 0
-    backend.worker.notify(project, "ECHO")
-    assert backend.worker.wait_idle(30)
-    status = backend.worker.status(project, "echo")
+    backend.scheduler.notify(project, "ECHO")
+    assert backend.scheduler.wait_idle(30)
+    status = backend.scheduler.status(project, "echo")
     assert status["state"] == "done" and status["last_result"] == {"echoed": "1"}
 
 
 def test_a_version_promoted_by_another_process_serves_here_within_the_poll(backend, tmp_path):
     """Replicas share only the store and MODEL_DIR: a promotion made by one (here a second
-    Backend on the same MODEL_DIR, and the same database on the PostgreSQL pass) serves on
+    process on the same MODEL_DIR, and the same database on the PostgreSQL pass) serves on
     the other without a restart, after at most POINTER_POLL_S."""
-    from ls_backend.service import POINTER_POLL_S
+    from ls_backend.projects import POINTER_POLL_S
 
     project = label_many(backend, 12)
-    assert backend.worker.wait_idle(60)
+    assert backend.scheduler.wait_idle(60)
     here = project.predict([{"id": 1, "data": {"text": "a"}}]).model_version
-    other = Backend(backend.settings, encoder=HashEncoder()).project(1)
+    other = BackendProcess(backend.settings).project(1)
     assert other.model().version == here
     with other.registry.lock():
         earlier = other.registry.rollback()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fakes import HashEncoder, annotation_event, wait_for
 from fastapi.testclient import TestClient
 
+from ls_backend.projects import Projects
 from ls_backend.server.app import create_app
-from ls_backend.service import Backend
 from ls_backend.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -17,7 +17,7 @@ def test_a_postgres_outage_refuses_webhooks_with_503_and_predictions_keep_servin
     tmp_path, postgres, database_url
 ):
     settings = Settings(model_dir=tmp_path, database_url=database_url, lora_enabled=False)
-    backend = Backend(settings, encoder=HashEncoder())
+    backend = Projects(settings, encoder=HashEncoder())
     with TestClient(create_app(settings, backend)) as client:
         assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
         event = annotation_event(1, 10, ["A"], config=CONFIG)
@@ -45,18 +45,17 @@ def test_the_embedding_cache_never_fails_an_embedding_while_postgres_is_away(
 ):
     import numpy as np
 
-    from ls_backend.core.embeddings import EmbeddingCache
-    from ls_backend.databases import Databases
+    from ls_backend.store.databases import Databases
 
     databases = Databases(tmp_path, database_url)
-    cache = EmbeddingCache(databases.embedding_cache(), "model")
+    cache = databases.embedding_cache()
     vector = np.ones(4, dtype=np.float32)
-    cache.put_many({b"k": vector})
+    cache.put_many("model", {b"k": vector})
     postgres.stop()
     try:
-        assert cache.get_many([b"k"]) == {}  # a miss: the model embeds it again
-        cache.put_many({b"other": vector})  # not kept, and no error
+        assert cache.get_many("model", [b"k"]) == {}  # a miss: the model embeds it again
+        cache.put_many("model", {b"other": vector})  # not kept, and no error
     finally:
         postgres.start()
-    assert set(EmbeddingCache(databases.embedding_cache(), "model").get_many([b"k"])) == {b"k"}
+    assert set(databases.embedding_cache().get_many("model", [b"k"])) == {b"k"}
     databases.close()

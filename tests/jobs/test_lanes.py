@@ -9,29 +9,27 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import HashEncoder, annotation_event
+from fakes import BackendProcess, annotation_event
 
-from ls_backend.service import OPEN_PROJECTS, Backend
+from ls_backend.projects import OPEN_PROJECTS
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
 
 
-def make_backend(model_dir: Path) -> Backend:
-    settings = Settings(model_dir=model_dir, lora_enabled=False, train_debounce_s=0.05)
-    backend = Backend(settings, encoder=HashEncoder())
-    Worker(backend)
-    return backend
+def make_backend(model_dir: Path) -> BackendProcess:
+    return BackendProcess(
+        Settings(model_dir=model_dir, lora_enabled=False, train_debounce_s=0.05)
+    )
 
 
-def label(backend: Backend, key: int, n: int) -> None:
+def label(backend: BackendProcess, key: int, n: int) -> None:
     project = backend.project(key)
     for i in range(n):
         body = annotation_event(i + 1, 100 + i, ["AB"[i % 2]], config=CONFIG, project=key)
         project.store.apply(body)
-        backend.worker.notify(project, body["action"])
+        backend.scheduler.notify(project, body["action"])
 
 
 @pytest.fixture
@@ -67,7 +65,7 @@ def test_a_full_disk_shows_on_status_and_the_lane_recovers_when_space_comes_back
         project.store.apply(annotation_event(i + 1, 100 + i, ["AB"[i % 2]], config=CONFIG))
     filler = fill(small_disk)
     try:
-        backend.worker.request(project.key, "head")
+        backend.scheduler.request(project.key, "head")
         head = wait_for_state(backend, project, "failed")
         # The status write itself fails first: SQLite's words for it, or the OS's.
         error = head["last_error"]
@@ -76,13 +74,13 @@ def test_a_full_disk_shows_on_status_and_the_lane_recovers_when_space_comes_back
         wait_for_state(backend, project, "done")
         assert any(v.endswith("-head") for v in project.registry.versions())
     finally:
-        backend.worker.stop()
+        backend.scheduler.stop()
 
 
-def wait_for_state(backend: Backend, project, state: str) -> dict:
+def wait_for_state(backend: BackendProcess, project, state: str) -> dict:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        head = backend.worker.status(project, "head")
+        head = backend.scheduler.status(project, "head")
         if head["state"] == state:
             return head
         time.sleep(0.1)
@@ -100,12 +98,12 @@ def test_a_thousand_projects_hold_a_bounded_number_of_threads_and_open_files(tmp
         for key in range(1, 1001):
             backend.project(key).setup(CONFIG)
             label(backend, key, 1)  # one label: each head lane runs, finds too few, stops
-        assert backend.worker.wait_idle(120)
+        assert backend.scheduler.wait_idle(120)
         gc.collect()  # what a reference cycle still holds goes at the next collection anyway
         extra_threads = threading.active_count() - threads
         extra_files = open_files() - files
     finally:
-        backend.worker.stop()
+        backend.scheduler.stop()
     assert (
         extra_threads <= sum(lane.threads for lane in backend.lanes) + 1
     )  # the lanes' threads, a dispatcher

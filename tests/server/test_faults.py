@@ -2,8 +2,8 @@
 
 Twenty kills, each followed by a restart that must serve a complete model version (its
 folder has info.json, it loads, /predict answers) from an intact annotation store (every
-acknowledged event is there). Eighteen kills hit a forked process running the real Backend
-and Worker over the HashEncoder: it starts in milliseconds, so the kills are many and land
+acknowledged event is there). Eighteen kills hit a forked process running the real projects
+and scheduler over the HashEncoder: it starts in milliseconds, so the kills are many and land
 inside training and saving. Two kill the real server (`ls-backend serve`, gunicorn master
 and workers, the embedded model) as the README starts it: each start loads the model, too
 slow to repeat twenty times in the default suite.
@@ -23,15 +23,13 @@ from pathlib import Path
 
 import httpx
 from backend_server import BackendServer
-from fakes import HashEncoder, alive, annotation_event, wait_for
+from fakes import BackendProcess, alive, annotation_event, wait_for
 
 from ls_backend.core.registry import Registry
-from ls_backend.databases import Databases
-from ls_backend.labelstudio.events import LABEL_ACTIONS
-from ls_backend.lanes import read_status
-from ls_backend.service import Backend
+from ls_backend.jobs.lanes import read_status
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
+from ls_backend.store.annotations import LABEL_ACTIONS
+from ls_backend.store.databases import Databases
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/><Choice value="C"/></Choices></View>"""
@@ -55,8 +53,7 @@ def settings(model_dir: Path) -> Settings:
 
 def victim(model_dir: str, first_id: int, acks_path: str) -> None:
     """Store events as /webhook does, noting each one acknowledged; head rounds train meanwhile."""
-    backend = Backend(settings(Path(model_dir)), encoder=HashEncoder())
-    Worker(backend)
+    backend = BackendProcess(settings(Path(model_dir)))
     project = backend.project(1)
     project.setup(CONFIG)
     fd = os.open(acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -64,7 +61,7 @@ def victim(model_dir: str, first_id: int, acks_path: str) -> None:
     for annotation_id in range(first_id, first_id + MAX_EVENTS_PER_LIFE):
         body = event(annotation_id)
         project.store.apply(body)
-        backend.worker.notify(project, body["action"])
+        backend.scheduler.notify(project, body["action"])
         os.write(fd, b"%d\n" % annotation_id)  # the answer /webhook would send now
         time.sleep(0.002)
         if time.monotonic() > deadline:
@@ -90,16 +87,16 @@ def stored_ids(model_dir: Path) -> set[int]:
 def assert_restart_serves(model_dir: Path, acked: set[int], what: str) -> None:
     """A restarted process: a complete version serves, nothing acknowledged is missing, and
     what the killed process left untrained trains now, with no event to wake it."""
-    backend = Backend(settings(model_dir), encoder=HashEncoder())
-    worker = Worker(backend)
+    backend = BackendProcess(settings(model_dir))
+    worker = backend.scheduler
     try:
         project = backend.project(1)
         version = project.setup(CONFIG)
         assert (project.registry.root / version / "info.json").is_file(), what
         worker.resume()  # what the app's start-up does
         assert worker.wait_idle(60), what
-        trained = project.store.meta("head_done")
-        assert trained == str(project.store.last_seq(LABEL_ACTIONS)), f"{what}: left untrained"
+        trained = project.store.lane_done("head")
+        assert trained == project.store.last_seq(LABEL_ACTIONS), f"{what}: left untrained"
         assert worker.status(project, "head")["state"] == "done", what
         assert not list(project.registry.root.glob(".tmp-*")), f"{what}: half-written versions"
         version = project.setup(CONFIG)
@@ -119,7 +116,7 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
     rng = random.Random(seed)
     model_dir, acks = tmp_path / "models", tmp_path / "acks"
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ls_backend.service", "ls_backend.worker", "fakes"])
+    context.set_forkserver_preload(["ls_backend.projects", "ls_backend.jobs.threads", "fakes"])
     during_run = during_save = 0
     next_id = 1
     for kill in range(FORKED_KILLS):
@@ -133,7 +130,7 @@ def test_kill_9_during_training_and_saving_loses_nothing(tmp_path):
         time.sleep(rng.uniform(0.05, 1.2))
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
-        status = read_status(Backend(settings(model_dir), HashEncoder()).project(1), "head")
+        status = read_status(BackendProcess(settings(model_dir)).project(1), "head")
         during_run += status.state == "running"
         during_save += status.state == "running" and status.stage == "save"
         acked = read_acks(acks)
@@ -220,12 +217,11 @@ def test_a_steady_stream_of_events_settles_between_runs(tmp_path, monkeypatch):
     """Events arriving faster than TRAIN_DEBOUNCE_S for longer than its cap: after each run the
     lane waits for a quiet spell again instead of re-running at once (soak: 23 runs for one
     1,000-event burst before)."""
-    monkeypatch.setattr("ls_backend.worker.MAX_SETTLE_S", 0.5)  # the cap, shorter than the stream
-    backend = Backend(
-        Settings(model_dir=tmp_path, lora_enabled=False, train_debounce_s=0.2, device="cpu"),
-        encoder=HashEncoder(),
+    monkeypatch.setattr("ls_backend.jobs.threads.MAX_SETTLE_S", 0.5)  # the cap, shorter than the stream
+    backend = BackendProcess(
+        Settings(model_dir=tmp_path, lora_enabled=False, train_debounce_s=0.2, device="cpu")
     )
-    worker = Worker(backend)
+    worker = backend.scheduler
     try:
         project = backend.project(1)
         project.setup(CONFIG)
@@ -250,12 +246,14 @@ def test_a_training_child_does_not_outlive_its_server(tmp_path):
     script.write_text(
         "import sys\n"
         "from fakes import orphan_probe\n"
-        "from ls_backend.lanes import run_isolated\n"
+        "from ls_backend.jobs.training import run_isolated\n"
         "if __name__ == '__main__':\n"
         "    run_isolated(orphan_probe, sys.argv[1])\n"
     )
     pid_file = tmp_path / "child.pid"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    tests = str(Path(__file__).parents[1])  # where fakes.py is
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     server = subprocess.Popen([sys.executable, str(script), str(pid_file)], env=env)
     child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 60, "the child"))
     server.kill()

@@ -5,34 +5,39 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
 from ls_backend.core.training import Progress
+from ls_backend.jobs.lanes import Lane, Lanes
+from ls_backend.jobs.training import TrainingLane
 from ls_backend.labelstudio.client import (
     LabelStudioAuthError,
     LabelStudioClient,
     LabelStudioError,
 )
-from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED
-from ls_backend.labelstudio.sync import Syncer, webhook_check_due
-from ls_backend.lanes import (
-    CONNECTED,
-    MODEL_TRAINED,
-    SYNC_REQUESTED,
-    Lane,
-    Lanes,
-    TrainingLane,
-)
-from ls_backend.service import Project
+from ls_backend.labelstudio.sync import SYNC, Syncer, SyncTarget, webhook_check_due
+from ls_backend.projects import CONNECTED, MODEL_TRAINED, SYNC_REQUESTED, Project
 from ls_backend.settings import Settings
+from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED
 
 log = logging.getLogger(__name__)
 
 SyncJob = Callable[[Project, Progress], dict[str, Any]]
 Reread = Callable[[Project], int]
+
+
+def sync_target(project: Project) -> SyncTarget:
+    """The inputs a sync of ``project`` works with."""
+    return SyncTarget(
+        key=project.key,
+        store=project.store,
+        encoder=project.encoder,
+        config=project.config,
+        model=project.model,
+        adopt_config=project.setup,
+    )
 
 
 class SyncLane(Lane):
@@ -41,7 +46,7 @@ class SyncLane(Lane):
     otherwise (a new model, new labels) the run pushes only when the queue needs it
     (``core.requeue``)."""
 
-    name = "sync"
+    name = SYNC
     threads = 2
     # Label Studio away (a restart, a 5xx): retried after 15, 30, 45 s, together longer than
     # a Label Studio restart.
@@ -60,7 +65,7 @@ class SyncLane(Lane):
         elif event == CONNECTED:
             # Rank a new project's queue once, even before any label (diversity alone); with
             # basic auth on, (re)connecting also gives its new webhook the credentials.
-            if store.meta("sync_forced") is None:
+            if not store.lane_forced(self.name):
                 forced = True
             elif self.settings.auth_enabled and webhook_check_due(store):
                 forced = False
@@ -68,14 +73,11 @@ class SyncLane(Lane):
                 return False
         else:
             return False
-        now = str(time.time_ns())
-        if forced:
-            store.set_meta("sync_forced", now)
-        store.set_meta("sync_wanted", now)
+        store.want_lane(self.name, forced)
         return True
 
     def marker(self, project: Project) -> int:
-        return int(project.store.meta("sync_wanted") or 0)
+        return project.store.lane_wanted(self.name)
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
         return self.job(project, progress)
@@ -96,8 +98,8 @@ class RereadOnce:
     def __call__(self, project: Project, progress: Progress) -> None:
         store = project.store
         with self._lock:
-            requested = int(store.meta("train_requested") or 0)
-            if requested <= int(store.meta("reread_done") or 0):
+            requested = store.training_requested()
+            if requested <= store.reread_done():
                 return
             progress(0.0, "re-reading labeled tasks from Label Studio")
             try:
@@ -107,7 +109,7 @@ class RereadOnce:
                     "project %s: re-reading labels from Label Studio failed; training on the"
                     " stored ones:\n%s", project.key, traceback.format_exc(),
                 )  # fmt: skip
-            store.set_meta("reread_done", str(requested))
+            store.set_reread_done(requested)
 
 
 def attach(lanes: Lanes, settings: Settings, job: SyncJob, reread: Reread) -> None:
@@ -130,7 +132,7 @@ def attach_label_studio(lanes: Lanes, settings: Settings) -> None:
         return syncers[0]
 
     def sync(project: Project, progress: Progress) -> dict[str, Any]:
-        return syncer()(project, progress)
+        return syncer()(sync_target(project), progress)
 
     def reread(project: Project) -> int:
         """Make the store match every labeled task Label Studio holds."""

@@ -2,7 +2,7 @@
 
 Every event is appended to a log and applied to the derived tables in one transaction
 before the webhook answers, so no annotation is lost to a crash or a restart. The
-tables live in the project's database (``ls_backend.databases``: an SQLite file, or a
+tables live in the project's database (``store.databases``: an SQLite file, or a
 PostgreSQL schema with ``DATABASE_URL``), their schema versioned by ``MIGRATIONS``.
 Label Studio sends deletions as ids only (``ANNOTATIONS_DELETED``), so the store keeps
 its own annotation -> task map.
@@ -11,8 +11,9 @@ The ``tasks`` table mirrors the project's tasks (data, labeled or not): one full
 from Label Studio fills it, task and annotation webhooks keep it current, so a sync
 reads from Label Studio only what it does not have.
 
-The store also holds what every serving replica and worker must agree on: which model
-version serves (``StorePointer``, the registry's pointer) and each lane's status.
+The store also holds what every serving replica and worker must agree on, each piece behind
+a named method: which model version serves (``store.pointer``), each lane's status and what
+it has done, the queue pushed to Label Studio.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ls_backend.core.registry import FilePointer, Registry
-from ls_backend.databases import Database, Databases, Session
+from ls_backend.store.base import Database, Session
 
 LABEL_ACTIONS = {
     "ANNOTATION_CREATED",
@@ -40,12 +38,24 @@ LABEL_ACTIONS = {
 }
 #: How a skip (ANNOTATION_CREATED with was_cancelled) is logged: stored, but not a label event.
 SKIPPED = "ANNOTATION_SKIPPED"
+#: Label Studio's *Start Training* (``POST /api/ml/{id}/train``).
+START_TRAINING = "START_TRAINING"
 KNOWN_ACTIONS = LABEL_ACTIONS | {
     "TASKS_CREATED",
     "TASKS_DELETED",
     "PROJECT_UPDATED",
-    "START_TRAINING",
+    START_TRAINING,
 }
+
+# Keys of the ``meta`` table (each read and written through one named method below).
+_LABEL_CONFIG = "label_config"
+_CONNECTED = "connected"
+_TRAIN_REQUESTED = "train_requested"
+_REREAD_DONE = "reread_done"
+_STATUS = "status:"  # + lane
+_WEBHOOKS_CHECKED = "webhooks_checked"
+_QUEUE = "queue"
+_SERVING = "serving_version"
 
 #: The store's schema, one step per version; a database applies the steps it has not seen.
 MIGRATIONS: list[list[str]] = [
@@ -77,9 +87,6 @@ def _legacy_version(s: Session) -> int:
     return 2 if "labeled" in columns["tasks"] else 1
 
 
-#: The meta key of the serving version's name, and the prefix of a lane's status.
-SERVING = "serving_version"
-STATUS = "status:"
 
 #: Keys never written to disk: the project's cloud-storage login and any credential.
 _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNORECASE)
@@ -152,7 +159,7 @@ class AnnotationStore:
             self._apply(db, action, body, seq)
             project = body.get("project")
             if isinstance(project, dict) and isinstance(project.get("label_config"), str):
-                self._set_meta(db, "label_config", project["label_config"])
+                self._set_meta(db, _LABEL_CONFIG, project["label_config"])
         return seq
 
     def _apply(self, db: Session, action: str, body: dict[str, Any], seq: int) -> None:
@@ -194,8 +201,8 @@ class AnnotationStore:
             ids = [(_task_id(t),) for t in _require(body, "tasks", list)]
             db.executemany("DELETE FROM tasks WHERE task_id = ?", ids)
             db.executemany("DELETE FROM annotations WHERE task_id = ?", ids)
-        elif action == "START_TRAINING":
-            self._set_meta(db, "train_requested", str(seq))
+        elif action == START_TRAINING:
+            self._set_meta(db, _TRAIN_REQUESTED, str(seq))
 
     def _put_annotation(self, db: Session, annotation: dict[str, Any], task: Any, seq: int) -> None:
         """One annotation, unless a newer version of it (``updated_at``) is stored already or
@@ -258,10 +265,6 @@ class AnnotationStore:
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self._tx() as db:
-            self._set_meta(db, key, value)
 
     def replace_labeled(self, tasks: list[dict[str, Any]], upto: int) -> None:
         """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read).
@@ -376,10 +379,6 @@ class AnnotationStore:
         total, labeled = self._one("SELECT COUNT(*), COALESCE(SUM(labeled), 0) FROM tasks")
         return int(total), int(labeled)
 
-    def meta(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
-        return None if row is None else str(row[0])
-
     def last_seq(self, actions: set[str]) -> int:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})"
@@ -413,59 +412,90 @@ class AnnotationStore:
             raise ValueError(table)
         return int(self._one(f"SELECT COUNT(*) FROM {table}")[0])
 
-    # --- shared state --------------------------------------------------------------------------
+    # --- the project's named state (the ``meta`` table) ------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def _put_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            self._set_meta(db, key, value)
+
+    def label_config(self) -> str | None:
+        """The project's label config, as /setup or the last webhook sent it."""
+        return self._meta(_LABEL_CONFIG)
+
+    def set_label_config(self, xml: str) -> None:
+        self._put_meta(_LABEL_CONFIG, xml)
+
+    def connected_at(self) -> float | None:
+        """When Label Studio first called /setup for the project (None: never)."""
+        raw = self._meta(_CONNECTED)
+        return None if raw is None else float(raw)
+
+    def mark_connected(self) -> None:
+        if self.connected_at() is None:
+            self._put_meta(_CONNECTED, str(time.time()))
+
+    def training_requested(self) -> int:
+        """The event number of the last START_TRAINING (0: none)."""
+        return int(self._meta(_TRAIN_REQUESTED) or 0)
+
+    def reread_done(self) -> int:
+        """The START_TRAINING whose re-read of Label Studio's labels ran last."""
+        return int(self._meta(_REREAD_DONE) or 0)
+
+    def set_reread_done(self, request: int) -> None:
+        self._put_meta(_REREAD_DONE, str(request))
+
+    def lane_done(self, lane: str) -> int:
+        """What the lane's last handled run covered (its marker then)."""
+        return int(self._meta(f"{lane}_done") or 0)
+
+    def set_lane_done(self, lane: str, marker: int) -> None:
+        self._put_meta(f"{lane}_done", str(marker))
 
     def lane_status(self, lane: str) -> dict[str, Any] | None:
-        raw = self.meta(STATUS + lane)
+        raw = self._meta(_STATUS + lane)
         return None if raw is None else dict(json.loads(raw))
 
     def set_lane_status(self, lane: str, status: dict[str, Any]) -> None:
-        self.set_meta(STATUS + lane, json.dumps(status))
+        self._put_meta(_STATUS + lane, json.dumps(status))
 
+    def lane_wanted(self, lane: str) -> int:
+        """When a run of the lane was last asked for (ns since the epoch; 0: never)."""
+        return int(self._meta(f"{lane}_wanted") or 0)
 
-class StorePointer:
-    """The registry's pointer in the project's store, where every replica and worker reads
-    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+    def lane_forced(self, lane: str) -> int:
+        """When a run that must act whatever changed was last asked for (0: never)."""
+        return int(self._meta(f"{lane}_forced") or 0)
 
-    def __init__(self, store: AnnotationStore, legacy: Path) -> None:
-        self.store, self.legacy = store, legacy
+    def want_lane(self, lane: str, forced: bool = False) -> None:
+        """Ask for a run of the lane (one that acts whatever changed, when ``forced``)."""
+        now = str(time.time_ns())
+        with self._tx() as db:
+            if forced:
+                self._set_meta(db, f"{lane}_forced", now)
+            self._set_meta(db, f"{lane}_wanted", now)
 
-    def read(self) -> str | None:
-        name = self.store.meta(SERVING)
-        if name is None and (name := FilePointer(self.legacy).read()) is not None:
-            self.store.set_meta(SERVING, name)
-        return name
+    def webhooks_checked(self) -> float:
+        """When the project's webhooks were last checked for our basic-auth header."""
+        return float(self._meta(_WEBHOOKS_CHECKED) or 0)
 
-    def write(self, version: str) -> None:
-        self.store.set_meta(SERVING, version)
+    def set_webhooks_checked(self, when: float) -> None:
+        self._put_meta(_WEBHOOKS_CHECKED, str(when))
 
+    def queue_state(self) -> str | None:
+        """What Label Studio's queue holds (``labelstudio.queue.QueueState``, as JSON)."""
+        return self._meta(_QUEUE)
 
-def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
-    """The project's model registry: versions in ``models/``, the pointer and the writers' lock
-    in the store."""
-    root = project_dir / "models"
-    pointer = StorePointer(store, root / "current")
-    return Registry(root, pointer, lambda: store.database.lock("models"))
+    def set_queue_state(self, raw: str) -> None:
+        self._put_meta(_QUEUE, raw)
 
+    def serving_version(self) -> str | None:
+        """The name of the model version that serves (the registry's pointer)."""
+        return self._meta(_SERVING)
 
-@dataclass(frozen=True)
-class StoreAddress:
-    """Where a project's store is; picklable, so a child process opens it again."""
-
-    model_dir: Path
-    database_url: str | None
-    key: str
-
-    @property
-    def project_dir(self) -> Path:
-        return self.model_dir / self.key
-
-    def open(self) -> AnnotationStore:
-        """The store, opened once per process."""
-        return _open(self)
-
-
-@lru_cache(maxsize=8)
-def _open(address: StoreAddress) -> AnnotationStore:
-    databases = Databases(address.model_dir, address.database_url, pool_size=3)
-    return AnnotationStore(databases.project(address.key))
+    def set_serving_version(self, version: str) -> None:
+        self._put_meta(_SERVING, version)

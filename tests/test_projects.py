@@ -3,7 +3,7 @@
 import threading
 import time
 
-from ls_backend.service import Backend
+from ls_backend.projects import Projects
 from ls_backend.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -11,8 +11,8 @@ CONFIG = """<View><Text name="text" value="$text"/>
 
 
 def test_a_live_prediction_does_not_wait_for_a_sync_embedding_an_import(tmp_path):
-    backend = Backend(Settings(model_dir=tmp_path, lora_enabled=False))
-    project = backend.project(1)
+    projects = Projects(Settings(model_dir=tmp_path, lora_enabled=False))
+    project = projects.project(1)
     project.setup(CONFIG)
     project.predict([{"id": 1, "data": {"text": "warm the model up"}}])
     # Seconds of forward passes on 2 cores even with OpenVINO (1,200 texts took 0.5 s).
@@ -20,7 +20,7 @@ def test_a_live_prediction_does_not_wait_for_a_sync_embedding_an_import(tmp_path
     embedded = threading.Event()
 
     def sync_embeds() -> None:
-        backend.encoder.encode(imported, background=True)
+        projects.encoder.encode(imported, background=True)
         embedded.set()
 
     thread = threading.Thread(target=sync_embeds)

@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
 from redis import Redis
 from rq import Queue, SimpleWorker
 
-from ls_backend.lanes import lane_lock, run_once, shown_status
-from ls_backend.service import Backend, Project
+from ls_backend.jobs.lanes import Lanes
+from ls_backend.jobs.scheduler import MAX_SETTLE_S, Scheduler
+from ls_backend.projects import Projects
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ PREFIX = "ls-backend"
 SWEEP_S = 30.0
 #: A job that finds the lane's lock taken looks again this much later.
 LOCK_BUSY_S = 5.0
-#: A burst's spell: after TRAIN_DEBOUNCE_S of quiet, at most this long after its first event.
-MAX_SETTLE_S = 10.0
 #: A "look at it then" left behind by a lost job expires after this, so a sweep re-enqueues.
 DUE_TTL_S = 3600
 FAILURE_TTL_S = 7 * 24 * 3600
@@ -69,16 +67,17 @@ def queue_name(lane: str) -> str:
     return f"{PREFIX}:{lane}"
 
 
-class RqScheduler:
+class RqScheduler(Scheduler):
     """The scheduler with ``REDIS_URL``: a request enqueues at most one job per (project,
     lane) and spell; the jobs run wherever ``ls-backend worker`` listens to the lane's queue."""
 
-    def __init__(self, backend: Backend, redis: Redis) -> None:
-        self.backend, self.lanes, self.redis = backend, backend.lanes, redis
-        self.settings = backend.settings
+    lock_busy_s = LOCK_BUSY_S
+
+    def __init__(self, projects: Projects, lanes: Lanes, redis: Redis) -> None:
+        super().__init__(projects, lanes)
+        self.redis = redis
         self._request = redis.register_script(_REQUEST)
         self._take = redis.register_script(_TAKE)
-        backend.worker = self
 
     def _due_key(self, key: str, lane: str) -> str:
         return f"{PREFIX}:due:{lane}:{key}"
@@ -86,11 +85,7 @@ class RqScheduler:
     def queue(self, lane: str) -> Queue:
         return Queue(queue_name(lane), connection=self.redis)
 
-    # --- triggers --------------------------------------------------------------------------
-
-    def notify(self, project: Project, event: str) -> None:
-        for lane in self.lanes.woken_by(project, event):
-            self.request(project.key, lane)
+    # --- looks ------------------------------------------------------------------------------
 
     def request(self, key: str, lane: str, after: float = 0.0, sweep: bool = False) -> None:
         """Look at (key, lane) after a quiet spell; a burst of requests enqueues one job."""
@@ -120,47 +115,23 @@ class RqScheduler:
         else:
             self.queue(name).enqueue(run_job, key, name, **options)
 
-    def resume(self) -> None:
-        """Enqueue every lane with work pending (at start, and in each worker's sweep)."""
-        for key in self.backend.known_projects():
-            project = self.backend.project(key)
-            for lane in self.lanes:
-                if lane.pending(project):
-                    self.request(key, lane.name, sweep=True)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Jobs run in the workers: nothing of this process to stop."""
-
     # --- a job ----------------------------------------------------------------------------
 
-    def drain(self, key: str, name: str) -> None:
-        """Run (key, lane) while work is pending, once its spell is over. Errors outside a
-        run fail the job (RQ keeps it in its failed registry); the next sweep retries."""
+    def run(self, key: str, name: str) -> None:
+        """A job: drain (key, lane) once its spell is over. Errors outside a run fail the job
+        (RQ keeps it in its failed registry); the next sweep retries."""
         left = float(self._take(keys=[self._due_key(key, name)], args=[time.time()]))
         if left > 0:  # more events came since this job was enqueued: wait for the quiet
             self._enqueue(key, name, left)
             return
-        project, lane = self.backend.project(key), self.lanes[name]
-        while lane.pending(project):
-            with lane_lock(project, lane) as mine:
-                if not mine:  # another worker runs it; look again when it may be done
-                    self.request(key, name, after=LOCK_BUSY_S)
-                    return
-                status = run_once(project, lane)
-            if status.produced and lane.emits:
-                self.notify(project, lane.emits)
-            if status.retries:
-                self.request(key, name, after=lane.retry_s * status.retries)
-                return
-            if self.redis.exists(self._due_key(key, name)):
-                return  # events came in during the run: their job drains them
+        self.drain(key, name)
+
+    def requested_again(self, key: str, lane: str) -> bool:
+        return bool(self.redis.exists(self._due_key(key, lane)))  # its job drains them
 
     # --- what /status and the tests see --------------------------------------------------
 
-    def status(self, project: Project, lane: str) -> dict[str, Any]:
-        return asdict(shown_status(project, self.lanes[lane]))
-
-    def waiting(self) -> bool:
+    def busy(self) -> bool:
         """Jobs queued or scheduled in any lane's queue. (Running ones show as pending work:
         a run marks its work done only at its end, and RQ keeps a killed worker's job among
         the started ones until its maintenance finds it abandoned.)"""
@@ -170,19 +141,6 @@ class RqScheduler:
                 return True
         return False
 
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """For tests and benchmarks: True once no job waits or runs and nothing is pending."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.waiting() and not any(
-                lane.pending(self.backend.project(key))
-                for key in self.backend.known_projects()
-                for lane in self.lanes
-            ):
-                return True
-            time.sleep(0.1)
-        return False
-
 
 #: The scheduler of this worker process (``work``), which its jobs run on.
 _WORKER: list[RqScheduler] = []
@@ -190,21 +148,25 @@ _WORKER: list[RqScheduler] = []
 
 def run_job(key: str, lane: str) -> None:
     """What an RQ job runs: one (project, lane) drained in this worker process."""
-    _WORKER[0].drain(key, lane)
+    _WORKER[0].run(key, lane)
 
 
 def work(
-    backend: Backend, redis: Redis, lanes: list[str] | None = None, burst: bool = False
+    projects: Projects,
+    lanes: Lanes,
+    redis: Redis,
+    names: list[str] | None = None,
+    burst: bool = False,
 ) -> None:
-    """Run an RQ worker for ``lanes`` (all registered lanes by default) in this process,
+    """Run an RQ worker for the lanes ``names`` (all of ``lanes`` by default) in this process,
     with a sweep thread. Jobs run in this process (no fork per job): the encoder and the
     open projects stay loaded; a LoRA round still trains in a child process."""
-    scheduler = RqScheduler(backend, redis)
+    scheduler = RqScheduler(projects, lanes, redis)
     _WORKER[:] = [scheduler]
-    names = lanes or backend.lanes.names()
-    unknown = set(names) - set(backend.lanes.names())
+    names = names or lanes.names()
+    unknown = set(names) - set(lanes.names())
     if unknown:
-        raise ValueError(f"unknown queue(s) {sorted(unknown)}; lanes here: {backend.lanes.names()}")
+        raise ValueError(f"unknown queue(s) {sorted(unknown)}; lanes here: {lanes.names()}")
     stop = threading.Event()
 
     def sweep() -> None:

@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import HashEncoder, annotation_event, wait_for
+from fakes import BackendProcess, annotation_event, wait_for
 from redis import Redis
 from redis_server import RedisServer
 
-from ls_backend.lanes import read_status
-from ls_backend.rq_jobs import RqScheduler
-from ls_backend.service import Backend
+from ls_backend.jobs.lanes import read_status
+from ls_backend.jobs.rq import RqScheduler
+from ls_backend.jobs.training import training_lanes
 from ls_backend.settings import Settings
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
 
@@ -45,12 +45,19 @@ def replicas(tmp_path, redis):
     """Two serving replicas: separate backends sharing only MODEL_DIR and Redis."""
     backends = []
     for _ in range(2):
-        backend = Backend(settings_for(tmp_path / "models", redis.url), encoder=HashEncoder())
-        RqScheduler(backend, Redis.from_url(redis.url))
-        backends.append(backend)
+        backends.append(rq_backend(settings_for(tmp_path / "models", redis.url), redis.url))
     backends[0].project(1).setup(CONFIG)
     backends[0].project(1).connect()
     return backends
+
+
+def rq_backend(settings: Settings, url: str) -> BackendProcess:
+    """A serving replica: it enqueues, ``ls-backend worker`` processes run the lanes."""
+
+    def scheduler(projects):
+        return RqScheduler(projects, training_lanes(settings), Redis.from_url(url))
+
+    return BackendProcess(settings, scheduler=scheduler)
 
 
 class Workers:
@@ -65,7 +72,7 @@ class Workers:
             "TRAIN_DEBOUNCE_S": "0.2",
             "LORA_ENABLED": "false",
             "SWEEP_S": "1",
-            "PYTHONPATH": str(TESTS),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
             **env,
         }
 
@@ -90,26 +97,26 @@ def workers(tmp_path, redis):
     started.stop()
 
 
-def send(backend: Backend, i: int, label: str) -> None:
+def send(backend: BackendProcess, i: int, label: str) -> None:
     """What /webhook does: store the event, then notify the scheduler."""
     body = annotation_event(i, 1000 + i, [label], config=CONFIG)
     project = backend.project(1)
     project.store.apply(body)
-    backend.worker.notify(project, body["action"])
+    backend.scheduler.notify(project, body["action"])
 
 
 def test_a_burst_across_two_replicas_is_stored_once_and_becomes_at_most_two_runs(replicas, workers):
     workers.start()
     for i in range(300):
         send(replicas[i % 2], i, "AB"[i % 2])
-    assert replicas[0].worker.wait_idle(120)
+    assert replicas[0].scheduler.wait_idle(120)
     project = replicas[1].project(1)
     assert project.store.count("annotations") == 300
     head = read_status(project, "head")
     assert head.state == "done" and head.runs <= 2
     assert project.registry.info(project.registry.current())["labels"] == 300
     # Either replica reports the same thing: the state is in the store and MODEL_DIR.
-    assert replicas[0].worker.status(replicas[0].project(1), "head") == replicas[1].worker.status(
+    assert replicas[0].scheduler.status(replicas[0].project(1), "head") == replicas[1].scheduler.status(
         project, "head"
     )
 
@@ -119,10 +126,10 @@ def test_serving_replicas_never_train_the_work_waits_for_a_worker(replicas, work
         send(replicas[0], i, "AB"[i % 2])
     time.sleep(1.0)
     project = replicas[0].project(1)
-    assert replicas[0].worker.status(project, "head")["state"] == "queued"
+    assert replicas[0].scheduler.status(project, "head")["state"] == "queued"
     assert project.registry.current().endswith("-prototype")
     workers.start("head")
-    assert replicas[0].worker.wait_idle(60)
+    assert replicas[0].scheduler.wait_idle(60)
     assert project.registry.current().endswith("-head")
 
 
@@ -133,7 +140,7 @@ def test_a_redis_restart_loses_no_pending_work(tmp_path, replicas, workers, redi
     redis.start(persist=False)
     Redis.from_url(redis.url).flushall()
     workers.start()  # its start-up sweep finds the stored events
-    assert replicas[0].worker.wait_idle(60)
+    assert replicas[0].scheduler.wait_idle(60)
     project = replicas[0].project(1)
     assert project.registry.info(project.registry.current())["labels"] == 10
 
@@ -156,15 +163,16 @@ def test_a_worker_killed_during_a_lora_run_leaves_serving_alone_and_another_redo
     }
     env = {key.upper(): str(value) for key, value in lora.items()}
     workers = Workers(tmp_path, redis.url, env)
-    backend = Backend(settings_for(tmp_path / "models", redis.url, **lora), encoder=HashEncoder())
-    RqScheduler(backend, Redis.from_url(redis.url))
+    backend = rq_backend(settings_for(tmp_path / "models", redis.url, **lora), redis.url)
     project = backend.project(1)
     project.setup(CONFIG)
     try:
         workers.start("head")
-        first = workers.start("lora")
         for i in range(40):
             send(backend, i, "AB"[i % 2])
+        # A head serves before the adapter's run starts (its job waits for a LoRA worker).
+        wait_for(lambda: (project.registry.current() or "").endswith("-head"), 60, "a head")
+        first = workers.start("lora")
         assert wait_for(lambda: read_status(project, "lora").state == "running", 60)
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -173,7 +181,7 @@ def test_a_worker_killed_during_a_lora_run_leaves_serving_alone_and_another_redo
         assert not any(v.endswith("-lora") for v in project.registry.versions())
         assert project.registry.current().endswith("-head")
         workers.start("lora")  # the other GPU box: its sweep finds the lane still pending
-        assert backend.worker.wait_idle(180)
+        assert backend.scheduler.wait_idle(180)
         status = read_status(project, "lora")
         assert status.state == "done", status.last_error
         assert status.last_result["version"].endswith("-lora")
@@ -189,11 +197,11 @@ def test_status_and_metrics_agree_whichever_replica_answers(replicas, workers):
     workers.start()
     for i in range(30):
         send(replicas[i % 2], i, "AB"[i % 2])
-    assert replicas[0].worker.wait_idle(60)
+    assert replicas[0].scheduler.wait_idle(60)
     shared = ("ls_backend_project_", "ls_backend_lane_")
     answers = []
     for backend in replicas:
-        with TestClient(create_app(backend.settings, backend)) as client:
+        with TestClient(create_app(backend.settings, backend.projects, backend.scheduler)) as client:
             text = client.get("/metrics").text
             lines = sorted(line for line in text.splitlines() if line.startswith(shared))
             answers.append((client.get("/status").json()["projects"], lines))

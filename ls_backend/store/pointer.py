@@ -1,0 +1,61 @@
+"""The serving pointer and the model registry of a project, as every replica and worker
+shares them: versions are folders under ``MODEL_DIR/<project>/models``, the name of the one
+that serves lives in the project's store, and so does the registry writers' lock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ls_backend.core.registry import FilePointer, Registry
+from ls_backend.store.annotations import AnnotationStore
+from ls_backend.store.databases import Databases
+
+
+class StorePointer:
+    """The registry's pointer in the project's store, where every replica and worker reads
+    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+
+    def __init__(self, store: AnnotationStore, legacy: Path) -> None:
+        self.store, self.legacy = store, legacy
+
+    def read(self) -> str | None:
+        name = self.store.serving_version()
+        if name is None and (name := FilePointer(self.legacy).read()) is not None:
+            self.store.set_serving_version(name)
+        return name
+
+    def write(self, version: str) -> None:
+        self.store.set_serving_version(version)
+
+
+def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
+    """The project's model registry: versions in ``models/``, the pointer and the writers' lock
+    in the store."""
+    root = project_dir / "models"
+    pointer = StorePointer(store, root / "current")
+    return Registry(root, pointer, lambda: store.database.lock("models"))
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where a project's store is; picklable, so a child process opens it again."""
+
+    model_dir: Path
+    database_url: str | None
+    key: str
+
+    @property
+    def project_dir(self) -> Path:
+        return self.model_dir / self.key
+
+    def open(self) -> AnnotationStore:
+        """The store, opened once per process."""
+        return _open(self)
+
+
+@lru_cache(maxsize=8)
+def _open(address: StoreAddress) -> AnnotationStore:
+    databases = Databases(address.model_dir, address.database_url, pool_size=3)
+    return AnnotationStore(databases.project(address.key))
