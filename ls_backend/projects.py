@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
-from ls_backend.core.labels import Embeddings, LabelSpace
-from ls_backend.core.model import ModelVersion
-from ls_backend.core.scoring import Scored, score
-from ls_backend.core.training import LabeledData, prototype_model, save_prototype
+from ls_backend.core.labels import Embeddings
+from ls_backend.core.task_registry import task_of
+from ls_backend.core.tasks import Model, Scored, Task
+from ls_backend.core.training import LabeledData, save_prototype
 from ls_backend.labelstudio import predictions
-from ls_backend.labelstudio.config import ClassificationConfig, ConfigError, TaskError
+from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.base import StoreUnavailable
@@ -90,13 +88,13 @@ class Project:
         self.registry = project_registry(self.dir, self.store)
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
-        self._loaded: ModelVersion | None = None
+        self._loaded: Model | None = None
         self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
-        self._config: tuple[str, ClassificationConfig] | None = None  # (xml, parsed)
+        self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
 
     # --- label config ---------------------------------------------------------------------
 
-    def config(self) -> ClassificationConfig:
+    def config(self) -> LabelConfig:
         """The label config, parsed once per change; while the store is unreachable (a
         PostgreSQL restart), the last one read, so predictions keep serving."""
         try:
@@ -109,14 +107,14 @@ class Project:
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
         if self._config is None or self._config[0] != xml:
-            parsed = ClassificationConfig.parse(xml, self.settings.max_text_chars)
+            parsed = parse_config(xml, self.settings.max_text_chars)
             self._config = (xml, parsed)
         return self._config[1]
 
     def setup(self, label_config: str | None) -> str:
         """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
         if label_config is not None:
-            ClassificationConfig.parse(label_config)
+            parse_config(label_config)
             known = self._config is not None and self._config[0] == label_config
             if not known and self.store.label_config() != label_config:
                 self.store.set_label_config(label_config)
@@ -128,13 +126,18 @@ class Project:
         self.projects.emit(self, CONNECTED)
 
     @property
+    def task(self) -> Task:
+        """The kind of task the label config asks for."""
+        return task_of(self.config().kind)
+
+    @property
     def connected(self) -> bool:
         # A store from before /setup was recorded is connected if it ever had a model.
         return self.store.connected_at() is not None or self.registry.current() is not None
 
     # --- the serving model ------------------------------------------------------------------
 
-    def current_model(self, fresh: bool = False) -> ModelVersion | None:
+    def current_model(self, fresh: bool = False) -> Model | None:
         """The serving version, loaded when the pointer moved. The pointer is read at most every
         POINTER_POLL_S unless ``fresh``; while the store is unreachable the loaded model serves."""
         with self._lock:
@@ -153,43 +156,42 @@ class Project:
                 return self._loaded
             self._looked = (now, writes)
             if version != (self._loaded.version if self._loaded else None):
-                self._loaded = (
-                    ModelVersion.load(
-                        self.registry.path(version), version, device=self.settings.resolved_device()
-                    )
-                    if version
-                    else None
-                )
+                self._loaded = self._load(version) if version else None
             return self._loaded
 
-    def model(self) -> ModelVersion:
+    def _load(self, version: str) -> Model:
+        kind = self.registry.info(version).get("task", "classification")
+        device = self.settings.resolved_device()
+        return task_of(kind).load(self.registry.path(version), version, device)
+
+    def model(self) -> Model:
         """The serving model; zero-shot prototypes for a new project or a changed label set."""
         current = self.current_model()
-        space = self.config().space
-        if current is not None and current.space == space:
+        config = self.config()
+        if current is not None and current.space == config.space:
             return current
         with self._create_lock:
             current = self.current_model()
-            if current is not None and current.space == space:
+            if current is not None and current.space == config.space:
                 return current
-            model = prototype_model(space, self.label_embeddings(space))
+            task = task_of(config.kind)
+            model = task.prototype(config.space, self.label_embeddings(config.space))
             reason = "new label config" if current else "first label config"
-            model.version = save_prototype(self.registry, model, reason)
+            model.version = save_prototype(self.registry, model, reason, task.kind)
         self.projects.emit(self, LABEL_SPACE_CHANGED)
         return self.current_model() or model
 
-    def label_embeddings(self, space: LabelSpace) -> Embeddings:
+    def label_embeddings(self, space: Any) -> Embeddings:
         return self.encoder.encode(label_prototype_texts(space))
 
     # --- predictions ----------------------------------------------------------------------
 
-    def score(
-        self, texts: list[str], embeddings: Embeddings, model: ModelVersion | None = None
-    ) -> Scored:
+    def score(self, texts: list[str], embeddings: Embeddings, model: Model | None = None) -> Scored:
         """Predict ``texts`` (already embedded) with ``model`` (the serving one by default)."""
         settings = self.settings
-        return score(
-            model or self.model(),
+        model = model or self.model()
+        return task_of(self.config().kind).score(
+            model,
             texts,
             embeddings,
             mc_samples=settings.mc_samples,
@@ -225,17 +227,16 @@ class Project:
 
     # --- training data ------------------------------------------------------------------------
 
-    def labeled_data(self) -> tuple[LabelSpace, LabeledData, int]:
+    def labeled_data(self) -> tuple[Any, LabeledData, int]:
         """Every usable label in the store, embedded (cached): what a training round sees;
-        and how many annotations were skipped (no choice of ours, malformed, no text)."""
+        and how many annotations were skipped (nothing for our tag, malformed, no text)."""
         config = self.config()
-        space = config.space
         keys, tasks, texts, chosen = [], [], [], []
         skipped = 0
         for item in self.store.labeled():
-            names = config.labels_of(item.result)
-            if not names and not space.multi_label:
-                skipped += 1  # an annotation with no choice for our tag is not a label
+            labels = config.labels_of(item.result)
+            if labels is None:
+                skipped += 1  # an annotation with nothing for our tag is not a label
                 continue
             try:
                 text = config.text_of({"id": item.task_id, "data": item.data})
@@ -245,10 +246,10 @@ class Project:
             keys.append(item.annotation_id)
             tasks.append(item.task_id)
             texts.append(text)
-            chosen.append(names)
-        targets = space.encode(chosen) if chosen else np.zeros(0, dtype=np.int64)
+            chosen.append(labels)
+        targets = task_of(config.kind).targets(config.space, chosen)
         embeddings = self.encoder.encode(texts, background=True)  # training: not live
-        return space, LabeledData(keys, tasks, texts, targets, embeddings), skipped
+        return config.space, LabeledData(keys, tasks, texts, targets, embeddings), skipped
 
 
 class Projects:

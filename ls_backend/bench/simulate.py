@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ls_backend.bench.data import BenchData
 from ls_backend.core import uncertainty
+from ls_backend.core.classification import CLASSIFICATION
 from ls_backend.core.configs import LoraTrainConfig, RoundConfig
 from ls_backend.core.evaluation import expected_calibration_error, paired_gain
 from ls_backend.core.heads import LinearHead, choose_prior_strength
@@ -38,14 +39,8 @@ from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool
 from ls_backend.core.registry import Registry
 from ls_backend.core.report import cohen_kappa
-from ls_backend.core.training import (
-    LabeledData,
-    NotEnoughLabels,
-    RoundResult,
-    prototype_model,
-    run_round,
-    save_prototype,
-)
+from ls_backend.core.tasks import NotEnoughLabels
+from ls_backend.core.training import LabeledData, RoundResult, run_round, save_prototype
 
 #: Strategies whose order ignores the predictions: no pool prediction is made for them.
 PROB_FREE = frozenset({"random", "k_center"})
@@ -157,8 +152,9 @@ class ServedFit:
             ("rounds", "promoted", "worse_promoted", "better_kept_out"), 0
         )
         self._test: dict[str, Probs] = {}  # test probabilities by version
-        self.serving = prototype_model(data.space, data.label_x)  # what the registry serves
-        self.serving.version = save_prototype(self.registry, self.serving, "bench")
+        self.task = CLASSIFICATION
+        self.serving = self.task.prototype(data.space, data.label_x)  # what the registry serves
+        self.serving.version = save_prototype(self.registry, self.serving, "bench", self.task.kind)
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
         self.round("head", data, labeled, self.config)
@@ -179,11 +175,12 @@ class ServedFit:
         before = self.serving
         try:
             result = run_round(
-                kind, self.registry, data.space, labels, lambda: before, config, None, data.label_x
-            )
+                self.task, kind, self.registry, data.space, labels, lambda: before, config, None,
+                data.label_x,
+            )  # fmt: skip
         except NotEnoughLabels:  # one class so far: zero-shot still serves
             return None
-        candidate = ModelVersion.load(self.registry.path(result.version), result.version)
+        candidate = self.task.load(self.registry.path(result.version), result.version)
         # Judged like the rule judges, but on the full test split: a paired difference
         # beyond 2 of its standard errors (one item of 500 is not "worse").
         gain, se = paired_gain(self._correct(data, candidate), self._correct(data, before))

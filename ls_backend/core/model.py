@@ -48,6 +48,9 @@ class ModelVersion:
     def kind(self) -> ModelKind:
         return ModelKind.LORA if self.lora is not None else self.head.kind
 
+    def without_adapter(self) -> ModelVersion:
+        return ModelVersion(self.version, self.space, self.head) if self.lora else self
+
     def predict(
         self, texts: Sequence[str], embeddings: Embeddings, mc_samples: int | None = None
     ) -> Prediction:

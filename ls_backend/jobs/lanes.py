@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ls_backend import metrics
-from ls_backend.core.training import NotEnoughLabels, Progress
+from ls_backend.core.tasks import NotEnoughLabels, Progress
 from ls_backend.projects import Project
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.pointer import StoreAddress

@@ -9,7 +9,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from ls_backend.core.training import Progress
+from ls_backend.core.tasks import Progress
 from ls_backend.jobs.lanes import Lane, Lanes
 from ls_backend.jobs.training import TrainingLane
 from ls_backend.labelstudio.client import (

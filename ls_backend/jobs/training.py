@@ -17,15 +17,10 @@ from typing import Any, ClassVar, TypeVar
 from ls_backend import metrics
 from ls_backend.core.configs import RoundConfig
 from ls_backend.core.kinds import ModelKind
-from ls_backend.core.labels import Embeddings, LabelSpace
-from ls_backend.core.model import ModelVersion
-from ls_backend.core.training import (
-    LabeledData,
-    NotEnoughLabels,
-    Progress,
-    RoundResult,
-    run_round,
-)
+from ls_backend.core.labels import Embeddings
+from ls_backend.core.task_registry import task_of
+from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
+from ls_backend.core.training import LabeledData, RoundResult, run_round
 from ls_backend.jobs.lanes import Lane, Lanes
 from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project
 from ls_backend.settings import Settings
@@ -56,7 +51,8 @@ def follow_parent(poll_s: float = 1.0) -> None:
 
 def isolated_round(
     address: StoreAddress,
-    space: LabelSpace,
+    task_kind: TaskKind,
+    space: Any,
     data: LabeledData,
     config: RoundConfig,
     device: str,
@@ -68,13 +64,14 @@ def isolated_round(
     os.nice(CHILD_NICENESS)
     follow_parent()
     registry = project_registry(address.project_dir, address.open())
+    task = task_of(task_kind)
 
-    def current() -> ModelVersion | None:
+    def current() -> Model | None:
         version = registry.current()
-        return ModelVersion.load(registry.path(version), version, device) if version else None
+        return task.load(registry.path(version), version, device) if version else None
 
     return run_round(
-        ModelKind.LORA, registry, space, data, current, config, progress, label_embeddings
+        task, ModelKind.LORA, registry, space, data, current, config, progress, label_embeddings
     )
 
 
@@ -138,17 +135,16 @@ class TrainingLane(Lane):
         return {**asdict(result), "labels": len(data), "skipped_annotations": skipped}
 
     def train(
-        self, project: Project, space: LabelSpace, data: LabeledData, progress: Progress
+        self, project: Project, space: Any, data: LabeledData, progress: Progress
     ) -> RoundResult:
-        def serving() -> ModelVersion | None:  # under the registry's lock: read, not polled
+        def serving() -> Model | None:  # under the registry's lock: read, not polled
             return project.current_model(fresh=True)
 
-        names = self.prior(project, space)
-        return run_round(
-            self.kind, project.registry, space, data, serving, self.config(), progress, names
-        )
+        task, names = project.task, self.prior(project, space)
+        registry, config = project.registry, self.config()
+        return run_round(task, self.kind, registry, space, data, serving, config, progress, names)
 
-    def prior(self, project: Project, space: LabelSpace) -> Embeddings | None:
+    def prior(self, project: Project, space: Any) -> Embeddings | None:
         """The label names' embeddings when HEAD_PRIOR shrinks the head toward them."""
         return project.label_embeddings(space) if self.settings.head_prior else None
 
@@ -180,18 +176,16 @@ class LoraLane(TrainingLane):
         return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
 
     def train(
-        self, project: Project, space: LabelSpace, data: LabeledData, progress: Progress
+        self, project: Project, space: Any, data: LabeledData, progress: Progress
     ) -> RoundResult:
         # Minutes of training, possibly out of memory: in a child process, niced, so a crash
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
-        address, names = project.address, self.prior(project, space)
+        address, kind, names = project.address, project.task.kind, self.prior(project, space)
         return run_isolated(
-            isolated_round, address, space, data, self.config(), device, progress, names
+            isolated_round, address, kind, space, data, self.config(), device, progress, names
         )
 
 
 def training_lanes(settings: Settings) -> Lanes:
     return Lanes([HeadLane(settings), LoraLane(settings)])
-
-

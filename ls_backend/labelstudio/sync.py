@@ -31,23 +31,21 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
-from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
-from ls_backend.core.scoring import Scored, joined, score
-from ls_backend.core.training import Progress
+from ls_backend.core.task_registry import task_of
+from ls_backend.core.tasks import Model, Progress, Scored, Task, joined
 from ls_backend.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
     PredictionItem,
     ProjectCounts,
 )
-from ls_backend.labelstudio.config import ClassificationConfig, TaskError
-from ls_backend.labelstudio.predictions import predictions, shown_label
+from ls_backend.labelstudio.config import LabelConfig, TaskError
+from ls_backend.labelstudio.predictions import predictions, summary
 from ls_backend.labelstudio.queue import QueueState, Ranking, priorities, stale_cap
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED, AnnotationStore
@@ -96,7 +94,7 @@ class TaskPool:
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.config: ClassificationConfig | None = None
+        self.config: LabelConfig | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -108,7 +106,7 @@ class TaskPool:
     def refresh(
         self,
         store: AnnotationStore,
-        config: ClassificationConfig,
+        config: LabelConfig,
         encoder: Encoder,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
@@ -172,6 +170,7 @@ class Front:
     model_version: str
     reasons: list[str] = field(default_factory=list)  # why each task is there
     uncertainty: list[float] = field(default_factory=list)  # what it was ranked by
+    labels: list[str] = field(default_factory=list)  # each pre-annotation, in a few words
 
     @property
     def kind(self) -> ModelKind | None:
@@ -187,8 +186,8 @@ class SyncTarget:
     key: str
     store: AnnotationStore
     encoder: Encoder
-    config: Callable[[], ClassificationConfig]
-    model: Callable[[], ModelVersion]
+    config: Callable[[], LabelConfig]
+    model: Callable[[], Model]
     #: Adopt a label config read from Label Studio (the project's /setup).
     adopt_config: Callable[[str], object]
 
@@ -198,8 +197,8 @@ class SyncTarget:
 
 
 def rank_front(
-    model: ModelVersion,
-    config: ClassificationConfig,
+    model: Model,
+    config: LabelConfig,
     pool: TaskPool,
     labeled: NDArray[np.bool_],
     settings: Settings,
@@ -209,45 +208,49 @@ def rank_front(
     unlabeled = np.flatnonzero(~labeled)
     if len(unlabeled) == 0:
         return Front([], [], model.version)
+    task = task_of(config.kind)
     candidates = unlabeled
     if model.lora is not None and len(unlabeled) > ADAPTER_CANDIDATES:
-        base = model.head.predict_proba(pool.embeddings[unlabeled])
-        doubt = uncertainty.scores(base, "margin", model.space.multi_label)
-        most = np.argsort(-doubt, kind="stable")[:ADAPTER_CANDIDATES]
+        base = _score_in_chunks(task, model.without_adapter(), pool, unlabeled, settings)
+        most = np.argsort(-base.uncertainty, kind="stable")[:ADAPTER_CANDIDATES]
         candidates = np.sort(unlabeled[most])
     rows = np.concatenate([candidates, np.flatnonzero(labeled)])
-    scored = _score_in_chunks(model, pool, candidates, settings)
-    probs = np.zeros((len(rows), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
-    probs[: len(candidates)] = scored.probs
+    scored = _score_in_chunks(task, model, pool, candidates, settings)
+    probs = None
+    if scored.probs is not None and model.kind is not ModelKind.PROTOTYPE:
+        probs = np.zeros((len(rows), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
+        probs[: len(candidates)] = scored.probs
     scores = np.zeros(len(rows))
     scores[: len(candidates)] = scored.uncertainty
     ranked = rank_pool_explained(
         settings.strategy,
-        probs if model.kind is not ModelKind.PROTOTYPE else None,
+        probs,
         pool.embeddings[rows],
         np.arange(len(candidates), len(rows), dtype=np.int64),
-        multi_label=model.space.multi_label,
+        multi_label=scored.multi_label,
         scores=scores,
     )
     order = ranked.order[: settings.sync_top_k]
+    results = predictions(config, scored, order.tolist())
     return Front(
         tasks=pool.ids[rows[order]].tolist(),
-        results=predictions(config, scored, order.tolist()),
+        results=results,
         model_version=model.version,
         reasons=ranked.reasons[: settings.sync_top_k].tolist(),
         uncertainty=[round(float(u), 6) for u in scores[order]],
+        labels=[summary(config, r) for r in results],
     )
 
 
 def _score_in_chunks(
-    model: ModelVersion, pool: TaskPool, rows: NDArray[np.int64], settings: Settings
+    task: Task, model: Model, pool: TaskPool, rows: NDArray[np.int64], settings: Settings
 ) -> Scored:
     """``model`` over ``rows`` of the pool; an adapter goes in chunks, so a live prediction
     waiting for it gets in between."""
     step = len(rows) if model.lora is None else 64
     return joined(
         [
-            score(
+            task.score(
                 model,
                 [pool.texts[i] for i in rows[start : start + step]],
                 pool.embeddings[rows[start : start + step]],
@@ -434,14 +437,13 @@ class Syncer:
         now = time.time()
         for ranking in state.rankings:
             ranking.stale_since = ranking.stale_since or now
-        labels = [shown_label(r) for r in front.results]
         state.rankings.append(
             Ranking(
                 version,
                 front.tasks,
                 now,
                 reasons=front.reasons,
-                labels=labels,
+                labels=front.labels,
                 uncertainty=front.uncertainty,
             )
         )
