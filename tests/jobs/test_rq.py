@@ -10,13 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import BackendProcess, annotation_event, wait_for
+from fakes import BackendProcess, alive, annotation_event, wait_for
 from redis import Redis
 from redis_server import RedisServer
 
 from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.rq import RqScheduler
-from ls_backend.jobs.training import training_lanes
+from ls_backend.jobs.training import run_isolated, training_lanes
 from ls_backend.settings import Settings
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -210,3 +210,26 @@ def test_status_and_metrics_agree_whichever_replica_answers(replicas, workers):
     assert any(
         line.startswith('ls_backend_lane_runs{lane="head",project="1"} ') for line in answers[0][1]
     )
+
+
+# --- a job stopped by its timeout ---------------------------------------------------------------
+
+
+def _sleep_in_child(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+def test_a_job_timeout_stops_the_lora_child(tmp_path):
+    """RQ stops a job at its timeout by raising in the worker's thread (SIGALRM): the LoRA
+    round's child must stop with it, not train on to the end of its round."""
+    from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+    pid_file = tmp_path / "child.pid"
+    started = time.monotonic()
+    # The child's start (spawn, imports) takes seconds on a busy machine: 20 s to be in it.
+    with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(20, JobTimeoutException):
+        run_isolated(_sleep_in_child, str(pid_file))
+    assert time.monotonic() - started < 60, "the job waited for its child"
+    child = int(pid_file.read_text())
+    assert wait_for(lambda: not alive(child), 10, "the child to stop")
