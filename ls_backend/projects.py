@@ -45,6 +45,9 @@ LABEL_SPACE_CHANGED = "LABEL_SPACE_CHANGED"
 SYNC_REQUESTED = "SYNC_REQUESTED"
 #: A training lane finished a round (promoted or not).
 MODEL_TRAINED = "MODEL_TRAINED"
+#: A webhook's event is about to be stored (no lane wakes on it: a scheduler whose requests
+#: could be lost with the process between the store and the request takes note).
+EVENT_RECEIVED = "EVENT_RECEIVED"
 
 _PROJECT = re.compile(r"^[0-9]+$")
 #: Label Studio ids are 32-bit; anything longer is not a project.

@@ -47,6 +47,10 @@ class Scheduler:
         retry)."""
         self.request(key, lane, after=delay)
 
+    def lock_busy(self, key: str, lane: str) -> None:
+        """Another process runs (key, lane): see that what is pending gets looked at."""
+        self.later(key, lane, self.lock_busy_s)
+
     def requested_again(self, key: str, lane: str) -> bool:
         """Events came in for (key, lane) during its run: the burst lands first, a later look
         runs it again."""
@@ -90,8 +94,8 @@ class Scheduler:
         project, lane = self.projects.project(key), self.lanes[name]
         while not self.stopping() and lane.pending(project):
             with lane_lock(project, lane) as mine:
-                if not mine:  # another process runs it; look again when it may be done
-                    self.later(key, name, self.lock_busy_s)
+                if not mine:  # another process runs it
+                    self.lock_busy(key, name)
                     return
                 with self.running():
                     status = run_once(project, lane)
