@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
@@ -31,7 +31,7 @@ from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.base import StoreUnavailable
 from ls_backend.store.databases import Databases
-from ls_backend.store.pointer import StoreAddress, project_registry
+from ls_backend.store.pointer import StoreAddress, StorePointer, project_registry
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,13 @@ class Project:
         self._loaded: Model | None = None
         self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
         self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
+        self._saved_config: str | None = None  # the label config the store is known to hold
 
     # --- label config ---------------------------------------------------------------------
 
     def config(self) -> LabelConfig:
         """The label config, parsed once per change; while the store is unreachable (a
-        PostgreSQL restart), the last one read, so predictions keep serving."""
+        PostgreSQL restart), the last one read or sent, so predictions keep serving."""
         try:
             xml = self.store.label_config()
         except StoreUnavailable:
@@ -109,18 +110,25 @@ class Project:
             return self._config[1]
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
+        self._saved_config = xml
         if self._config is None or self._config[0] != xml:
             parsed = parse_config(xml, self.settings.max_text_chars)
             self._config = (xml, parsed)
         return self._config[1]
 
     def setup(self, label_config: str | None) -> str:
-        """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
+        """Adopt a label config (parsed first: a bad one changes nothing); returns the version.
+        While the store is away, predictions use the config sent, stored once it is back."""
         if label_config is not None:
-            parse_config(label_config)
-            known = self._config is not None and self._config[0] == label_config
-            if not known and self.store.label_config() != label_config:
-                self.store.set_label_config(label_config)
+            parsed = parse_config(label_config, self.settings.max_text_chars)
+            if self._saved_config != label_config:
+                try:
+                    if self.store.label_config() != label_config:
+                        self.store.set_label_config(label_config)
+                    self._saved_config = label_config
+                except StoreUnavailable:
+                    log.warning("project %s: the store is away; using the config sent", self.key)
+                    self._config = (label_config, parsed)
         return self.model().version
 
     def connect(self) -> None:
@@ -153,14 +161,27 @@ class Project:
             try:
                 version = self.registry.current()
             except StoreUnavailable:
-                if self._looked is None:
-                    raise
-                log.warning("project %s: the store is unreachable; serving on", self.key)
-                return self._loaded
+                if self._looked is not None:
+                    log.warning("project %s: the store is unreachable; serving on", self.key)
+                    return self._loaded
+                version = self._on_disk()  # since this process started: what served then
+                log.warning("project %s: the store is unreachable; serving %s", self.key, version)
             self._looked = (now, writes)
             if version != (self._loaded.version if self._loaded else None):
                 self._loaded = self._load(version) if version else None
             return self._loaded
+
+    def _on_disk(self) -> str:
+        """The serving version as last copied to disk (the store is away)."""
+        version = cast(StorePointer, self.registry.pointer).last_written()
+        try:
+            self.registry.path(version or "")
+        except KeyError:
+            raise StoreUnavailable(
+                f"the store of project {self.key} is unreachable and no serving version was "
+                "copied to disk"
+            ) from None
+        return str(version)
 
     def _load(self, version: str) -> Model:
         kind = self.registry.info(version).get("task", "classification")
