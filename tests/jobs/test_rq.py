@@ -83,15 +83,22 @@ class Workers:
     def start(self, lanes: str | None = None) -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "ab")  # noqa: SIM115
         args = [sys.executable, str(TESTS / "rq_worker.py"), *([lanes] if lanes else [])]
-        proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs.append(proc)
         return proc
 
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        """kill -9 of a worker with whatever it started (a LoRA child, RQ's helpers)."""
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            self.kill(proc)
 
 
 @pytest.fixture
@@ -178,8 +185,7 @@ def test_a_worker_killed_during_a_lora_run_leaves_serving_alone_and_another_redo
         wait_for(lambda: (project.registry.current() or "").endswith("-head"), 60, "a head")
         first = workers.start("lora")
         assert wait_for(lambda: read_status(project, "lora").state == "running", 60)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+        workers.kill(first)
         time.sleep(1.0)
         # Nothing half-written serves, or is even listed: versions appear only complete.
         assert not any(v.endswith("-lora") for v in project.registry.versions())
@@ -297,8 +303,7 @@ def test_a_worker_killed_with_a_job_queued_or_running_is_replaced_within_15_s(
             candidates.append(workers.start("head"))
             assert wait_for(lambda: workers_up(redis.url, candidates), 60, "the survivor")
     serving = project.registry.current()
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    workers.kill(victim)
     started = time.monotonic()
     time.sleep(0.5)
     assert project.registry.current() == serving  # untouched until the labels are trained
@@ -376,6 +381,7 @@ def test_jobs_are_json_never_pickles(replicas, redis):
     send(replicas[0], 1, "A")
     connection = Redis.from_url(redis.url)
     jobs = connection.lrange("rq:queue:ls-backend:head", 0, -1)
+    jobs += connection.zrange("rq:scheduled:ls-backend:head", 0, -1)  # RQ's delayed ones
     assert jobs
     for job_id in jobs:
         data = zlib.decompress(connection.hget(f"rq:job:{job_id.decode()}", "data"))
