@@ -57,6 +57,9 @@ OPEN_PROJECTS = 32
 #: A serving process looks at most this often which version serves (a promotion elsewhere
 #: serves here this much later; one made in this process at once).
 POINTER_POLL_S = 0.5
+#: After the store failed to answer (each try waits up to 5 s for a PostgreSQL connection),
+#: predictions use the config and model they hold this long before they ask it again.
+STORE_RETRY_S = 10.0
 #: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
 #: so the single task Label Studio asks for while an annotator waits goes first.
 BACKGROUND_BATCH = 16
@@ -102,11 +105,10 @@ class Project:
         """The label config, parsed once per change; while the store is unreachable (a
         PostgreSQL restart), the last one read or sent, so predictions keep serving."""
         try:
-            xml = self.store.label_config()
+            xml = self._ask_store(self.store.label_config)
         except StoreUnavailable:
             if self._config is None:
                 raise
-            log.warning("project %s: the store is unreachable; predicting on", self.key)
             return self._config[1]
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
@@ -123,13 +125,23 @@ class Project:
             parsed = parse_config(label_config, self.settings.max_text_chars)
             if self._saved_config != label_config:
                 try:
-                    if self.store.label_config() != label_config:
+                    if self._ask_store(self.store.label_config) != label_config:
                         self.store.set_label_config(label_config)
                     self._saved_config = label_config
                 except StoreUnavailable:
-                    log.warning("project %s: the store is away; using the config sent", self.key)
                     self._config = (label_config, parsed)
         return self.model().version
+
+    def _ask_store(self, read: Callable[[], Any]) -> Any:
+        """``read()`` from the store, unless it failed to answer within STORE_RETRY_S: then
+        StoreUnavailable at once, so a prediction does not wait for it again."""
+        if self.projects.store_away():
+            raise StoreUnavailable("the store did not answer a moment ago")
+        try:
+            return read()
+        except StoreUnavailable:
+            self.projects.store_failed(self.key)
+            raise
 
     def connect(self) -> None:
         """Label Studio called /setup: from now on its events and syncs for it are welcome."""
@@ -159,13 +171,13 @@ class Project:
                 if seen == writes and now - when < POINTER_POLL_S:
                     return self._loaded
             try:
-                version = self.registry.current()
+                version = (
+                    self.registry.current() if fresh else self._ask_store(self.registry.current)
+                )
             except StoreUnavailable:
                 if self._looked is not None:
-                    log.warning("project %s: the store is unreachable; serving on", self.key)
                     return self._loaded
                 version = self._on_disk()  # since this process started: what served then
-                log.warning("project %s: the store is unreachable; serving %s", self.key, version)
             self._looked = (now, writes)
             if version != (self._loaded.version if self._loaded else None):
                 self._loaded = self._load(version) if version else None
@@ -296,6 +308,19 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._store_away_until = 0.0  # monotonic
+
+    def store_away(self) -> bool:
+        """The stores failed to answer within the last STORE_RETRY_S."""
+        return time.monotonic() < self._store_away_until
+
+    def store_failed(self, key: str) -> None:
+        if not self.store_away():
+            log.warning(
+                "project %s: the store is unreachable; serving what this process holds and "
+                "asking it again in %.0f s", key, STORE_RETRY_S,
+            )  # fmt: skip
+        self._store_away_until = time.monotonic() + STORE_RETRY_S
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(project, event)`` for every event of every project from now on."""

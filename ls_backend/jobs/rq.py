@@ -210,7 +210,7 @@ class RqScheduler(Scheduler):
 
     def _send(self, key: str, lane: str, after: float, sweep: bool) -> None:
         member = f"{lane}:{key}"
-        enqueue, _wait, job = self._request(
+        enqueue, _wait, job = self._request(  # {enqueue?, wait, job}
             keys=[self._look_key(key, lane), self._looks],
             args=[
                 time.time(),
@@ -225,8 +225,8 @@ class RqScheduler(Scheduler):
                 member,
             ],
         )
-        if enqueue:
-            self._enqueue(key, lane, job.decode() if isinstance(job, bytes) else str(job))
+        if enqueue:  # a failed enqueue leaves a look whose job is lost: a keeper redoes it
+            self._enqueue(key, lane, _text(job))
 
     def _enqueue(self, key: str, name: str, job: str) -> None:
         self.queue(name).enqueue_call(

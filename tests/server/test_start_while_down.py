@@ -95,6 +95,9 @@ def test_with_postgresql_down_it_starts_serves_from_disk_and_refuses_only_what_i
             predicted = httpx.post(f"{server.url}/predict", json=PREDICT, timeout=120)
             assert predicted.status_code == 200, predicted.text
             assert predicted.json()["model_version"] == head  # what served, from disk
+            started = time.monotonic()  # the next ones do not wait for PostgreSQL again
+            assert httpx.post(f"{server.url}/predict", json=PREDICT, timeout=60).status_code == 200
+            assert time.monotonic() - started < 4.0  # not the 5 s connection wait
             refused = webhook(server, 6)
             assert refused.status_code == 503, refused.text  # not stored: said so
             postgres.start()
