@@ -108,8 +108,7 @@ def sync(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from redis import Redis
-
+    from ls_backend import logs
     from ls_backend.jobs import lanes_for
     from ls_backend.jobs.rq import work
     from ls_backend.projects import Projects
@@ -117,10 +116,11 @@ def worker(args: argparse.Namespace) -> None:
     settings = get_settings()
     if not settings.redis_url:
         sys.exit("ls-backend worker needs REDIS_URL (without it the server runs every lane)")
+    logs.configure(settings.log_level, settings.log_json)
     projects = Projects(settings)
     names = args.queues.split(",") if args.queues else None
     try:
-        work(projects, lanes_for(projects), Redis.from_url(settings.redis_url), names)
+        work(projects, lanes_for(projects), settings.redis_url, names)
     except ValueError as exc:
         sys.exit(str(exc))
 

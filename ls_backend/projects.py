@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
@@ -31,7 +31,7 @@ from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.base import StoreUnavailable
 from ls_backend.store.databases import Databases
-from ls_backend.store.pointer import StoreAddress, project_registry
+from ls_backend.store.pointer import StoreAddress, StorePointer, project_registry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ LABEL_SPACE_CHANGED = "LABEL_SPACE_CHANGED"
 SYNC_REQUESTED = "SYNC_REQUESTED"
 #: A training lane finished a round (promoted or not).
 MODEL_TRAINED = "MODEL_TRAINED"
+#: A webhook's event is about to be stored (no lane wakes on it: a scheduler whose requests
+#: could be lost with the process between the store and the request takes note).
+EVENT_RECEIVED = "EVENT_RECEIVED"
 
 _PROJECT = re.compile(r"^[0-9]+$")
 #: Label Studio ids are 32-bit; anything longer is not a project.
@@ -54,6 +57,9 @@ OPEN_PROJECTS = 32
 #: A serving process looks at most this often which version serves (a promotion elsewhere
 #: serves here this much later; one made in this process at once).
 POINTER_POLL_S = 0.5
+#: After the store failed to answer (each try waits up to 5 s for a PostgreSQL connection),
+#: predictions use the config and model they hold this long before they ask it again.
+STORE_RETRY_S = 10.0
 #: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
 #: so the single task Label Studio asks for while an annotator waits goes first.
 BACKGROUND_BATCH = 16
@@ -91,34 +97,51 @@ class Project:
         self._loaded: Model | None = None
         self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
         self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
+        self._saved_config: str | None = None  # the label config the store is known to hold
 
     # --- label config ---------------------------------------------------------------------
 
     def config(self) -> LabelConfig:
         """The label config, parsed once per change; while the store is unreachable (a
-        PostgreSQL restart), the last one read, so predictions keep serving."""
+        PostgreSQL restart), the last one read or sent, so predictions keep serving."""
         try:
-            xml = self.store.label_config()
+            xml = self._ask_store(self.store.label_config)
         except StoreUnavailable:
             if self._config is None:
                 raise
-            log.warning("project %s: the store is unreachable; predicting on", self.key)
             return self._config[1]
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
+        self._saved_config = xml
         if self._config is None or self._config[0] != xml:
             parsed = parse_config(xml, self.settings.max_text_chars)
             self._config = (xml, parsed)
         return self._config[1]
 
     def setup(self, label_config: str | None) -> str:
-        """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
+        """Adopt a label config (parsed first: a bad one changes nothing); returns the version.
+        While the store is away, predictions use the config sent, stored once it is back."""
         if label_config is not None:
-            parse_config(label_config)
-            known = self._config is not None and self._config[0] == label_config
-            if not known and self.store.label_config() != label_config:
-                self.store.set_label_config(label_config)
+            parsed = parse_config(label_config, self.settings.max_text_chars)
+            if self._saved_config != label_config:
+                try:
+                    if self._ask_store(self.store.label_config) != label_config:
+                        self.store.set_label_config(label_config)
+                    self._saved_config = label_config
+                except StoreUnavailable:
+                    self._config = (label_config, parsed)
         return self.model().version
+
+    def _ask_store(self, read: Callable[[], Any]) -> Any:
+        """``read()`` from the store, unless it failed to answer within STORE_RETRY_S: then
+        StoreUnavailable at once, so a prediction does not wait for it again."""
+        if self.projects.store_away():
+            raise StoreUnavailable("the store did not answer a moment ago")
+        try:
+            return read()
+        except StoreUnavailable:
+            self.projects.store_failed(self.key)
+            raise
 
     def connect(self) -> None:
         """Label Studio called /setup: from now on its events and syncs for it are welcome."""
@@ -148,16 +171,29 @@ class Project:
                 if seen == writes and now - when < POINTER_POLL_S:
                     return self._loaded
             try:
-                version = self.registry.current()
+                version = (
+                    self.registry.current() if fresh else self._ask_store(self.registry.current)
+                )
             except StoreUnavailable:
-                if self._looked is None:
-                    raise
-                log.warning("project %s: the store is unreachable; serving on", self.key)
-                return self._loaded
+                if self._looked is not None:
+                    return self._loaded
+                version = self._on_disk()  # since this process started: what served then
             self._looked = (now, writes)
             if version != (self._loaded.version if self._loaded else None):
                 self._loaded = self._load(version) if version else None
             return self._loaded
+
+    def _on_disk(self) -> str:
+        """The serving version as last copied to disk (the store is away)."""
+        version = cast(StorePointer, self.registry.pointer).last_written()
+        try:
+            self.registry.path(version or "")
+        except KeyError:
+            raise StoreUnavailable(
+                f"the store of project {self.key} is unreachable and no serving version was "
+                "copied to disk"
+            ) from None
+        return str(version)
 
     def _load(self, version: str) -> Model:
         kind = self.registry.info(version).get("task", "classification")
@@ -272,6 +308,19 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._store_away_until = 0.0  # monotonic
+
+    def store_away(self) -> bool:
+        """The stores failed to answer within the last STORE_RETRY_S."""
+        return time.monotonic() < self._store_away_until
+
+    def store_failed(self, key: str) -> None:
+        if not self.store_away():
+            log.warning(
+                "project %s: the store is unreachable; serving what this process holds and "
+                "asking it again in %.0f s", key, STORE_RETRY_S,
+            )  # fmt: skip
+        self._store_away_until = time.monotonic() + STORE_RETRY_S
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(project, event)`` for every event of every project from now on."""

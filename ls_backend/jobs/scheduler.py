@@ -6,6 +6,8 @@ this process's threads (``jobs.threads``) or RQ workers (``jobs.rq``).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,12 +17,17 @@ from typing import Any
 from ls_backend.jobs.lanes import Lanes, lane_lock, run_once, shown_status
 from ls_backend.projects import Project, Projects
 
+log = logging.getLogger(__name__)
+
 #: A burst's spell: a request is looked at TRAIN_DEBOUNCE_S after the last one of a burst, and
 #: at most this long after its first (a bulk burst of 1,000 webhooks takes ~10 s to arrive on
 #: 2 cores; annotators pause far longer than one spell).
 MAX_SETTLE_S = 10.0
 #: How often ``wait_idle`` looks.
 IDLE_POLL_S = 0.05
+#: While the store (or the queue) is away at start, the look for pending work is retried this
+#: often, in the background: the process serves meanwhile.
+RESUME_RETRY_S = 5.0
 
 
 class Scheduler:
@@ -46,6 +53,10 @@ class Scheduler:
         """Look at (key, lane) again ``delay`` seconds from now (a lock held elsewhere, a
         retry)."""
         self.request(key, lane, after=delay)
+
+    def lock_busy(self, key: str, lane: str) -> None:
+        """Another process runs (key, lane): see that what is pending gets looked at."""
+        self.later(key, lane, self.lock_busy_s)
 
     def requested_again(self, key: str, lane: str) -> bool:
         """Events came in for (key, lane) during its run: the burst lands first, a later look
@@ -84,14 +95,38 @@ class Scheduler:
                 if lane.pending(project):
                     self.request(key, lane.name, sweep=True)
 
+    def resume_soon(self) -> None:
+        """``resume`` at start; while the store is away (PostgreSQL not up yet), again every
+        RESUME_RETRY_S in the background, so the process starts and serves meanwhile."""
+        try:
+            self.resume()
+            return
+        except Exception as exc:
+            log.warning(
+                "pending work not looked at yet (%s: %s); trying again every %.0f s",
+                type(exc).__name__, exc, RESUME_RETRY_S,
+            )  # fmt: skip
+
+        def retry() -> None:
+            while not self.stopping():
+                time.sleep(RESUME_RETRY_S)
+                try:
+                    self.resume()
+                except Exception:  # still away
+                    continue
+                log.info("pending work looked at: the store is back")
+                return
+
+        threading.Thread(target=retry, name="resume", daemon=True).start()
+
     def drain(self, key: str, name: str) -> None:
         """Run (key, lane) while work is pending, each run holding the lane's lock; never raises
         for a run's own failure (``run_once``)."""
         project, lane = self.projects.project(key), self.lanes[name]
         while not self.stopping() and lane.pending(project):
             with lane_lock(project, lane) as mine:
-                if not mine:  # another process runs it; look again when it may be done
-                    self.later(key, name, self.lock_busy_s)
+                if not mine:  # another process runs it
+                    self.lock_busy(key, name)
                     return
                 with self.running():
                     status = run_once(project, lane)

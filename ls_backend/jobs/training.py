@@ -76,10 +76,31 @@ def isolated_round(
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a fresh process; a killed child raises BrokenProcessPool here."""
+    """``fn(*args)`` in a fresh process; a killed child raises BrokenProcessPool here. Stopped
+    while it waits (an RQ job's timeout, a worker's cold shutdown), the child is stopped too:
+    it never trains on to the end of its round beside the next one."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+    try:
+        result = pool.submit(fn, *args).result()
+    except BaseException:
+        _stop_children(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return result
+
+
+def _stop_children(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
+    # The executor has no public way to stop a task that runs: end its process.
+    children = list((getattr(pool, "_processes", None) or {}).values())
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(grace_s)
+        if child.is_alive():
+            child.kill()
+            child.join(grace_s)
 
 
 #: Runs before a training round, e.g. a re-read of Label Studio's labels on START_TRAINING.

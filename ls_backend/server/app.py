@@ -35,7 +35,9 @@ def create_app(
             app.state.projects = Projects(settings)
             app.state.scheduler = start_scheduler(app.state.projects)
         _warn_about(settings)
-        app.state.scheduler.resume()  # events stored before a crash or a restart still train
+        # Events stored before a crash or a restart still train; a store that is not up yet
+        # is waited for in the background, so predictions serve meanwhile.
+        app.state.scheduler.resume_soon()
         yield
         app.state.scheduler.stop()
 

@@ -24,7 +24,7 @@ from ls_backend.core.registry import version_number
 from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
-from ls_backend.projects import SYNC_REQUESTED, Project, Projects
+from ls_backend.projects import EVENT_RECEIVED, SYNC_REQUESTED, Project, Projects
 from ls_backend.server import dashboard
 from ls_backend.server.errors import RETRY_AFTER_S, ApiError, error
 from ls_backend.server.report import ProjectReport, build_report
@@ -318,6 +318,7 @@ def _webhook(projects: Projects, raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or "id" not in info:
         raise ApiError(422, "project.id: required in a webhook body")
     project = _connected(projects, info["id"])
+    projects.emit(project, EVENT_RECEIVED)  # before storing: a kill in between is covered
     try:
         seq = project.store.apply(body)
     except EventError as exc:

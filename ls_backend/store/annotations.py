@@ -129,14 +129,21 @@ def _task_id(task: Any) -> int:
 
 class AnnotationStore:
     def __init__(self, database: Database) -> None:
+        # Migrated on first use, not here: a process starts while PostgreSQL is away.
         self.database = database
-        database.migrate(MIGRATIONS, _legacy_version)
+        self._migrated = False
+
+    def _ready(self) -> Database:
+        if not self._migrated:
+            self.database.migrate(MIGRATIONS, _legacy_version)
+            self._migrated = True
+        return self.database
 
     def _read(self) -> Any:
-        return self.database.session()
+        return self._ready().session()
 
     def _tx(self) -> Any:
-        return self.database.session(write=True)
+        return self._ready().session(write=True)
 
     # --- writing -----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ that serves lives in the project's store, and so does the registry writers' lock
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -12,22 +13,34 @@ from ls_backend.core.registry import FilePointer, Registry
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.databases import Databases
 
+log = logging.getLogger(__name__)
+
 
 class StorePointer:
     """The registry's pointer in the project's store, where every replica and worker reads
-    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+    it. Each move is copied into the registry's ``current`` file too, so that a process that
+    starts while the store is away serves what was serving (``last_written``); a store from
+    before the pointer lived there adopts that file."""
 
-    def __init__(self, store: AnnotationStore, legacy: Path) -> None:
-        self.store, self.legacy = store, legacy
+    def __init__(self, store: AnnotationStore, file: Path) -> None:
+        self.store, self.file = store, FilePointer(file)
 
     def read(self) -> str | None:
         name = self.store.serving_version()
-        if name is None and (name := FilePointer(self.legacy).read()) is not None:
+        if name is None and (name := self.file.read()) is not None:
             self.store.set_serving_version(name)
         return name
 
     def write(self, version: str) -> None:
         self.store.set_serving_version(version)
+        try:
+            self.file.write(version)
+        except OSError as exc:  # the store's pointer moved: that is what serves
+            log.warning("could not copy the serving version to %s: %s", self.file.path, exc)
+
+    def last_written(self) -> str | None:
+        """The serving version as last copied to disk: only for when the store is away."""
+        return self.file.read()
 
 
 def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
