@@ -135,10 +135,16 @@ def attach_label_studio(lanes: Lanes, settings: Settings) -> None:
         return syncer()(sync_target(project), progress)
 
     def reread(project: Project) -> int:
-        """Make the store match every labeled task Label Studio holds."""
+        """Make the store match every labeled task Label Studio holds (read page by page,
+        each written in short transactions while webhooks go on)."""
         upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
         tasks = syncer().client.labeled_tasks(int(project.key))
-        project.store.replace_labeled([dict(task) for task in tasks], upto)
-        return len(tasks)
+        read = project.store.replace_labeled((dict(task) for task in tasks), upto)
+        if not read:
+            log.warning(
+                "project %s: Label Studio returned no labeled task; the stored labels stay",
+                project.key,
+            )
+        return read
 
     attach(lanes, settings, sync, reread)

@@ -93,6 +93,10 @@ class LabelStudioError(RuntimeError):
         self.status_code = status_code
 
 
+class IncompleteRead(LabelStudioError):
+    """A paged read stopped before its last page (an empty or repeated page)."""
+
+
 class LabelStudioAuthError(LabelStudioError):
     """401: the API key is wrong, expired, or a legacy token with legacy tokens disabled."""
 
@@ -252,7 +256,10 @@ class LabelStudioClient:
         """Every task of the project (or those of ``task_ids``), in id order, page by page.
 
         Pages are read by number, so a task imported mid-read may shift a page; ids already
-        yielded are skipped, and a later sync picks up anything missed.
+        yielded are skipped, and a later sync picks up anything missed. A page that comes
+        back empty before ``total`` is reached, or with no task not already read (a Label
+        Studio that ignores ``page``), ends the read with ``IncompleteRead``: a caller must
+        not take what it got for every task.
         """
         nested = "annotations,predictions" if include_predictions else "annotations"
         params: dict[str, Any] = {
@@ -274,20 +281,28 @@ class LabelStudioClient:
         seen: set[int] = set()
         page = 1
         while True:
-            body = self._request("GET", "api/tasks/", params={**params, "page": page})
+            body = self._request("GET", "api/tasks/", params={**params, "page": page}) or {}
             raw_tasks = body.get("tasks") or []
-            for raw in raw_tasks:
-                if raw["id"] not in seen:
-                    seen.add(raw["id"])
-                    yield _light_task(raw, include_predictions)
-            if len(raw_tasks) < page_size or page * page_size >= body.get("total", 0):
+            total = int(body.get("total") or 0)
+            new = [raw for raw in raw_tasks if raw["id"] not in seen]
+            if not new and (raw_tasks or (page - 1) * page_size < total):
+                what = "the same tasks again" if raw_tasks else "no task"
+                raise IncompleteRead(
+                    f"Label Studio returned {what} on page {page} of project {project_id}'s "
+                    f"tasks ({len(seen)} of {total} read): the read stopped there"
+                )
+            for raw in new:
+                seen.add(raw["id"])
+                yield _light_task(raw, include_predictions)
+            if len(raw_tasks) < page_size or page * page_size >= total:
                 return
             page += 1
 
-    def labeled_tasks(self, project_id: int, *, page_size: int = 1000) -> list[Task]:
-        """Tasks with at least one annotation that is not a skip (was_cancelled)."""
+    def labeled_tasks(self, project_id: int, *, page_size: int = 1000) -> Iterator[Task]:
+        """Tasks with at least one annotation that is not a skip (was_cancelled), read lazily
+        (``IncompleteRead`` as ``iter_tasks``)."""
         tasks = self.iter_tasks(project_id, page_size=page_size, only_labeled=True)
-        return [task for task in tasks if task["annotations"]]
+        return (task for task in tasks if task["annotations"])
 
     # --- writes ------------------------------------------------------------------------------
 
