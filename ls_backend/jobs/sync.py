@@ -63,11 +63,12 @@ class SyncLane(Lane):
         elif event == MODEL_TRAINED:
             forced = False
         elif event == CONNECTED:
-            # Rank a new project's queue once, even before any label (diversity alone); with
-            # basic auth on, (re)connecting also gives its new webhook the credentials.
+            # Rank a new project's queue once, even before any label (diversity alone); a
+            # connect by a new URL looks for its webhook, and with auth on, (re)connecting
+            # also gives a new webhook the header.
             if not store.lane_forced(self.name):
                 forced = True
-            elif self.settings.auth_enabled and webhook_check_due(store):
+            elif webhook_check_due(store, periodic=self.settings.webhook_auth):
                 forced = False
             else:
                 return False

@@ -370,24 +370,18 @@ class LabelStudioClient:
             json_body={"sampling": UNCERTAINTY_SAMPLING, "model_version": model_version},
         )
 
-    def secure_webhooks(self, project_id: int, headers: dict[str, str]) -> int:
-        """Give the webhooks Label Studio made for the project's ML backends (``<url>/webhook``)
-        these ``headers``: Label Studio sends webhooks with their own headers only, never with
-        the ML backend's basic-auth credentials. Returns how many it changed."""
-        backends = self._request("GET", "api/ml/", params={"project": project_id}) or []
-        ours = {str(b.get("url", "")).rstrip("/") + "/webhook" for b in backends}
-        hooks = self._request("GET", "api/webhooks/", params={"project": project_id}) or []
-        changed = 0
-        for hook in hooks:
-            have = hook.get("headers") or {}
-            if hook.get("url") in ours and any(have.get(k) != v for k, v in headers.items()):
-                self._request(
-                    "PATCH",
-                    f"api/webhooks/{hook['id']}/",
-                    json_body={"headers": {**have, **headers}},
-                )
-                changed += 1
-        return changed
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The ML backends connected to the project (``url``, ``title``, ``state``, ...)."""
+        return list(self._request("GET", "api/ml/", params={"project": project_id}) or [])
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks (``url``, ``headers``, ``is_active``, ...). Label Studio
+        shows their headers to any of its users."""
+        return list(self._request("GET", "api/webhooks/", params={"project": project_id}) or [])
+
+    def set_webhook_headers(self, webhook_id: int, headers: dict[str, str]) -> None:
+        """Replace a webhook's headers (Label Studio sends each event with these only)."""
+        self._request("PATCH", f"api/webhooks/{webhook_id}/", json_body={"headers": headers})
 
     def ensure_ml_backend(
         self,

@@ -99,7 +99,7 @@ async def setup(request: Request, body: SetupRequest) -> dict[str, Any]:
             version = project.setup(body.schema_)
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from exc
-        project.connect()
+        project.connect(_reached_by(request))
         return {"model_version": version}
 
     return await anyio.to_thread.run_sync(connect, limiter=_limits(request).control)
@@ -252,6 +252,18 @@ def ui_project(request: Request, project: str) -> HTMLResponse:
 
 
 # --- the work behind the routes ---------------------------------------------------------------
+
+
+def _reached_by(request: Request) -> list[str]:
+    """The URL Label Studio reached this backend by (its webhook is ``<that>/webhook``): the
+    request's own, and the one a proxy in front says it was asked for."""
+    urls = [str(request.base_url)]
+    host = request.headers.get("x-forwarded-host")
+    if host:
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        prefix = request.headers.get("x-forwarded-prefix") or ""
+        urls.append(f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{prefix}")
+    return urls
 
 
 def _project(projects: Projects, raw: Any) -> Project:

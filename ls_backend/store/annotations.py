@@ -54,6 +54,8 @@ _TRAIN_REQUESTED = "train_requested"
 _REREAD_DONE = "reread_done"
 _STATUS = "status:"  # + lane
 _WEBHOOKS_CHECKED = "webhooks_checked"
+_SETUP_URLS = "setup_urls"
+_WEBHOOK_PROBLEM = "webhook_problem"
 _QUEUE = "queue"
 _SERVING = "serving_version"
 
@@ -582,6 +584,32 @@ class AnnotationStore:
 
     def set_webhooks_checked(self, when: float) -> None:
         self._put_meta(_WEBHOOKS_CHECKED, str(when))
+
+    def setup_urls(self) -> dict[str, float]:
+        """The URLs Label Studio reached /setup by, with when each was first seen."""
+        return {str(k): float(v) for k, v in json.loads(self._meta(_SETUP_URLS) or "{}").items()}
+
+    def note_setup_urls(self, urls: Iterable[str], keep: int) -> bool:
+        """Record URLs /setup came by (the ``keep`` newest stay); whether one was new. A URL
+        already known costs a read, not a write (Label Studio calls /setup very often)."""
+        urls, seen = list(urls), self.setup_urls()
+        if all(url in seen for url in urls):
+            return False
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (_SETUP_URLS,)).fetchone()
+            known: dict[str, float] = json.loads(row[0]) if row else {}
+            now = time.time()
+            known.update((url, now) for url in urls if url not in known)
+            newest = sorted(known.items(), key=lambda item: item[1])[-keep:]
+            self._set_meta(db, _SETUP_URLS, json.dumps(dict(newest)))
+        return True
+
+    def webhook_problem(self) -> str | None:
+        """What is wrong with the project's webhook in Label Studio, as last found."""
+        return self._meta(_WEBHOOK_PROBLEM) or None
+
+    def set_webhook_problem(self, problem: str | None) -> None:
+        self._put_meta(_WEBHOOK_PROBLEM, problem or "")
 
     def queue_state(self) -> str | None:
         """What Label Studio's queue holds (``labelstudio.queue.QueueState``, as JSON)."""
