@@ -27,7 +27,7 @@ from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.projects import SYNC_REQUESTED, Project, Projects
 from ls_backend.server import dashboard
 from ls_backend.server.errors import RETRY_AFTER_S, ApiError, error
-from ls_backend.server.report import ProjectReport, build_report
+from ls_backend.server.report import ProjectReport, build_report, project_warnings
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import KNOWN_ACTIONS, EventError
 
@@ -162,6 +162,7 @@ def status(request: Request) -> dict[str, Any]:
             "annotations": project.store.count("annotations"),
             "tasks": project.store.count("tasks"),
             "jobs": _jobs_of(request, project),
+            "warnings": project_warnings(project),
         }
     sync = (
         {"configured": True}

@@ -1,5 +1,6 @@
 """The webhook-only token (WEBHOOK_TOKEN) opens /webhook and nothing else; /setup records the
-URL Label Studio reached us by (whose webhook is ours)."""
+URL Label Studio reached us by (whose webhook is ours); a webhook problem shows on /status and
+on the dashboard."""
 
 import base64
 
@@ -58,3 +59,14 @@ def test_setup_records_the_url_label_studio_reached_us_by(make_client):
     store = client.app.state.projects.project(7).store
     assert set(store.setup_urls()) == {"http://testserver", "https://ml.example.org"}
 
+
+def test_a_webhook_problem_shows_on_status_and_the_dashboard(make_client):
+    client = make_client()
+    connect(client)
+    assert client.get("/status").json()["projects"]["7"]["warnings"] == []
+    problem = "Label Studio has no webhook for http://ls-backend:9090/webhook, ..."
+    client.app.state.projects.project(7).store.set_webhook_problem(problem)
+    assert client.get("/status").json()["projects"]["7"]["warnings"] == [problem]
+    assert problem in client.get("/ui").text
+    assert problem in client.get("/ui/projects/7").text
+    assert client.get("/projects/7/report").json()["warnings"] == [problem]
