@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,7 +25,7 @@ from ls_backend.core.labels import Embeddings
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Scored, Task
 from ls_backend.core.training import LabeledData, save_prototype
-from ls_backend.labelstudio import predictions
+from ls_backend.labelstudio import predictions, webhooks
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
@@ -98,6 +98,7 @@ class Project:
         self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
         self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
         self._saved_config: str | None = None  # the label config the store is known to hold
+        self._setup_urls: set[str] = set()  # recorded in the store already
 
     # --- label config ---------------------------------------------------------------------
 
@@ -143,9 +144,14 @@ class Project:
             self.projects.store_failed(self.key)
             raise
 
-    def connect(self) -> None:
-        """Label Studio called /setup: from now on its events and syncs for it are welcome."""
+    def connect(self, reached_by: Sequence[str] = ()) -> None:
+        """Label Studio called /setup (by the URLs ``reached_by``): from now on its events and
+        syncs for it are welcome, and the webhook of that URL is the backend's own."""
         self.store.mark_connected()
+        urls = [webhooks.normalized(url) for url in reached_by]
+        if any(url not in self._setup_urls for url in urls):
+            self.store.note_setup_urls(urls, keep=webhooks.MAX_URLS)
+            self._setup_urls.update(urls)
         self.projects.emit(self, CONNECTED)
 
     @property

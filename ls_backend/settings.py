@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         None, description="With BASIC_AUTH_PASS, require HTTP basic auth on all but /health."
     )
     basic_auth_pass: SecretStr | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    webhook_token: SecretStr | None = Field(
+        None,
+        description="A secret accepted on /webhook only (`Authorization: Bearer <token>`, "
+        "beside basic auth); the backend gives its Label Studio webhook this token instead of "
+        "the basic-auth password, which Label Studio would show its users. Without basic auth "
+        "it still guards /webhook. A long random string.",
+    )
 
     # --- models ---------------------------------------------------------------------------
     embedding_model: str = Field(
@@ -222,6 +229,12 @@ class Settings(BaseSettings):
     @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def webhook_auth(self) -> bool:
+        """Whether /webhook needs credentials (basic auth or WEBHOOK_TOKEN), which Label
+        Studio's webhook must then carry."""
+        return self.auth_enabled or bool(self.webhook_token)
 
     @property
     def database_url_value(self) -> str | None:

@@ -20,7 +20,6 @@ What annotators feel is Label Studio's database, so a sync touches it as little 
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Progress, Scored, Task, joined
+from ls_backend.labelstudio import webhooks
 from ls_backend.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
@@ -66,8 +66,11 @@ ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
-#: How often the project's webhooks are checked for the basic-auth header (with auth on).
+#: How often the project's webhook in Label Studio is looked at (its auth header, whether it
+#: is there at all); and how long after a new /setup URL it may still be in the making.
 WEBHOOK_CHECK_S = 60.0
+WEBHOOK_GRACE_S = 5.0
+WEBHOOK_POLL_S = 0.5
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
@@ -276,8 +279,10 @@ class Syncer:
         """Re-rank; push when ``force`` or a request asked for it, or ``core.requeue`` says so."""
         report = progress or (lambda _fraction, _stage: None)
         store, settings = target.store, self.settings
-        self._secure_webhooks(target)
+        forced_seq = store.lane_forced(SYNC)
         state = QueueState.load(store)
+        # An admin's request looks at the webhook too; basic auth needs it before any label.
+        look_again = self._check_webhooks(target, force=forced_seq > state.forced_seq)
         serving = state.serving
         if serving is not None:  # rate limit: what arrives meanwhile coalesces into this run
             rest = serving.pushed + settings.sync_min_interval_s - time.time()
@@ -349,6 +354,9 @@ class Syncer:
         # back that may go now: the next run looks again.
         if waiting or more or (reason is None and held_back and state.backlog(store) <= cap):
             store.want_lane(SYNC)
+        if look_again is not None:  # the first connect: the webhook has had time to appear
+            time.sleep(max(0.0, look_again - time.time()))
+            self._check_webhooks(target, force=True)
         outcome.update(
             reason=reason or "queue unchanged",
             tasks=len(pool.ids),
@@ -366,23 +374,52 @@ class Syncer:
         )
         return outcome
 
-    def _secure_webhooks(self, target: SyncTarget) -> None:
-        """With basic auth on, the project's webhooks must carry it, or every event gets 401
-        and nothing trains: checked at most every WEBHOOK_CHECK_S (a reconnect makes a new one)."""
-        if not self.settings.auth_enabled or not webhook_check_due(target.store):
-            return
-        assert self.settings.basic_auth_user and self.settings.basic_auth_pass
-        credentials = f"{self.settings.basic_auth_user}:"
-        credentials += self.settings.basic_auth_pass.get_secret_value()
-        header = "Basic " + base64.b64encode(credentials.encode()).decode()
-        target.store.set_webhooks_checked(time.time())
-        try:
-            changed = self.client.secure_webhooks(target.project_id, {"Authorization": header})
-        except LabelStudioError as exc:  # ranking goes on; the next check tries again
-            log.error("project %s: could not give its webhooks basic auth: %s", target.key, exc)
-            return
-        if changed:
-            log.info("project %s: basic auth added to %d webhook(s)", target.key, changed)
+    def _check_webhooks(self, target: SyncTarget, *, force: bool = False) -> float | None:
+        """Find the project's webhook for the URL Label Studio connected this backend by: give
+        it our auth header where /webhook needs one (that webhook only: the other backends'
+        webhooks must not get our credentials), and record, log and show what is wrong with
+        it (none at all, switched off). Runs when a URL is new, every WEBHOOK_CHECK_S, or when
+        ``force``d. Returns when to look again if Label Studio may still be creating it."""
+        store = target.store
+        urls = store.setup_urls()
+        if not urls or not (force or webhook_check_due(store)):
+            return None
+        store.set_webhooks_checked(time.time())
+        settings = self.settings
+        basic = None
+        if settings.basic_auth_user and settings.basic_auth_pass:
+            basic = (settings.basic_auth_user, settings.basic_auth_pass.get_secret_value())
+        token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+        header = webhooks.auth_header(basic, token)
+        # Label Studio makes the webhook just after its first /setup: not missing yet.
+        settles = max(urls.values()) + WEBHOOK_GRACE_S
+        while True:
+            try:
+                found = webhooks.check(
+                    self.client.ml_backends(target.project_id),
+                    self.client.webhooks(target.project_id),
+                    urls,
+                    header,
+                )
+                for hook_id, headers in found.patches:
+                    self.client.set_webhook_headers(hook_id, headers)
+            except LabelStudioError as exc:  # ranking goes on; the next check tries again
+                log.error("project %s: could not check its webhook: %s", target.key, exc)
+                return None
+            if found.patches:
+                log.info("project %s: auth header given to its webhook", target.key)
+            if not found.missing or time.time() >= settles:
+                break
+            if header is None:  # nothing to give it: look again after the push
+                return settles
+            time.sleep(WEBHOOK_POLL_S)  # the first labels will need our header on it
+        if found.problem != store.webhook_problem():
+            if found.problem:
+                log.warning("project %s: %s", target.key, found.problem)
+            else:
+                log.info("project %s: its webhook in Label Studio is in order again", target.key)
+            store.set_webhook_problem(found.problem)
+        return None
 
     # --- Label Studio, read --------------------------------------------------------------------
 
@@ -557,8 +594,15 @@ class Syncer:
             state.save(store)
 
 
-def webhook_check_due(store: AnnotationStore) -> bool:
-    return time.time() - store.webhooks_checked() > WEBHOOK_CHECK_S
+def webhook_check_due(store: AnnotationStore, periodic: bool = True) -> bool:
+    """Whether the project's webhook should be looked at: /setup came by a URL not looked at
+    yet, or (``periodic``) the last look is WEBHOOK_CHECK_S old (a reconnect makes a new
+    webhook, which needs our auth header)."""
+    urls = store.setup_urls()
+    if not urls:
+        return False
+    checked = store.webhooks_checked()
+    return max(urls.values()) > checked or (periodic and time.time() - checked > WEBHOOK_CHECK_S)
 
 
 def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:

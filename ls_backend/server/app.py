@@ -53,13 +53,14 @@ def create_app(
         app.state.projects = projects
         app.state.scheduler = scheduler or start_scheduler(projects)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.auth_enabled:
-        assert settings.basic_auth_user and settings.basic_auth_pass
+    if settings.webhook_auth:
+        password, token = settings.basic_auth_pass, settings.webhook_token
         app.add_middleware(
             BasicAuthMiddleware,
             user=settings.basic_auth_user,
-            password=settings.basic_auth_pass.get_secret_value(),
+            password=password.get_secret_value() if password else None,
             open_paths={"/health"},
+            webhook_token=token.get_secret_value() if token else None,
         )
     errors.install(app)
     app.include_router(router)
@@ -73,8 +74,9 @@ def _warn_about(settings: Settings) -> None:
         "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
         "but the backend cannot reorder Label Studio's queue or re-read annotations"
     )
-    if settings.auth_enabled:
+    if settings.webhook_auth:
         log.error(
-            "basic auth is on but LABEL_STUDIO_API_KEY is not set: the backend cannot give "
-            "Label Studio's webhooks the credentials, so they get 401 and nothing trains"
+            "/webhook needs credentials (basic auth or WEBHOOK_TOKEN) but LABEL_STUDIO_API_KEY "
+            "is not set: the backend cannot give Label Studio's webhook the header, so events "
+            "get 401 and nothing trains"
         )

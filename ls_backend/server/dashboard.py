@@ -38,6 +38,7 @@ border-bottom:1px solid #e6e8ee;vertical-align:top}th{font-weight:600;color:#4a5
 .tag.explore{background:#e3f1e0}.tag.near_duplicate{background:#fbe9d0}
 .tag.issue{background:#f9d7d0}.stop{font-weight:600}.stop.yes{color:#1e7d32}
 .stop.no{color:#a86b00}button{font:inherit;padding:4px 12px}
+.warning{background:#fdecea;border-left:4px solid #c8290a;padding:8px 12px;margin:0 0 8px}
 svg text{font-size:11px;fill:#4a5266}
 """
 
@@ -134,7 +135,12 @@ def overview(projects: dict[str, dict[str, Any]], sync: dict[str, Any]) -> str:
         "(Settings -> Model).</p>"
     )
     note = "" if sync.get("configured") else f"<p class=muted>{escape(sync['message'])}</p>"
-    body = f"<section><h2>Projects</h2>{table}{note}</section>"
+    warnings = "".join(
+        _warning(f"Project {key}: {text}", key)
+        for key, p in projects.items()
+        for text in p.get("warnings", [])
+    )
+    body = f"<section><h2>Projects</h2>{warnings}{table}{note}</section>"
     return _page("ls-backend: projects", body, None)
 
 
@@ -239,6 +245,10 @@ def kappa_svg(signal: StopSignal) -> str:
     )
 
 
+def _warning(text: str, project: str) -> str:
+    return f'<p class=warning data-project="{escape(project)}">{escape(text)}</p>'
+
+
 def _link(url: str | None, text: str) -> str:
     return f'<a href="{escape(url)}" target=_blank>{escape(text)}</a>' if url else escape(text)
 
@@ -335,8 +345,9 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
     suspects = f"""<section><h2>Probably wrong annotations</h2>{suspect_table}
 <p class=muted>{escape(report.suspects_note)}</p></section>"""
 
+    warnings = "".join(_warning(text, key) for text in report.warnings)
     body = (
-        f"<div class=grid>{state}{curve}{stopping}{labels}</div>"
+        f"{warnings}<div class=grid>{state}{curve}{stopping}{labels}</div>"
         f'<div class=grid style="margin-top:16px">{queue}{suspects}</div>'
     )
     return _page(f"ls-backend: project {key}", body, key)

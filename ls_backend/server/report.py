@@ -85,6 +85,15 @@ class ProjectReport(BaseModel):
     stopping: core.StopSignal | None
     stopping_note: str
     label_studio_url: str | None
+    warnings: list[str] = Field(
+        default_factory=list, description="what keeps the project from learning, and the fix"
+    )
+
+
+def project_warnings(project: Project) -> list[str]:
+    """What the admin must fix for the project to learn (its webhook in Label Studio)."""
+    problem = project.store.webhook_problem()
+    return [problem] if problem else []
 
 
 def task_url(base: str | None, project: str, task_id: int) -> str | None:
@@ -158,6 +167,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         stopping=stopping,
         stopping_note=stopping_note,
         label_studio_url=base,
+        warnings=project_warnings(project),
     )
 
 

@@ -27,7 +27,7 @@ from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.projects import EVENT_RECEIVED, SYNC_REQUESTED, Project, Projects
 from ls_backend.server import dashboard
 from ls_backend.server.errors import RETRY_AFTER_S, ApiError, error
-from ls_backend.server.report import ProjectReport, build_report
+from ls_backend.server.report import ProjectReport, build_report, project_warnings
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import KNOWN_ACTIONS, EventError
 
@@ -99,7 +99,7 @@ async def setup(request: Request, body: SetupRequest) -> dict[str, Any]:
             version = project.setup(body.schema_)
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from exc
-        project.connect()
+        project.connect(_reached_by(request))
         return {"model_version": version}
 
     return await anyio.to_thread.run_sync(connect, limiter=_limits(request).control)
@@ -162,6 +162,7 @@ def status(request: Request) -> dict[str, Any]:
             "annotations": project.store.count("annotations"),
             "tasks": project.store.count("tasks"),
             "jobs": _jobs_of(request, project),
+            "warnings": project_warnings(project),
         }
     sync = (
         {"configured": True}
@@ -252,6 +253,18 @@ def ui_project(request: Request, project: str) -> HTMLResponse:
 
 
 # --- the work behind the routes ---------------------------------------------------------------
+
+
+def _reached_by(request: Request) -> list[str]:
+    """The URL Label Studio reached this backend by (its webhook is ``<that>/webhook``): the
+    request's own, and the one a proxy in front says it was asked for."""
+    urls = [str(request.base_url)]
+    host = request.headers.get("x-forwarded-host")
+    if host:
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        prefix = request.headers.get("x-forwarded-prefix") or ""
+        urls.append(f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{prefix}")
+    return urls
 
 
 def _project(projects: Projects, raw: Any) -> Project:
