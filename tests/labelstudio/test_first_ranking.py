@@ -18,7 +18,7 @@ from ls_backend.settings import Settings
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
 TASKS = 2_000
-PER_TEXT_S = 0.002  # 4 s for the whole import: far longer than the first ranking may take
+PER_TEXT_S = 0.004  # 8 s for the whole import: far longer than the first ranking may take
 
 
 class SlowEncoder(HashEncoder):
@@ -65,7 +65,7 @@ def test_a_first_ranking_comes_from_a_sample_within_seconds_and_grows(
 
     began = time.monotonic()
     first = syncer(sync_target(project), force=True)
-    assert time.monotonic() - began < sync.FIRST_EMBED_S + 1.0
+    assert time.monotonic() - began < sync.FIRST_EMBED_S + 3.0  # ranking, pushing: a busy CPU
     ranked = first["tasks"]
     assert settings.sync_top_k <= ranked < TASKS and first["pushed"] == settings.sync_top_k
     assert first["waiting_to_embed"] == TASKS - ranked
