@@ -3,11 +3,13 @@ connected. Submit -> next task, without and with ls-backend; when the first rank
 whether the stream serves it.
 
     .venv/bin/python benchmarks/annotator.py [--sizes 1000,10000] [--texts long,short]
-        [--engines sqlite,postgresql] [--labels 25] [--baseline-src DIR]
+        [--engines sqlite,postgresql] [--labels 25] [--arms control,backend,control,backend]
+        [--baseline-src DIR] [--keep DIR]
 
-A real Label Studio 1.23 (SQLite, or PostgreSQL as the compose stack runs it), started like
-the tests start it. For each engine, text kind and size, one project per arm, tasks imported
-first:
+A real Label Studio 1.23 (SQLite, or PostgreSQL as the compose stack runs it, fsync on),
+started like the tests start it. For each engine, text kind and size, one project per arm
+(an arm named twice runs twice, alternating with the others: on a shared machine the load
+drifts), tasks imported first:
 - `control`: no ML backend at all;
 - `backend`: `ls-backend serve` (this checkout) started beforehand and connected as the README
   says (webhooks, sync on) once the annotator is logged in: labeling starts at the connect;
@@ -20,7 +22,8 @@ choosing the true label. Meanwhile a poller (in every arm, so each pays for it) 
 project's queue version twice a second and, for each new ranking, its predictions: the first
 ranked push is timed from the connect, and every task served after it is checked against the
 ranking in force (the lowest score not yet labeled). Every wait is bounded; a run that stalls
-counts as failures. The load average is printed with every row: the CPU is shared.
+counts as failures. The load average is printed with every row: the CPU is shared. With
+`--keep`, the servers' logs stay there, with every task's timings (`<arm>.json`).
 """
 
 from __future__ import annotations
@@ -136,11 +139,17 @@ class Arm:
 
 
 def annotate(
-    studio: LabelStudioServer, data: Dataset, kind: str, arm: Arm, args: argparse.Namespace
+    studio: LabelStudioServer,
+    data: Dataset,
+    kind: str,
+    arm: Arm,
+    args: argparse.Namespace,
+    index: int,
 ) -> None:
-    """One project, one arm; prints its table row."""
+    """One project, one arm (the `index`-th of its config: a repeat gets a fresh model dir,
+    or the backend would go on with the last one's project); prints its table row."""
     size = len(data.texts)
-    name = f"{studio.engine}-{kind}-{size}-{arm.name}"
+    name = f"{studio.engine}-{kind}-{size}-{index}-{arm.name}"
     project = studio.client.projects.create(title=f"annotator {name}", label_config=data.config)
     studio.client.projects.import_tasks(id=project.id, request=[{"text": t} for t in data.texts])
     server = None
@@ -253,8 +262,8 @@ def main() -> None:
             for kind in args.texts.split(","):
                 for size in [int(s) for s in args.sizes.split(",")]:
                     data = dataset(kind, size)
-                    for arm in arms:
-                        annotate(studio, data, kind, arm, args)
+                    for index, arm in enumerate(arms):
+                        annotate(studio, data, kind, arm, args, index)
 
 
 if __name__ == "__main__":
