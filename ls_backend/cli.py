@@ -109,6 +109,7 @@ def sync(args: argparse.Namespace) -> None:
 
 def worker(args: argparse.Namespace) -> None:
     from ls_backend import logs
+    from ls_backend.core.priority import lower_thread_priority
     from ls_backend.jobs import lanes_for
     from ls_backend.jobs.rq import work
     from ls_backend.projects import Projects
@@ -117,6 +118,9 @@ def worker(args: argparse.Namespace) -> None:
     if not settings.redis_url:
         sys.exit("ls-backend worker needs REDIS_URL (without it the server runs every lane)")
     logs.configure(settings.log_level, settings.log_json)
+    # A worker only runs background work: at a lower priority, before any thread (the
+    # runtime's, BLAS's) starts, so they all inherit it.
+    lower_thread_priority()
     projects = Projects(settings)
     names = args.queues.split(",") if args.queues else None
     try:

@@ -124,6 +124,10 @@ class Scheduler:
         for a run's own failure (``run_once``)."""
         project, lane = self.projects.project(key), self.lanes[name]
         while not self.stopping() and lane.pending(project):
+            wait = lane.hold(project)
+            if wait > 0:  # paced (a head round under a stream of labels): look then
+                self.later(key, name, wait)
+                return
             with lane_lock(project, lane) as mine:
                 if not mine:  # another process runs it
                     self.lock_busy(key, name)

@@ -21,7 +21,7 @@ from ls_backend.core.labels import Embeddings
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
 from ls_backend.core.training import LabeledData, RoundResult, run_round
-from ls_backend.jobs.lanes import Lane, Lanes
+from ls_backend.jobs.lanes import JobStatus, Lane, Lanes, read_status
 from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, START_TRAINING
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 TRAINING_EVENTS = LABEL_ACTIONS | {START_TRAINING, LABEL_SPACE_CHANGED}
 #: LoRA runs in a child process at this niceness: requests get the CPU first.
 CHILD_NICENESS = 10
+#: While labels stream in, head training takes at most this share of the time: a round
+#: starts no sooner after the last one ended than (1 / HEAD_DUTY - 1) times that round's
+#: wall time (the labels meanwhile wait and go into it), and never more than HEAD_HOLD_MAX_S.
+#: A label after a quiet spell still trains at once. On a 2-core box beside Label Studio a
+#: round per label took the CPU the annotators' saves needed.
+HEAD_DUTY = 0.25
+HEAD_HOLD_MAX_S = 30.0
 T = TypeVar("T")
 
 
@@ -178,6 +185,9 @@ class HeadLane(TrainingLane):
     kind = ModelKind.HEAD
     threads = 2
 
+    def hold(self, project: Project) -> float:
+        return head_hold(read_status(project, self.name), time.time())
+
 
 class LoraLane(TrainingLane):
     name = "lora"
@@ -206,6 +216,16 @@ class LoraLane(TrainingLane):
         return run_isolated(
             isolated_round, address, kind, space, data, self.config(), device, progress, names
         )
+
+
+def head_hold(last: JobStatus, now: float) -> float:
+    """Seconds before the next head round may start: ``HEAD_DUTY`` of the time at most,
+    sized from the last round's cost (a round that ran long waits longer)."""
+    if last.started is None or last.finished is None or last.finished < last.started:
+        return 0.0  # never ran, or running
+    cost = last.finished - last.started
+    ready = last.finished + min(cost * (1 / HEAD_DUTY - 1), HEAD_HOLD_MAX_S)
+    return max(0.0, ready - now)
 
 
 def training_lanes(settings: Settings) -> Lanes:

@@ -54,13 +54,23 @@ log = logging.getLogger(__name__)
 
 #: The lane that runs syncs (its requests are kept in the store under this name).
 SYNC = "sync"
-#: New tasks embedded per sync run. An import of 100,000 tasks is ranked on a growing uniform
-#: sample: the first push comes after ~30 s of embedding (2 cores), not after ~12 minutes.
+#: A project's tasks are ranked on a growing uniform sample. The first ranking is pushed
+#: after FIRST_EMBED_S of embedding (on 2 cores 50-200 news-length texts, more short
+#: ones): an annotator who starts at the connect gets a ranked queue within seconds. Later
+#: runs embed up to EMBED_PER_RUN more (while people label: for GROWTH_SLICE_S, so the
+#: re-rank after new labels never waits long behind it) and push once the ranked sample is
+#: GROWTH_PUSH times what it was at the last push, or covers every task: each push costs
+#: Label Studio seconds of its database while people save (a 1,000-task import: 2 pushes
+#: of its own, 10,000: 4).
+FIRST_EMBED_S = 1.0
+GROWTH_SLICE_S = 8.0
+GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
-#: Texts embedded between two checks for labeling activity (~2 s on 2 cores).
-PACE_BLOCK = 256
+#: Texts embedded between two looks at the clock and at labeling activity (0.1-0.6 s of
+#: news-length texts on one core): the first ranking's deadline overruns by one at most.
+PACE_BLOCK = 16
 #: Labeling counts as going on for this long after the last label or skip; meanwhile
-#: embedding a large import runs this share of the time.
+#: embedding runs this share of the time (on a low-priority thread: core.priority).
 ACTIVE_PACE_S = 30.0
 ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
@@ -113,9 +123,13 @@ class TaskPool:
         encoder: Encoder,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
+        deadline: float | None = None,
+        urgent: bool = False,
     ) -> tuple[NDArray[np.bool_], int]:
         """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
-        tasks are still waiting to be embedded (more than ``budget`` were new)."""
+        tasks are still waiting to be embedded: more than ``budget`` were new, or embedding
+        stopped at ``deadline`` (``time.monotonic()``; after one block at least). ``urgent``
+        embedding is not paced (``_embed_paced``)."""
         if config != self.config:  # another text field: every text may differ
             self._clear()
             self.config = config
@@ -126,10 +140,9 @@ class TaskPool:
             self.texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
         new = np.setdiff1d(all_ids, self.ids, assume_unique=True)
         new = new[~np.isin(new, list(self.unreadable))] if self.unreadable else new
-        waiting = 0
-        if len(new) > budget:  # a uniform sample, so a partial pool ranks fairly
-            waiting = len(new) - budget
-            new = np.sort((rng or np.random.default_rng()).choice(new, budget, replace=False))
+        waiting = len(new)
+        # A uniform sample in random order: a partial pool, whatever stops it, ranks fairly.
+        new = (rng or np.random.default_rng()).permutation(new)[:budget]
         data = store.task_data(new.tolist())
         ids, texts = [], []
         for task_id in new.tolist():
@@ -137,29 +150,47 @@ class TaskPool:
                 texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
             except TaskError:
                 self.unreadable.add(task_id)
+                waiting -= 1
                 continue
             ids.append(task_id)
         if ids:
-            vectors = _embed_paced(texts, encoder, store)
-            self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+            vectors = _embed_paced(texts, encoder, store, deadline, urgent)
+            done = len(vectors)
+            waiting -= done
+            self.ids = np.concatenate([self.ids, np.asarray(ids[:done], dtype=np.int64)])
             self.embeddings = np.concatenate([self.embeddings, vectors])
-            self.texts += texts
+            self.texts += texts[:done]
             order = np.argsort(self.ids, kind="stable")
             self.ids, self.embeddings = self.ids[order], self.embeddings[order]
             self.texts = [self.texts[i] for i in order]
         return labeled[np.searchsorted(all_ids, self.ids)], waiting
 
 
-def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> Embeddings:
-    """Embed in blocks (each cached as it is done); while people label, run a quarter of the
-    time (ACTIVE_DUTY): on a small box Label Studio needs the CPU for their saves."""
-    parts = []
+def labeling(store: AnnotationStore) -> bool:
+    """Someone labeled or skipped a task in the last ACTIVE_PACE_S."""
+    return time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S
+
+
+def _embed_paced(
+    texts: list[str],
+    encoder: Encoder,
+    store: AnnotationStore,
+    deadline: float | None = None,
+    urgent: bool = False,
+) -> Embeddings:
+    """Embed the first texts in blocks (each cached as it is done) until ``deadline``; while
+    people label, and unless ``urgent``, run ACTIVE_DUTY of the time: on a small box Label
+    Studio needs the CPU for their saves. Returns the embeddings of ``texts[:n]``, n >= one
+    block."""
+    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
     for start in tqdm(
         range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
     ):
+        if deadline is not None and start and time.monotonic() > deadline:
+            break
         began = time.monotonic()
         parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
-        if time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S:
+        if not urgent and labeling(store):
             time.sleep((time.monotonic() - began) * (1 / ACTIVE_DUTY - 1))
     return np.concatenate(parts)
 
@@ -303,7 +334,8 @@ class Syncer:
         forced_seq = store.lane_forced(SYNC)
         label_seq = store.last_seq(LABEL_ACTIONS)
         project_id = target.project_id
-        if state.baseline is None:
+        just_read = state.baseline is None
+        if just_read:
             report(0.0, "reading every task from Label Studio")
             state.baseline = self._full_read(target)
             lap("read", 0.3)
@@ -311,7 +343,14 @@ class Syncer:
 
         def rank() -> tuple[NDArray[np.bool_], int, Front]:
             config = target.config()
-            labeled, waiting = pool.refresh(store, config, target.encoder)
+            now, first = time.monotonic(), serving is None
+            if first:  # no ranking in the queue yet: one within seconds, on a first sample
+                deadline: float | None = now + FIRST_EMBED_S
+            else:  # grow the sample; while people label, in slices
+                deadline = now + GROWTH_SLICE_S if labeling(store) else None
+            labeled, waiting = pool.refresh(
+                store, config, target.encoder, EMBED_PER_RUN, deadline=deadline, urgent=first
+            )
             lap("embed", 0.5)
             # One model for the whole ranking, even if a promotion lands meanwhile.
             return labeled, waiting, rank_front(target.model(), config, pool, labeled, settings)
@@ -319,7 +358,9 @@ class Syncer:
         labeled, waiting, front = rank()
         lap("rank", 0.6)
 
-        cap = stale_cap(settings.sync_top_k, len(pool.ids))
+        # The project's size, not the ranked sample's: what Label Studio's writes cost.
+        project_tasks = store.mirror_counts()[0]
+        cap = stale_cap(settings.sync_top_k, project_tasks)
         held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
@@ -330,21 +371,23 @@ class Syncer:
             new_labels=store.count_events(LABEL_ACTIONS, after=state.label_seq),
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
-            pool_grew=not state.complete,
+            pool_grew=not state.complete
+            and (waiting == 0 or len(pool.ids) >= GROWTH_PUSH * state.ranked),
             backlog_full=held_back,
             new_kind=serving is not None and ModelKind.of(serving.version) != front.kind,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
-            if not self._consistent(project_id, store, state.baseline):
+            # Right after a full read the mirror is Label Studio's: the first push goes at once.
+            if not just_read and not self._consistent(project_id, store, state.baseline):
                 report(0.6, "healing the task mirror: reading every task from Label Studio")
                 state.baseline = self._full_read(target)
                 labeled, waiting, front = rank()
                 outcome["healed"] = True
                 lap("heal", 0.7)
-            version = self._push(project_id, state, front, store, len(pool.ids))
+            version = self._push(project_id, state, front, store, project_tasks)
             state.label_seq, state.forced_seq = label_seq, forced_seq
-            state.complete = waiting == 0
+            state.complete, state.ranked = waiting == 0, len(pool.ids)
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
