@@ -10,6 +10,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import ValidationError
+
 from ls_backend.settings import Settings, get_settings
 
 
@@ -177,12 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong with the settings, one line per variable, without the values given
+    (they include the password and the keys)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        name = ".".join(str(part).upper() for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "ls-backend: the settings are not valid:\n  " + "\n  ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     # OpenMP threads that spin while they wait make torch 2-9x slower on a busy machine
     # (measured: LoRA 36 vs 4 samples/s on 2 cores); must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        sys.exit(settings_problem(exc))
 
 
 if __name__ == "__main__":
