@@ -59,6 +59,8 @@ POINTER_POLL_S = 0.5
 BACKGROUND_BATCH = 16
 
 Listener = Callable[["Project", str], None]
+#: Folders the backend itself keeps in MODEL_DIR beside the projects' (the ONNX exports).
+_OURS = {"onnx"}
 
 
 def project_key(raw: Any) -> str:
@@ -272,6 +274,7 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._strays: set[str] = set()  # folders in MODEL_DIR that are no project, logged once
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(project, event)`` for every event of every project from now on."""
@@ -304,5 +307,24 @@ class Projects:
         return project if project.connected else None
 
     def known_projects(self) -> list[str]:
+        """The projects with a folder under MODEL_DIR. Any other folder (``0``, ``007``, a
+        backup someone left there) is no project of ours: ignored, and said so once."""
         root: Path = self.settings.model_dir
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and _PROJECT.match(p.name))
+        found = []
+        for path in root.iterdir():
+            if not path.is_dir() or path.name.startswith(".") or path.name in _OURS:
+                continue
+            try:
+                ours = project_key(path.name) == path.name
+            except ValueError:
+                ours = False
+            if ours:
+                found.append(path.name)
+            elif path.name not in self._strays:
+                self._strays.add(path.name)
+                log.warning(
+                    "MODEL_DIR/%s is not a project folder (those are named by a Label Studio "
+                    "project id, like 7): ignored",
+                    path.name[:80],
+                )
+        return sorted(found, key=int)
