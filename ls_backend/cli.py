@@ -67,27 +67,60 @@ def _registry(settings: Settings, project: str) -> Any:
     return project_registry(address.project_dir, address.open())
 
 
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    """Rows as columns sized to their widest cell, two spaces apart (``right``: the columns
+    aligned right); the last column is left ragged."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
 def models(args: argparse.Namespace) -> None:
     registry = _registry(get_settings(), args.project)
     current = registry.current()
+    known = ", ".join(registry.versions()) or "none"
     if args.action == "list":
-        header = ("", "version", "promoted", "labels", "accuracy", "macro-F1", "reason")
-        print("{:2}{:<14}{:<10}{:>7}{:>10}{:>10}  {}".format(*header))
+        rows = [["version", "promoted", "labels", "accuracy", "macro-F1", "reason"]]
+        marks = ["  "]
         for version in registry.versions():
             info = registry.info(version)
             m = info.get("metrics") or {}
-            mark = "* " if version == current else "  "
-            acc = f"{m['accuracy']:.3f}" if "accuracy" in m else "-"
-            f1 = f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-"
-            print(
-                f"{mark}{version:<14}{str(bool(info.get('promoted'))):<10}"
-                f"{info.get('labels', 0):>7}{acc:>10}{f1:>10}  {info.get('reason', '')}"
+            marks.append("* " if version == current else "  ")
+            rows.append(
+                [
+                    version,
+                    "yes" if info.get("promoted") else "no",
+                    str(info.get("labels", 0)),
+                    f"{m['accuracy']:.3f}" if "accuracy" in m else "-",
+                    f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-",
+                    str(info.get("reason", "")),
+                ]
             )
+        table = _table(rows, right={2, 3, 4}).splitlines()
+        print("\n".join(mark + line for mark, line in zip(marks, table, strict=True)))
     elif args.action == "show":
-        print(json.dumps(registry.info(args.version or current), indent=2))
+        version = args.version or current
+        if version is None:
+            sys.exit(
+                f"project {args.project}: no version serves; name one with --version ({known})"
+            )
+        try:
+            info = registry.info(version)
+        except KeyError:
+            sys.exit(f"project {args.project}: no model version {version!r} (known: {known})")
+        print(json.dumps(info, indent=2))
     elif args.action == "rollback":
-        with registry.lock():
-            version = registry.rollback(args.version)
+        try:
+            with registry.lock():
+                version = registry.rollback(args.version)
+        except KeyError as exc:
+            sys.exit(f"project {args.project}: {exc.args[0]} (known: {known})")
         print(f"project {args.project} now serves {version}")
 
 
