@@ -104,6 +104,8 @@ def models(args: argparse.Namespace) -> None:
             )
         table = _table(rows, right={2, 3, 4}).splitlines()
         print("\n".join(mark + line for mark, line in zip(marks, table, strict=True)))
+        if registry.pinned():
+            print(f"\n{_pinned(args.project, current)}")
     elif args.action == "show":
         version = args.version or current
         if version is None:
@@ -121,7 +123,25 @@ def models(args: argparse.Namespace) -> None:
                 version = registry.rollback(args.version)
         except KeyError as exc:
             sys.exit(f"project {args.project}: {exc.args[0]} (known: {known})")
-        print(f"project {args.project} now serves {version}")
+        print(f"project {args.project} now serves {version}, {_pinned(args.project, version)}")
+    elif args.action == "unpin":
+        with registry.lock():
+            was = registry.pinned()
+            version = registry.unpin()
+        if was is None:
+            print(f"project {args.project}: nothing is pinned ({version or 'no version'} serves)")
+        else:
+            print(
+                f"project {args.project}: the pin on {was} is lifted; it serves until a "
+                "training round promotes another version"
+            )
+
+
+def _pinned(project: str, version: str | None) -> str:
+    return (
+        f"pinned: {version} serves while new versions train, until "
+        f"`ls-backend models unpin --project {project}`"
+    )
 
 
 def sync(args: argparse.Namespace) -> None:
@@ -183,10 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default: PORT")
     p.set_defaults(func=serve)
 
-    p = sub.add_parser("models", help="list, show or roll back a project's model versions")
-    p.add_argument("action", choices=["list", "show", "rollback"])
+    p = sub.add_parser(
+        "models", help="list, show or roll back (pinned) a project's model versions; unpin"
+    )
+    p.add_argument("action", choices=["list", "show", "rollback", "unpin"])
     p.add_argument("--project", required=True)
-    p.add_argument("--version", help="show: that version; rollback: serve it")
+    p.add_argument(
+        "--version",
+        help="show: that version; rollback: serve it, pinned (default: the promoted one before)",
+    )
     p.set_defaults(func=models)
 
     p = sub.add_parser("worker", help="run background jobs from Redis (REDIS_URL) with RQ")

@@ -95,3 +95,17 @@ def test_models_show_and_rollback_without_a_usable_version_say_why(tmp_path, mon
             cli.main(["models", action, "--project", "5", "--version", "v0009-head"])
     assert registry.current() == only
     get_settings.cache_clear()
+
+
+def test_models_rollback_pins_and_unpin_lifts_it(trained, capsys):
+    versions = trained.registry.versions()
+    cli.main(["models", "rollback", "--project", "5"])
+    assert f"now serves {versions[0]}, pinned" in capsys.readouterr().out
+    assert trained.registry.pinned() == versions[0]
+    cli.main(["models", "list", "--project", "5"])
+    assert "ls-backend models unpin --project 5" in capsys.readouterr().out
+    cli.main(["models", "unpin", "--project", "5"])
+    assert f"the pin on {versions[0]} is lifted" in capsys.readouterr().out
+    assert trained.registry.pinned() is None and trained.registry.current() == versions[0]
+    cli.main(["models", "unpin", "--project", "5"])
+    assert "nothing is pinned" in capsys.readouterr().out

@@ -52,7 +52,14 @@ class PredictRequest(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    version: str = Field(description="The model version to serve, e.g. v0004-head.")
+    version: str | None = Field(
+        None, description="The model version to serve, e.g. v0004-head; none: keep what serves."
+    )
+    pin: bool = Field(
+        True,
+        description="Keep it serving while new rounds train (they are saved, not served) until "
+        'a request with `"pin": false` lifts the pin; `{"pin": false}` alone lifts it.',
+    )
 
 
 class Limits:
@@ -220,19 +227,28 @@ def report(request: Request, project: str) -> ProjectReport:
     return _report(request, project)
 
 
-@router.post("/projects/{project}/rollback", summary="Serve another saved model version")
+@router.post(
+    "/projects/{project}/rollback",
+    summary="Serve another saved model version, pinned until lifted; or lift the pin",
+)
 def rollback(request: Request, project: str, body: RollbackRequest) -> dict[str, Any]:
     registry = _known(_projects(request), project).registry
+    if body.version is None and body.pin:
+        raise ApiError(422, 'version: required (or {"pin": false} to lift a pin)')
     with registry.lock():
         try:
-            version = registry.rollback(body.version)
+            if body.version is None:
+                version = registry.unpin()
+            else:
+                version = registry.rollback(body.version, pin=body.pin)
         except KeyError as exc:
             known = ", ".join(registry.versions()) or "none"
             raise ApiError(
                 404, f"version: no model version {body.version!r} (known: {known})"
             ) from exc
-    log.info("project %s: rolled back to %s", project, version)
-    return {"project": project, "model_version": version}
+        pinned = registry.pinned() is not None
+    log.info("project %s: serves %s%s", project, version, " (pinned)" if pinned else "")
+    return {"project": project, "model_version": version, "pinned": pinned}
 
 
 @router.get("/", include_in_schema=False)

@@ -56,6 +56,7 @@ _STATUS = "status:"  # + lane
 _WEBHOOKS_CHECKED = "webhooks_checked"
 _QUEUE = "queue"
 _SERVING = "serving_version"
+_PINNED = "serving_pinned"  # "1" while a rollback pins the serving version
 
 #: The store's schema, one step per version; a database applies the steps it has not seen.
 MIGRATIONS: list[list[str]] = [
@@ -497,5 +498,11 @@ class AnnotationStore:
         """The name of the model version that serves (the registry's pointer)."""
         return self._meta(_SERVING)
 
-    def set_serving_version(self, version: str) -> None:
-        self._put_meta(_SERVING, version)
+    def serving_pinned(self) -> bool:
+        """Whether a rollback pinned the serving version (promotions then leave it serving)."""
+        return self._meta(_PINNED) == "1"
+
+    def set_serving_version(self, version: str, pinned: bool = False) -> None:
+        with self._tx() as db:  # the name and the pin at once
+            self._set_meta(db, _SERVING, version)
+            self._set_meta(db, _PINNED, "1" if pinned else "0")

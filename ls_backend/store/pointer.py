@@ -14,8 +14,9 @@ from ls_backend.store.databases import Databases
 
 
 class StorePointer:
-    """The registry's pointer in the project's store, where every replica and worker reads
-    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+    """The registry's pointer, and its pin, in the project's store, where every replica and
+    worker reads them. A store from before the pointer lived here adopts the registry's
+    ``current`` file."""
 
     def __init__(self, store: AnnotationStore, legacy: Path) -> None:
         self.store, self.legacy = store, legacy
@@ -23,11 +24,14 @@ class StorePointer:
     def read(self) -> str | None:
         name = self.store.serving_version()
         if name is None and (name := FilePointer(self.legacy).read()) is not None:
-            self.store.set_serving_version(name)
+            self.store.set_serving_version(name, FilePointer(self.legacy).pinned())
         return name
 
-    def write(self, version: str) -> None:
-        self.store.set_serving_version(version)
+    def pinned(self) -> bool:
+        return self.store.serving_pinned()
+
+    def write(self, version: str, pinned: bool = False) -> None:
+        self.store.set_serving_version(version, pinned)
 
 
 def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:

@@ -255,3 +255,22 @@ def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tm
         "progress": 0.5,
     }
     assert store.lane_status("lora") is None
+
+
+def test_the_pin_lives_in_the_store_with_the_pointer(make_database, tmp_path):
+    from ls_backend.core.registry import FilePointer
+    from ls_backend.store.pointer import project_registry
+
+    project_dir = tmp_path / "1"
+    for name in ("v0001-head", "v0002-head"):
+        (project_dir / "models" / name).mkdir(parents=True)
+        (project_dir / "models" / name / "info.json").write_text('{"promoted": true}')
+    FilePointer(project_dir / "models" / "current").write("v0002-head")
+    registry = project_registry(project_dir, AnnotationStore(make_database("1")))
+    with registry.lock():
+        assert registry.rollback() == "v0001-head"
+    other = project_registry(project_dir, AnnotationStore(make_database("1")))  # a replica
+    assert other.pinned() == "v0001-head" and other.current() == "v0001-head"
+    with other.lock():
+        other.unpin()
+    assert registry.pinned() is None and registry.current() == "v0001-head"
