@@ -72,6 +72,15 @@ def project_key(raw: Any) -> str:
     return str(int(text))
 
 
+def project_created(raw: Any) -> int | None:
+    """When Label Studio created the project (seconds since the epoch): the ``<created_ts>`` of
+    ``"<id>.<created_ts>"`` (None for a bare id). With the id it names one Label Studio project:
+    a reinstalled Label Studio reuses ids, never the creation time of a project."""
+    _, dot, created = str(raw).partition(".")
+    created = created.strip()
+    return int(created) if dot and created.isdigit() and len(created) <= 12 else None
+
+
 @dataclass
 class PredictionBatch:
     model_version: str
@@ -121,6 +130,37 @@ class Project:
             if not known and self.store.label_config() != label_config:
                 self.store.set_label_config(label_config)
         return self.model().version
+
+    def meet(self, created: int | None, host: str | None, label_config: str | None) -> None:
+        """/setup says which Label Studio project calls (``project_created``; the host Label
+        Studio names itself is kept beside it). Another one than the store holds, a reinstalled
+        Label Studio reusing the id, gets fresh state (``AnnotationStore.meet``) and zero-shot
+        serves it: the versions trained on the old one's labels stay saved, but none serves.
+        Raises ``OtherLabelStudio`` for a Label Studio project replaced before."""
+        if created is None:
+            return
+        if label_config is not None:
+            parse_config(label_config)  # a bad config changes nothing (ConfigError)
+        replaced = self.store.meet(created, host)
+        if replaced is None:
+            return
+        log.warning(
+            "project %s: another Label Studio project under this id (created at %d, host %s; "
+            "the one held was created at %d): its state starts afresh",
+            self.key, created, host, replaced,
+        )  # fmt: skip
+        if label_config is not None:
+            self.store.set_label_config(label_config)
+        try:
+            config = self.config()
+        except ConfigError:
+            return  # no label config yet: setup makes the first model
+        task = task_of(config.kind)
+        with self._create_lock:
+            model = task.prototype(config.space, self.label_embeddings(config.space))
+            reason = f"another Label Studio project (created at {created}): fresh state"
+            save_prototype(self.registry, model, reason, task.kind)
+        self.current_model(fresh=True)
 
     def connect(self) -> None:
         """Label Studio called /setup: from now on its events and syncs for it are welcome."""

@@ -24,12 +24,12 @@ from ls_backend.core.registry import version_number
 from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
-from ls_backend.projects import SYNC_REQUESTED, Project, Projects
+from ls_backend.projects import SYNC_REQUESTED, Project, Projects, project_created
 from ls_backend.server import dashboard
 from ls_backend.server.errors import RETRY_AFTER_S, ApiError, error
 from ls_backend.server.report import ProjectReport, build_report
 from ls_backend.settings import Settings
-from ls_backend.store.annotations import KNOWN_ACTIONS, EventError
+from ls_backend.store.annotations import KNOWN_ACTIONS, EventError, OtherLabelStudio
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class SetupRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     project: str | int = Field(description='Label Studio sends "<project id>.<created timestamp>".')
     schema_: str | None = Field(None, alias="schema", description="The project's label config.")
+    hostname: str | None = Field(None, description="The host Label Studio names itself.")
 
 
 class PredictRequest(BaseModel):
@@ -103,9 +104,13 @@ async def setup(request: Request, body: SetupRequest) -> dict[str, Any]:
     def connect() -> dict[str, Any]:
         project = _project(_projects(request), body.project)
         try:
+            # A reinstalled Label Studio reuses the id: its project gets fresh state.
+            project.meet(project_created(body.project), body.hostname, body.schema_)
             version = project.setup(body.schema_)
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from exc
+        except OtherLabelStudio as exc:
+            raise ApiError(409, str(exc)) from exc
         project.connect()
         return {"model_version": version}
 
@@ -336,6 +341,8 @@ def _webhook(projects: Projects, raw: bytes) -> dict[str, Any]:
     project = _connected(projects, info["id"])
     try:
         seq = project.store.apply(body)
+    except OtherLabelStudio as exc:
+        raise ApiError(409, str(exc)) from exc
     except EventError as exc:
         raise ApiError(422, str(exc)) from exc
     metrics.WEBHOOK_EVENTS.labels(action).inc()
