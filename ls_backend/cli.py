@@ -10,6 +10,8 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import ValidationError
+
 from ls_backend.settings import Settings, get_settings
 
 
@@ -65,28 +67,81 @@ def _registry(settings: Settings, project: str) -> Any:
     return project_registry(address.project_dir, address.open())
 
 
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    """Rows as columns sized to their widest cell, two spaces apart (``right``: the columns
+    aligned right); the last column is left ragged."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
 def models(args: argparse.Namespace) -> None:
     registry = _registry(get_settings(), args.project)
     current = registry.current()
+    known = ", ".join(registry.versions()) or "none"
     if args.action == "list":
-        header = ("", "version", "promoted", "labels", "accuracy", "macro-F1", "reason")
-        print("{:2}{:<14}{:<10}{:>7}{:>10}{:>10}  {}".format(*header))
+        rows = [["version", "promoted", "labels", "accuracy", "macro-F1", "reason"]]
+        marks = ["  "]
         for version in registry.versions():
             info = registry.info(version)
             m = info.get("metrics") or {}
-            mark = "* " if version == current else "  "
-            acc = f"{m['accuracy']:.3f}" if "accuracy" in m else "-"
-            f1 = f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-"
-            print(
-                f"{mark}{version:<14}{str(bool(info.get('promoted'))):<10}"
-                f"{info.get('labels', 0):>7}{acc:>10}{f1:>10}  {info.get('reason', '')}"
+            marks.append("* " if version == current else "  ")
+            rows.append(
+                [
+                    version,
+                    "yes" if info.get("promoted") else "no",
+                    str(info.get("labels", 0)),
+                    f"{m['accuracy']:.3f}" if "accuracy" in m else "-",
+                    f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-",
+                    str(info.get("reason", "")),
+                ]
             )
+        table = _table(rows, right={2, 3, 4}).splitlines()
+        print("\n".join(mark + line for mark, line in zip(marks, table, strict=True)))
+        if registry.pinned():
+            print(f"\n{_pinned(args.project, current)}")
     elif args.action == "show":
-        print(json.dumps(registry.info(args.version or current), indent=2))
+        version = args.version or current
+        if version is None:
+            sys.exit(
+                f"project {args.project}: no version serves; name one with --version ({known})"
+            )
+        try:
+            info = registry.info(version)
+        except KeyError:
+            sys.exit(f"project {args.project}: no model version {version!r} (known: {known})")
+        print(json.dumps(info, indent=2))
     elif args.action == "rollback":
+        try:
+            with registry.lock():
+                version = registry.rollback(args.version)
+        except KeyError as exc:
+            sys.exit(f"project {args.project}: {exc.args[0]} (known: {known})")
+        print(f"project {args.project} now serves {version}, {_pinned(args.project, version)}")
+    elif args.action == "unpin":
         with registry.lock():
-            version = registry.rollback(args.version)
-        print(f"project {args.project} now serves {version}")
+            was = registry.pinned()
+            version = registry.unpin()
+        if was is None:
+            print(f"project {args.project}: nothing is pinned ({version or 'no version'} serves)")
+        else:
+            print(
+                f"project {args.project}: the pin on {was} is lifted; it serves until a "
+                "training round promotes another version"
+            )
+
+
+def _pinned(project: str, version: str | None) -> str:
+    return (
+        f"pinned: {version} serves while new versions train, until "
+        f"`ls-backend models unpin --project {project}`"
+    )
 
 
 def sync(args: argparse.Namespace) -> None:
@@ -152,10 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default: PORT")
     p.set_defaults(func=serve)
 
-    p = sub.add_parser("models", help="list, show or roll back a project's model versions")
-    p.add_argument("action", choices=["list", "show", "rollback"])
+    p = sub.add_parser(
+        "models", help="list, show or roll back (pinned) a project's model versions; unpin"
+    )
+    p.add_argument("action", choices=["list", "show", "rollback", "unpin"])
     p.add_argument("--project", required=True)
-    p.add_argument("--version", help="show: that version; rollback: serve it")
+    p.add_argument(
+        "--version",
+        help="show: that version; rollback: serve it, pinned (default: the promoted one before)",
+    )
     p.set_defaults(func=models)
 
     p = sub.add_parser("worker", help="run background jobs from Redis (REDIS_URL) with RQ")
@@ -181,12 +241,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong with the settings, one line per variable, without the values given
+    (they include the password and the keys)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        name = ".".join(str(part).upper() for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "ls-backend: the settings are not valid:\n  " + "\n  ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     # OpenMP threads that spin while they wait make torch 2-9x slower on a busy machine
     # (measured: LoRA 36 vs 4 samples/s on 2 cores); must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        sys.exit(settings_problem(exc))
 
 
 if __name__ == "__main__":

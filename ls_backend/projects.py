@@ -65,6 +65,8 @@ STORE_RETRY_S = 10.0
 BACKGROUND_BATCH = 16
 
 Listener = Callable[["Project", str], None]
+#: Folders the backend itself keeps in MODEL_DIR beside the projects' (the ONNX exports).
+_OURS = {"onnx"}
 
 
 def project_key(raw: Any) -> str:
@@ -74,6 +76,15 @@ def project_key(raw: Any) -> str:
     if not (_PROJECT.match(text) and len(text) <= 10 and 0 < int(text) <= MAX_PROJECT_ID):
         raise ValueError(f"project must be a Label Studio project id, got {str(raw)[:40]!r}")
     return str(int(text))
+
+
+def project_created(raw: Any) -> int | None:
+    """When Label Studio created the project (seconds since the epoch): the ``<created_ts>`` of
+    ``"<id>.<created_ts>"`` (None for a bare id). With the id it names one Label Studio project:
+    a reinstalled Label Studio reuses ids, never the creation time of a project."""
+    _, dot, created = str(raw).partition(".")
+    created = created.strip()
+    return int(created) if dot and created.isdigit() and len(created) <= 12 else None
 
 
 @dataclass
@@ -143,6 +154,37 @@ class Project:
         except StoreUnavailable:
             self.projects.store_failed(self.key)
             raise
+
+    def meet(self, created: int | None, host: str | None, label_config: str | None) -> None:
+        """/setup says which Label Studio project calls (``project_created``; the host Label
+        Studio names itself is kept beside it). Another one than the store holds, a reinstalled
+        Label Studio reusing the id, gets fresh state (``AnnotationStore.meet``) and zero-shot
+        serves it: the versions trained on the old one's labels stay saved, but none serves.
+        Raises ``OtherLabelStudio`` for a Label Studio project replaced before."""
+        if created is None:
+            return
+        if label_config is not None:
+            parse_config(label_config)  # a bad config changes nothing (ConfigError)
+        replaced = self.store.meet(created, host)
+        if replaced is None:
+            return
+        log.warning(
+            "project %s: another Label Studio project under this id (created at %d, host %s; "
+            "the one held was created at %d): its state starts afresh",
+            self.key, created, host, replaced,
+        )  # fmt: skip
+        if label_config is not None:
+            self.store.set_label_config(label_config)
+        try:
+            config = self.config()
+        except ConfigError:
+            return  # no label config yet: setup makes the first model
+        task = task_of(config.kind)
+        with self._create_lock:
+            model = task.prototype(config.space, self.label_embeddings(config.space))
+            reason = f"another Label Studio project (created at {created}): fresh state"
+            save_prototype(self.registry, model, reason, task.kind)
+        self.current_model(fresh=True)
 
     def connect(self, reached_by: Sequence[str] = ()) -> None:
         """Label Studio called /setup (by the URLs ``reached_by``): from now on its events and
@@ -315,6 +357,7 @@ class Projects:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._store_away_until = 0.0  # monotonic
+        self._strays: set[str] = set()  # folders in MODEL_DIR that are no project, logged once
 
     def store_away(self) -> bool:
         """The stores failed to answer within the last STORE_RETRY_S."""
@@ -359,5 +402,24 @@ class Projects:
         return project if project.connected else None
 
     def known_projects(self) -> list[str]:
+        """The projects with a folder under MODEL_DIR. Any other folder (``0``, ``007``, a
+        backup someone left there) is no project of ours: ignored, and said so once."""
         root: Path = self.settings.model_dir
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and _PROJECT.match(p.name))
+        found = []
+        for path in root.iterdir():
+            if not path.is_dir() or path.name.startswith(".") or path.name in _OURS:
+                continue
+            try:
+                ours = project_key(path.name) == path.name
+            except ValueError:
+                ours = False
+            if ours:
+                found.append(path.name)
+            elif path.name not in self._strays:
+                self._strays.add(path.name)
+                log.warning(
+                    "MODEL_DIR/%s is not a project folder (those are named by a Label Studio "
+                    "project id, like 7): ignored",
+                    path.name[:80],
+                )
+        return sorted(found, key=int)

@@ -187,9 +187,7 @@ def _served(
 def _main(args: argparse.Namespace) -> None:
     settings = Settings()
     given = {name: getattr(args, name) for name in LORA_FLAGS}
-    lora = replace(
-        settings.lora_config(), **{k: v for k, v in given.items() if v is not None}
-    )
+    lora = replace(settings.lora_config(), **{k: v for k, v in given.items() if v is not None})
     options = BenchOptions(
         train=args.train,
         test=args.test,

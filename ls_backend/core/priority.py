@@ -73,9 +73,11 @@ class PriorityLock:
             self._background.append(ticket)
             try:
                 self._cond.wait_for(
-                    lambda: not self._held
-                    and self._foreground_waiting == 0
-                    and self._background[0] == ticket
+                    lambda: (
+                        not self._held
+                        and self._foreground_waiting == 0
+                        and self._background[0] == ticket
+                    )
                 )
             except BaseException:  # interrupted: the next in line must not wait for us
                 self._background.remove(ticket)

@@ -76,6 +76,9 @@ class RoundResult:
 def save_prototype(registry: Registry, model: Model, reason: str, task: TaskKind) -> str:
     """Zero-shot serves a new label space until labels exist: versioned like any model."""
     with registry.lock():
+        pin = registry.pinned()  # a version of another label space cannot serve this one
+        if pin is not None:
+            reason = f"{reason}; lifts the pin on {pin}"
         info = {"promoted": True, "reason": reason, "metrics": None, "task": task.value}
         version = registry.save(model.kind, model.save, info)
         registry.set_current(version)
@@ -144,6 +147,9 @@ def run_round(
         else:
             same_kind = (candidate.lora is None) == (reference.lora is None)
             promoted, reason = should_promote(*task.paired(scores, against), same_kind, task.metric)
+        pin = registry.pinned()  # after a rollback: saved and compared; the pointer stays
+        if pin is not None and promoted:
+            promoted, reason = False, f"{pin} is pinned by a rollback; would serve: {reason}"
 
         def write(path: Path) -> None:
             candidate.save(path)
@@ -166,6 +172,7 @@ def run_round(
             "metrics": metrics,
             "baseline": baseline,
             "baseline_version": current.version if current else None,
+            **({"pinned": pin} if pin else {}),
             "evaluation": "k-fold" if few else "held-out",
             "fits": {
                 "served": {"labels": len(data)},

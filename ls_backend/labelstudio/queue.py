@@ -117,5 +117,3 @@ class QueueState:
             served = store.touched_between(ranking.pushed, ranking.stale_since + SAVE_GRACE_S)
             work.append((ranking, ranking.deletable(touched, served, margin, now)))
         return work
-
-

@@ -108,6 +108,7 @@ class TaskPool:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.config: LabelConfig | None = None
+        self.created: int | None = None  # whose tasks these are (``AnnotationStore.meet``)
         self._clear()
 
     def _clear(self) -> None:
@@ -130,9 +131,12 @@ class TaskPool:
         tasks are still waiting to be embedded: more than ``budget`` were new, or embedding
         stopped at ``deadline`` (``time.monotonic()``; after one block at least). ``urgent``
         embedding is not paced (``_embed_paced``)."""
-        if config != self.config:  # another text field: every text may differ
+        created = (store.label_studio() or {}).get("created")
+        # Another text field, or another Label Studio's project (task ids reused): every text
+        # may differ.
+        if config != self.config or created != self.created:
             self._clear()
-            self.config = config
+            self.config, self.created = config, created
         all_ids, labeled = store.task_states()
         keep = np.isin(self.ids, all_ids, assume_unique=True)
         if not keep.all():

@@ -67,6 +67,10 @@ class SuspectItem(BaseModel):
 class ProjectReport(BaseModel):
     project: str
     model_version: str | None
+    pinned: bool = Field(
+        description="a rollback pinned the serving version: new versions train but do not "
+        "serve until the pin is lifted"
+    )
     annotations: int = Field(description="stored annotations, skips included")
     labels: int = Field(description="usable labels (what a training round sees)")
     tasks: int = Field(description="tasks in the mirror of Label Studio")
@@ -112,6 +116,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     space, data, _skipped = project.labeled_data()
     registry = project.registry
     serving = registry.current()
+    pinned = registry.pinned() is not None
     infos = [registry.info(v) for v in registry.versions()]
     curve = core.learning_curve(infos, serving)
 
@@ -149,6 +154,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     return ProjectReport(
         project=project.key,
         model_version=serving,
+        pinned=pinned,
         annotations=project.store.count("annotations"),
         labels=len(data),
         tasks=project.store.count("tasks"),

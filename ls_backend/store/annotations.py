@@ -23,6 +23,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,9 @@ _SETUP_URLS = "setup_urls"
 _WEBHOOK_PROBLEM = "webhook_problem"
 _QUEUE = "queue"
 _SERVING = "serving_version"
+_LABEL_STUDIO = "label_studio"  # which Label Studio project the store holds (``meet``)
+_REPLACED = "label_studio_replaced"  # the ones it held before, by creation time
+_PINNED = "serving_pinned"  # "1" while a rollback pins the serving version
 
 #: The store's schema, one step per version; a database applies the steps it has not seen.
 MIGRATIONS: list[list[str]] = [
@@ -101,6 +105,29 @@ _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNOR
 
 class EventError(ValueError):
     """A webhook body that does not have the shape of its action."""
+
+
+class OtherLabelStudio(EventError):
+    """An event or a /setup from another Label Studio's project of the same id than the one
+    the store holds (an old installation still running beside a reinstalled one)."""
+
+
+def created_second(project: Any) -> int | None:
+    """When Label Studio created the project, in whole seconds since the epoch, from a webhook's
+    ``project.created_at`` (ISO 8601, as /setup's ``"<id>.<seconds>"`` counts it); None when
+    it is absent or unreadable."""
+    raw = project.get("created_at") if isinstance(project, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(when.replace(tzinfo=when.tzinfo or timezone.utc).timestamp())
+
+
+def _when(created: int) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
@@ -175,7 +202,10 @@ class AnnotationStore:
         skipped = isinstance(annotation, dict) and bool(annotation.get("was_cancelled"))
         # A skip is kept, but it is not a label: it must not trigger training.
         logged = SKIPPED if action == "ANNOTATION_CREATED" and skipped else action
+        created = created_second(body.get("project"))
         with self._tx() as db:
+            if created is not None:
+                self._same_label_studio(db, created)
             seq = int(
                 db.execute(
                     "INSERT INTO events (action, received, body) VALUES (?, ?, ?) RETURNING seq",
@@ -239,6 +269,69 @@ class AnnotationStore:
         elif action == START_TRAINING:
             self._set_meta(db, _TRAIN_REQUESTED, str(seq))
 
+    def _same_label_studio(self, db: Session, created: int) -> None:
+        """An event must come from the Label Studio project the store holds; a store that holds
+        none yet (one from before this was kept) adopts the event's."""
+        held = self._held(db)
+        if held is None:
+            self._set_meta(db, _LABEL_STUDIO, json.dumps({"created": created, "host": None}))
+        elif held["created"] != created:
+            raise OtherLabelStudio(
+                f"project.created_at: this event is from a Label Studio project created "
+                f"{_when(created)}, but the backend now holds the one created "
+                f"{_when(held['created'])} under this id (a reinstalled Label Studio connected "
+                "since); one backend serves one Label Studio per project id"
+            )
+
+    def _held(self, db: Session) -> dict[str, Any] | None:
+        raw = self._get_meta(db, _LABEL_STUDIO)
+        return None if raw is None else dict(json.loads(raw))
+
+    def meet(self, created: int, host: str | None) -> int | None:
+        """/setup names the Label Studio project it comes from: its creation time (``created``,
+        seconds) and the host Label Studio calls itself. Another project than the one the store
+        holds (a reinstalled Label Studio: same id, a fresh database) gets fresh state: what was
+        read from the old one (annotations, the ids it deleted, the task mirror, the queue
+        pushed to it, the runs it asked for) is cleared, so its reused annotation ids are not
+        taken for old ones. Returns the creation time of the replaced project (None: same
+        project, or the store held none, from before this was kept, and adopts this one).
+        Raises OtherLabelStudio for a project replaced before: two live Label Studios would
+        otherwise clear each other's state by turns."""
+        seen = self.label_studio()  # every /setup asks: no write, no wait, when nothing changes
+        if seen is not None and seen == {"created": created, "host": host or seen["host"]}:
+            return None
+        with self._tx() as db:
+            held = self._held(db)
+            if held is None or held["created"] == created:
+                value = {"created": created, "host": host or (held or {}).get("host")}
+                if value != held:
+                    self._set_meta(db, _LABEL_STUDIO, json.dumps(value))
+                return None
+            replaced = json.loads(self._get_meta(db, _REPLACED) or "[]")
+            if created in replaced:
+                raise OtherLabelStudio(
+                    f"project: the Label Studio project created {_when(created)} was replaced "
+                    f"under this id by the one created {_when(held['created'])}; one backend "
+                    "serves one Label Studio per project id (give another Label Studio its own "
+                    "MODEL_DIR, and DATABASE_URL)"
+                )
+            for table in ("annotations", "deleted_annotations", "tasks"):
+                db.execute(f"DELETE FROM {table}")
+            # The queue pushed to the old one, when its webhooks were checked, the runs it
+            # forced (so the new one's first connect forces a first sync).
+            db.execute(
+                "DELETE FROM meta WHERE key IN (?, ?) OR key LIKE ?",
+                (_QUEUE, _WEBHOOKS_CHECKED, "%_forced"),
+            )
+            self._set_meta(db, _REPLACED, json.dumps([*replaced, held["created"]]))
+            self._set_meta(db, _LABEL_STUDIO, json.dumps({"created": created, "host": host}))
+        return int(held["created"])
+
+    def label_studio(self) -> dict[str, Any] | None:
+        """The Label Studio project the store holds: ``{"created": seconds, "host": ...}``."""
+        raw = self._meta(_LABEL_STUDIO)
+        return None if raw is None else dict(json.loads(raw))
+
     def _put_annotation(self, db: Session, annotation: dict[str, Any], task: Any, seq: int) -> None:
         """One annotation, unless a newer version of it (``updated_at``) is stored already or
         it was deleted: with Redis, Label Studio sends webhooks through a queue, out of order."""
@@ -293,6 +386,11 @@ class AnnotationStore:
             " ON CONFLICT (task_id) DO UPDATE SET data = excluded.data",
             (task_id, json.dumps(data)),
         )
+
+    @staticmethod
+    def _get_meta(db: Session, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def _set_meta(db: Session, key: str, value: str) -> None:
@@ -629,5 +727,11 @@ class AnnotationStore:
         """The name of the model version that serves (the registry's pointer)."""
         return self._meta(_SERVING)
 
-    def set_serving_version(self, version: str) -> None:
-        self._put_meta(_SERVING, version)
+    def serving_pinned(self) -> bool:
+        """Whether a rollback pinned the serving version (promotions then leave it serving)."""
+        return self._meta(_PINNED) == "1"
+
+    def set_serving_version(self, version: str, pinned: bool = False) -> None:
+        with self._tx() as db:  # the name and the pin at once
+            self._set_meta(db, _SERVING, version)
+            self._set_meta(db, _PINNED, "1" if pinned else "0")

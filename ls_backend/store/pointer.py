@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 
 
 class StorePointer:
-    """The registry's pointer in the project's store, where every replica and worker reads
-    it. Each move is copied into the registry's ``current`` file too, so that a process that
-    starts while the store is away serves what was serving (``last_written``); a store from
-    before the pointer lived there adopts that file."""
+    """The registry's pointer, and its pin, in the project's store, where every replica and
+    worker reads them. Each move is copied into the registry's ``current`` file too, so that a
+    process that starts while the store is away serves what was serving (``last_written``); a
+    store from before the pointer lived there adopts that file."""
 
     def __init__(self, store: AnnotationStore, file: Path) -> None:
         self.store, self.file = store, FilePointer(file)
@@ -28,13 +28,16 @@ class StorePointer:
     def read(self) -> str | None:
         name = self.store.serving_version()
         if name is None and (name := self.file.read()) is not None:
-            self.store.set_serving_version(name)
+            self.store.set_serving_version(name, self.file.pinned())
         return name
 
-    def write(self, version: str) -> None:
-        self.store.set_serving_version(version)
+    def pinned(self) -> bool:
+        return self.store.serving_pinned()
+
+    def write(self, version: str, pinned: bool = False) -> None:
+        self.store.set_serving_version(version, pinned)
         try:
-            self.file.write(version)
+            self.file.write(version, pinned)
         except OSError as exc:  # the store's pointer moved: that is what serves
             log.warning("could not copy the serving version to %s: %s", self.file.path, exc)
 

@@ -49,9 +49,7 @@ class QueueClient:
         return [{"id": task, "predictions": []} for task in task_ids]
 
 
-def test_a_first_ranking_comes_from_a_sample_within_seconds_and_grows(
-    tmp_path, monkeypatch
-):
+def test_a_first_ranking_comes_from_a_sample_within_seconds_and_grows(tmp_path, monkeypatch):
     monkeypatch.setattr(sync, "EMBED_PER_RUN", 300)  # runs of ~0.6 s here
     settings = Settings(model_dir=tmp_path, lora_enabled=False, sync_min_interval_s=0)
     project = Projects(settings, encoder=SlowEncoder()).project(1)

@@ -128,9 +128,7 @@ def test_a_read_that_ends_early_removes_nothing(make_database, fault):
 
 
 @pytest.mark.parametrize("fault", ["no labeled task", "empty page", "ignores page"])
-def test_a_reread_that_finds_nothing_or_fails_leaves_the_stored_labels_alone(
-    make_database, fault
-):
+def test_a_reread_that_finds_nothing_or_fails_leaves_the_stored_labels_alone(make_database, fault):
     """START_TRAINING re-reads the labels; an empty or failed read must not delete them."""
     with FakeLabelStudio() as ls:
         tasks = ls.add_project(1, CONFIG, [f"text {i}" for i in range(1, 31)]).tasks

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def warnings_of(backend: BackendServer, pid: int) -> list[str]:
-    return httpx.get(f"{backend.url}/status").json()["projects"].get(str(pid), {}).get(
-        "warnings", []
+    return (
+        httpx.get(f"{backend.url}/status").json()["projects"].get(str(pid), {}).get("warnings", [])
     )
 
 

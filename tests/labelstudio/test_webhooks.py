@@ -75,4 +75,6 @@ def test_when_no_backend_has_our_url_nobody_gets_the_header():
     assert found.patches == []
     assert "cannot tell which webhook is its own" in found.problem
     # Without a header to give, there is nothing to warn about: we cannot tell.
-    assert check([backend("https://ml.example")], [], ["http://10.0.0.5:9090"], None).problem is None
+    assert (
+        check([backend("https://ml.example")], [], ["http://10.0.0.5:9090"], None).problem is None
+    )

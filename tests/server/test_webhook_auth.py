@@ -38,9 +38,12 @@ def test_with_basic_auth_the_token_opens_only_the_webhook(make_client):
         assert client.get(path, headers=bearer).status_code == 401, path
     assert client.post("/setup", json={"project": "7.1", "schema": CONFIG},
                        headers=bearer).status_code == 401  # fmt: skip
-    assert client.get("/status", headers={"Authorization": BASIC}).json()["projects"]["7"][
-        "annotations"
-    ] == 2
+    assert (
+        client.get("/status", headers={"Authorization": BASIC}).json()["projects"]["7"][
+            "annotations"
+        ]
+        == 2
+    )
 
 
 def test_without_basic_auth_the_token_guards_the_webhook_alone(make_client):
