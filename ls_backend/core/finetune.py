@@ -63,8 +63,8 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.evaluation not in EVALUATION_MODES:
             raise FinetuneError(f"evaluation must be one of {EVALUATION_MODES}")
-        if self.min_per_class < 1:
-            raise FinetuneError("min_per_class must be at least 1")
+        if self.min_per_class < 0:
+            raise FinetuneError("min_per_class must not be negative")
 
     def resolved_evaluation(self, n: int) -> EvaluationMode:
         if self.evaluation != "auto":
