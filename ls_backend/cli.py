@@ -1,4 +1,4 @@
-"""``ls-backend``: serve | models | sync | report | bench."""
+"""``ls-backend``: serve | models | sync | report | finetune | bench."""
 
 from __future__ import annotations
 
@@ -198,6 +198,71 @@ def report(args: argparse.Namespace) -> None:
     print(build_report(project, jobs).model_dump_json(indent=2))
 
 
+def finetune(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from ls_backend.core.finetune import FinetuneError
+    from ls_backend.jobs import finetune as jobs
+
+    settings = get_settings()
+    request = jobs.FinetuneRequest(
+        project=args.project,
+        train=args.train,
+        test=args.test,
+        out=args.out,
+        backbone=args.backbone,
+        method=args.method,
+        register=args.register,
+        evaluation=args.evaluation,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        min_per_class=args.min_per_class,
+    )
+    bar = tqdm(total=100, desc="finetune", unit="%", bar_format="{l_bar}{bar}| {postfix}")
+
+    def show(fraction: float, stage: str) -> None:
+        bar.update(round(100 * fraction) - bar.n)
+        bar.set_postfix_str(stage)
+
+    try:
+        if settings.redis_url and args.project is not None and not args.here:
+            result = _wait_for(jobs.enqueue(settings, request), show)
+        else:
+            result = jobs.run(settings, request, show, show_progress=True)
+    except FinetuneError as exc:
+        bar.close()
+        sys.exit(f"finetune: {exc}")
+    bar.close()
+    print(json.dumps(result, indent=2))
+
+
+def _wait_for(job: Any, show: Any) -> Any:
+    """Follow a fine-tune job on the LoRA queue to its end; Ctrl-C leaves it running."""
+    import re
+    import time
+
+    print(
+        f"queued as job {job.id} on {job.origin}: a worker with `--queues lora` (or every "
+        "lane) runs it; Ctrl-C stops waiting, not the job",
+        file=sys.stderr,
+    )
+    while True:
+        status = str(getattr(job.get_status(refresh=True), "value", ""))
+        meta = job.get_meta(refresh=True)
+        show(float(meta.get("progress", 0.0)), str(meta.get("stage", status)))
+        if status == "finished":
+            return job.return_value()
+        if status in ("failed", "stopped", "canceled"):
+            latest = job.latest_result()
+            lines = (latest.exc_string or "").strip().splitlines() if latest else []
+            error = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[-1]) if lines else "no error kept"
+            sys.exit(f"finetune job {job.id} {status}: {error}")
+        time.sleep(1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ls-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +296,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--project", required=True)
     p.set_defaults(func=report)
+
+    p = sub.add_parser(
+        "finetune",
+        help="train the final model on every label (a project's, or a dataset file's) and "
+        "export it as a Hugging Face directory (with ONNX and a model card)",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--project", help="a project's labels (a job on the LoRA queue with "
+                        "REDIS_URL, else in this process)")  # fmt: skip
+    source.add_argument("--train", help="or a JSONL(.gz) file of {text, label} (in this process)")
+    p.add_argument("--test", help="with --train: a JSONL file to score the final model on")
+    p.add_argument("--backbone", help="`embedded`, a model folder or a Hugging Face id "
+                   "(default: LORA_BACKBONE)")  # fmt: skip
+    p.add_argument("--method", choices=["lora", "full"], default="lora",
+                   help="lora: an adapter, merged into the backbone for the export; full: "
+                   "every weight")  # fmt: skip
+    p.add_argument("--out", help="the model folder to write (default: MODEL_DIR/<project>/"
+                   "finetuned/<time>-<backbone>-<method>, or ./finetuned/...)")  # fmt: skip
+    p.add_argument("--register", action="store_true",
+                   help="also save it as a model version of the project, serving when the "
+                   "promotion rule says it beats the serving one")  # fmt: skip
+    p.add_argument("--evaluation", choices=["auto", "held-out", "k-fold", "none"],
+                   default="auto", help="auto: held-out from EVAL_MIN_LABELS labels, "
+                   "else k-fold (as the server's rounds)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="most epochs (default: LORA_EPOCHS; held-out "
+                   "evaluation picks the best)")  # fmt: skip
+    p.add_argument("--lr", type=float, help="default: LORA_LR, or 3e-5 for --method full")
+    p.add_argument("--batch-size", type=int, help="default: LORA_BATCH_SIZE")
+    p.add_argument("--max-length", type=int, help="tokens per text (default: MAX_LENGTH)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-per-class", type=int, default=3,
+                   help="labels every class needs (default 3)")  # fmt: skip
+    p.add_argument("--here", action="store_true",
+                   help="run in this process even with REDIS_URL")  # fmt: skip
+    p.set_defaults(func=finetune)
 
     try:
         from ls_backend.bench import cli as bench

@@ -127,11 +127,16 @@ def export_onnx(path: str, folder: Path, max_length: int) -> None:
         )
     tokenizer = model.tokenizer
     tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    import onnx
+
+    # The graph keeps only the inputs the model reads (an MPNet ignores token types that a
+    # BERT tokenizer still gives): feed those.
+    kept = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
     meta = {
         "source": path,
         "weights": model_digest(path),
         "max_length": max_length,
-        "inputs": names,
+        "inputs": [name for name in names if name in kept],
         "dim": model.get_embedding_dimension(),
         "pad_id": tokenizer.pad_token_id,
         "pad_token": tokenizer.pad_token,
