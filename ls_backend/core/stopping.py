@@ -1,0 +1,230 @@
+"""When more labels stop paying: a stopping signal that fires at the plateau of the learning curve.
+
+Stabilizing predictions (``core.report``) waits until successive models agree almost
+everywhere; a linear head keeps flipping its boundary items long after its accuracy has
+flattened, so on our datasets it fires late or never. This module estimates the learning
+curve itself, without a test split, and forecasts what the next labels would buy:
+
+1. **Estimated accuracy of every version, judged by the newest one.** On a fixed stop set
+   of the project's tasks, version v is expected to be right with probability
+   ``mean_i p(yhat_v(i) | x_i)`` under the newest model's probabilities ``p``, calibrated
+   by one temperature fitted on the labels' out-of-fold probabilities (Guo et al. 2017,
+   "On calibration of modern neural networks"). The stop set is unlabeled, so the
+   estimate is free of the labels' selection bias (active learning picks hard items); it
+   is the probabilistic form of predicting the performance change between successive
+   models from their predictions on an unlabeled stop set (Altschuler & Bloodgood 2019,
+   "Stopping active learning based on predicted change of F measure for text
+   classification"; Bloodgood & Vijay-Shanker 2009 for the stop set).
+2. **An inverse power law fitted to that curve** (acc(n) = a - b n^-c, weighted nonlinear
+   least squares: Figueroa et al. 2012, "Predicting sample size required for
+   classification performance", BMC Med. Inform. Decis. Mak. 12:8), extrapolated to the
+   gain of the next ``horizon`` labels: the gradient of the estimated curve, as in Laws &
+   Schuetze 2008 ("Stopping criteria for active learning of named entity recognition").
+3. **How sure:** the forecast's error is taken as log-normal with the spread measured on
+   our benchmarks (``FORECAST_LOG_SD``, benchmarks/RESULTS.md "Stopping signal"); the
+   signal says stop once the probability that the next ``horizon`` labels buy more than
+   ``point`` of accuracy is below ``risk``.
+
+Pure and typed: arrays in, a dataclass out. Cost: one temperature fit over the labels'
+``[M, C]`` probabilities and one two-parameter least-squares fit over the versions;
+the predictions of every version on the stop set are the caller's (the report already
+makes them for stabilizing predictions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import least_squares, minimize_scalar
+from scipy.special import log_softmax
+from scipy.stats import norm
+
+#: Accuracy the decision is about: "more labels are unlikely to buy more than a point".
+POINT = 0.01
+#: Labels ahead the forecast is for (the dashboard's "gain per 100 labels").
+HORIZON = 100
+#: Stop once P(the next HORIZON labels buy more than POINT) is below this.
+RISK = 0.2
+#: Standard deviation of log(true gain / forecast gain) of the next 100 labels, measured on
+#: the six benchmark datasets (benchmarks/RESULTS.md, "Stopping signal").
+FORECAST_LOG_SD = 0.5
+#: Versions trained on fewer than this share of the newest one's labels are left out of the
+#: fit: the early curve (tens of labels, zero-shot priors) has another shape.
+FIT_FROM = 0.25
+#: No verdict below this many labels, or with fewer versions in the fit.
+MIN_LABELS = 50
+MIN_VERSIONS = 4
+#: Labeled items below which the temperature is not fitted (1.0: the probabilities as given).
+MIN_CALIBRATION = 20
+#: Bounds of the fitted temperature and of the power law's exponent.
+TEMPERATURE_BOUNDS = (0.25, 4.0)
+EXPONENT_BOUNDS = (0.05, 3.0)
+
+
+@dataclass(frozen=True)
+class PlateauSignal:
+    """The verdict and what a dashboard plots. Accuracies and gains are fractions (0.01 is
+    one point); ``curve_*``: each version's estimated accuracy; ``fit_*``: the fitted law
+    from the first fitted version to ``labels + horizon``."""
+
+    stop: bool
+    labels: int  # labels of the newest version
+    gain: float | None  # forecast accuracy gain of the next ``horizon`` labels
+    gain_low: float | None  # 80% interval of that gain
+    gain_high: float | None
+    p_over_point: float | None  # probability that the gain is above ``point``
+    recent_gain: float | None  # estimated gain over the last ``horizon`` labels
+    reason: str
+    temperature: float = 1.0
+    exponent: float | None = None
+    curve_labels: list[int] = field(default_factory=list)
+    curve_accuracy: list[float] = field(default_factory=list)
+    fit_labels: list[int] = field(default_factory=list)
+    fit_accuracy: list[float] = field(default_factory=list)
+    point: float = POINT
+    horizon: int = HORIZON
+    risk: float = RISK
+
+
+def temperature(probs: NDArray[np.floating], targets: NDArray[np.int64]) -> float:
+    """The temperature T that makes ``softmax(log p / T)`` fit ``targets`` best (least
+    negative log-likelihood); 1.0 when there are too few labels to tell."""
+    if targets.size < MIN_CALIBRATION:
+        return 1.0
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
+    rows = np.arange(targets.size)
+
+    def nll(log_t: float) -> float:
+        return -float(np.mean(log_softmax(logp / math.exp(log_t), axis=1)[rows, targets]))
+
+    low, high = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    found = minimize_scalar(nll, bounds=(low, high), method="bounded")
+    return float(math.exp(found.x))
+
+
+def calibrated(probs: NDArray[np.floating], t: float) -> NDArray[np.float64]:
+    """``softmax(log p / t)``: sharper below 1, softer above."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0))
+    return np.asarray(np.exp(log_softmax(logp / t, axis=1)), dtype=np.float64)
+
+
+def judged_accuracy(
+    judge: NDArray[np.float64], decisions: Sequence[NDArray[np.int64]]
+) -> NDArray[np.float64]:
+    """Expected accuracy of each labeling of the stop set under the judge's probabilities
+    ``[N, C]``: ``mean_i judge[i, decision[i]]``."""
+    rows = np.arange(judge.shape[0])
+    return np.array([float(judge[rows, np.asarray(d)].mean()) for d in decisions])
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """``gain(m -> n) = b (m^-c - n^-c)``: the inverse power law acc(n) = a - b n^-c seen
+    from the newest version (a drops out)."""
+
+    b: float
+    c: float
+
+    def gain(self, start: float, end: float) -> float:
+        return float(self.b * (start**-self.c - end**-self.c))
+
+    def gains(self, starts: NDArray[np.float64], end: float) -> NDArray[np.float64]:
+        return np.asarray(self.b * (starts**-self.c - end**-self.c), dtype=np.float64)
+
+
+def fit_power_law(labels: NDArray[np.float64], gains: NDArray[np.float64], n: int) -> PowerLaw:
+    """Fit ``gains[k] ~ b (labels[k]^-c - n^-c)`` (the estimated accuracy the newest version,
+    trained on ``n`` labels, has over each earlier one), weighted by 1/sqrt(gain): small
+    gains near ``n`` decide the slope there, as Figueroa et al. weight the late points."""
+    weight = 1.0 / np.sqrt(np.maximum(gains, 1e-3))
+
+    def residuals(p: NDArray[np.float64]) -> NDArray[np.float64]:
+        law = PowerLaw(math.exp(p[0]), p[1])
+        return np.asarray((law.gains(labels, n) - gains) * weight, dtype=np.float64)
+
+    low, high = EXPONENT_BOUNDS
+    found = least_squares(residuals, x0=[0.0, 0.5], bounds=([-20.0, low], [20.0, high]))
+    return PowerLaw(math.exp(found.x[0]), float(found.x[1]))
+
+
+def gain_probability(gain: float, point: float, log_sd: float) -> float:
+    """P(true gain > point) when log(true gain / forecast) ~ N(0, log_sd^2)."""
+    if gain <= 0.0:
+        return 0.0
+    return float(norm.sf((math.log(point) - math.log(gain)) / log_sd))
+
+
+def plateau_signal(
+    labels: Sequence[int],
+    decisions: Sequence[NDArray[np.int64]],
+    newest_probs: NDArray[np.floating],
+    oof_probs: NDArray[np.floating] | None = None,
+    oof_targets: NDArray[np.int64] | None = None,
+    point: float = POINT,
+    horizon: int = HORIZON,
+    risk: float = RISK,
+    log_sd: float = FORECAST_LOG_SD,
+) -> PlateauSignal:
+    """The stopping signal over successive versions of one model (single-label).
+
+    ``labels[k]``: labels version k trained on (ascending); ``decisions[k]``: its ``[N]``
+    class indices on the stop set; ``newest_probs``: the last version's ``[N, C]``
+    probabilities there; ``oof_probs``/``oof_targets``: out-of-fold probabilities of the
+    labeled items and their labels (the judge's temperature; None: uncalibrated).
+    """
+    if len(labels) != len(decisions):
+        raise ValueError("one label count per version's decisions")
+    if not labels:
+        raise ValueError("the signal needs at least one version")
+    n = int(labels[-1])
+    t = 1.0
+    if oof_probs is not None and oof_targets is not None:
+        t = temperature(oof_probs, oof_targets)
+    accuracy = judged_accuracy(calibrated(newest_probs, t), decisions)
+    counts = np.asarray(labels, dtype=np.float64)
+    earlier = counts <= n - horizon
+    recent = float(accuracy[-1] - accuracy[earlier][-1]) if earlier.any() else None
+    fitted = (counts >= max(1.0, FIT_FROM * n)) & (counts < n)
+    signal = PlateauSignal(
+        stop=False,
+        labels=n,
+        gain=None,
+        gain_low=None,
+        gain_high=None,
+        p_over_point=None,
+        recent_gain=recent,
+        reason=f"too early to tell: needs {MIN_LABELS} labels and {MIN_VERSIONS} versions",
+        temperature=t,
+        curve_labels=[int(m) for m in labels],
+        curve_accuracy=[float(a) for a in accuracy],
+        point=point,
+        horizon=horizon,
+        risk=risk,
+    )
+    if n < MIN_LABELS or int(fitted.sum()) < MIN_VERSIONS:
+        return signal
+    law = fit_power_law(counts[fitted], accuracy[-1] - accuracy[fitted], n)
+    gain = law.gain(n, n + horizon)
+    p_over = gain_probability(gain, point, log_sd)
+    stop = p_over < risk
+    z = float(norm.ppf(0.9))  # the 80% interval's upper quantile
+    grid = np.unique(np.linspace(counts[fitted][0], n + horizon, 24).round()).astype(int)
+    forecast = f"the next {horizon} labels are forecast to buy {100 * gain:.1f} points (80%: "
+    forecast += f"{100 * gain * math.exp(-z * log_sd):.1f}-{100 * gain * math.exp(z * log_sd):.1f}"
+    forecast += f"; P(more than {100 * point:g}) = {p_over:.0%})"
+    return replace(
+        signal,
+        stop=stop,
+        gain=gain,
+        gain_low=gain * math.exp(-z * log_sd),
+        gain_high=gain * math.exp(z * log_sd),
+        p_over_point=p_over,
+        reason=("stop: " if stop else "keep labeling: ") + forecast,
+        exponent=law.c,
+        fit_labels=[int(m) for m in grid],
+        fit_accuracy=[float(accuracy[-1]) - law.gain(float(m), n) for m in grid],
+    )

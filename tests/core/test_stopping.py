@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+
+from ls_backend.core.stopping import (
+    MIN_LABELS,
+    POINT,
+    calibrated,
+    fit_power_law,
+    gain_probability,
+    judged_accuracy,
+    plateau_signal,
+    temperature,
+)
+
+N, C = 2000, 4
+
+
+def judge(sure: float = 0.95, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Newest probabilities on the stop set: ``sure`` on a class per item (its decision)."""
+    truth = np.random.default_rng(seed).integers(0, C, N)
+    probs = np.full((N, C), (1 - sure) / (C - 1))
+    probs[np.arange(N), truth] = sure
+    return probs, truth
+
+
+def versions(
+    errors: list[float], truth: np.ndarray, seed: int = 1, churn: float = 0.0
+) -> list[np.ndarray]:
+    """Each version decides against the judge on a nested share ``errors[k]`` of the items
+    (fewer as labels grow), plus ``churn``: a fresh random share it flips each time."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(N)
+    out = []
+    for e in errors:
+        d = truth.copy()
+        wrong = order[: int(round(e * N))]
+        d[wrong] = (d[wrong] + 1) % C
+        flips = rng.random(N) < churn
+        d[flips] = (d[flips] + 2) % C
+        out.append(d)
+    out[-1] = truth.copy()  # the newest version agrees with itself
+    return out
+
+
+LABELS = list(range(20, 510, 10))
+
+
+def curve(labels: list[int], a: float, b: float, c: float) -> list[float]:
+    """Disagreement with the newest version of a power-law learning curve a - b n^-c."""
+    n = labels[-1]
+    return [max(0.0, b * (m**-c - n**-c)) + a for m in labels]
+
+
+def test_a_plateaued_curve_says_stop_and_reports_a_small_gain() -> None:
+    probs, truth = judge()
+    # Steep early, flat after ~150 labels: the last 100 labels changed almost nothing.
+    signal = plateau_signal(LABELS, versions(curve(LABELS, 0.0, 40.0, 1.5), truth), probs)
+    assert signal.stop
+    assert signal.gain is not None and signal.gain < POINT / 2
+    assert signal.reason.startswith("stop:")
+    assert signal.gain_low is not None and signal.gain_high is not None
+    assert signal.gain_low < signal.gain < signal.gain_high
+    assert signal.p_over_point is not None and signal.p_over_point < signal.risk
+
+
+def test_a_rising_curve_says_keep_labeling() -> None:
+    probs, truth = judge()
+    # Still climbing about 1.5 points per 100 labels at 500.
+    signal = plateau_signal(LABELS, versions(curve(LABELS, 0.0, 4.0, 0.5), truth), probs)
+    assert not signal.stop
+    assert signal.gain is not None and signal.gain > 1.2 * POINT
+    assert signal.reason.startswith("keep labeling:")
+    assert signal.p_over_point is not None and signal.p_over_point > 0.5
+
+
+def test_churn_between_versions_does_not_stop_a_rising_curve() -> None:
+    probs, truth = judge()
+    errors = curve(LABELS, 0.0, 4.0, 0.5)
+    noisy = plateau_signal(LABELS, versions(errors, truth, churn=0.02), probs)
+    assert not noisy.stop
+    assert noisy.gain is not None and noisy.gain > POINT
+
+
+def test_no_verdict_before_enough_labels_even_when_nothing_changes() -> None:
+    probs, truth = judge()
+    early = [10, 20, 30, 40]
+    signal = plateau_signal(early, [truth.copy() for _ in early], probs)
+    assert early[-1] < MIN_LABELS
+    assert not signal.stop and signal.gain is None
+    assert signal.reason.startswith("too early")
+
+
+def test_the_figures_follow_the_versions_and_the_fit_reaches_past_the_newest() -> None:
+    probs, truth = judge()
+    signal = plateau_signal(LABELS, versions(curve(LABELS, 0.0, 4.0, 0.5), truth), probs)
+    assert signal.curve_labels == LABELS
+    assert len(signal.curve_accuracy) == len(LABELS)
+    # The newest version is judged by itself: its expected accuracy is its own confidence.
+    assert signal.curve_accuracy[-1] == pytest.approx(0.95)
+    assert signal.curve_accuracy[0] < signal.curve_accuracy[-1]
+    assert signal.fit_labels[-1] == LABELS[-1] + signal.horizon
+    assert signal.fit_accuracy[-1] > signal.curve_accuracy[-1]
+    assert signal.recent_gain is not None and signal.recent_gain > 0
+
+
+def test_temperature_softens_overconfidence_and_sharpens_underconfidence() -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 400)
+    right = rng.random(400) < 0.7  # the model is right 70% of the time
+    decided = np.where(right, targets, 1 - targets)
+    over = np.where(decided[:, None] == np.arange(2), 0.95, 0.05)  # claims 95%
+    under = np.where(decided[:, None] == np.arange(2), 0.55, 0.45)  # claims 55%
+    assert temperature(over, targets) > 1.5
+    assert temperature(under, targets) < 0.7
+    assert temperature(over[:5], targets[:5]) == 1.0  # too few labels to tell
+    soft = calibrated(over, temperature(over, targets))
+    assert soft.max(axis=1).mean() == pytest.approx(0.7, abs=0.03)
+
+
+def test_judged_accuracy_is_the_judges_probability_of_each_decision() -> None:
+    probs = np.array([[0.8, 0.2], [0.3, 0.7]])
+    same, flipped = np.array([0, 1]), np.array([1, 0])
+    assert judged_accuracy(probs, [same, flipped]).tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_the_power_law_fit_recovers_the_curve() -> None:
+    labels = np.arange(100.0, 500.0, 10.0)
+    gains = 2.0 * (labels**-0.7 - 500.0**-0.7)
+    law = fit_power_law(labels, gains, 500)
+    assert law.c == pytest.approx(0.7, abs=0.05)
+    assert law.gain(500, 600) == pytest.approx(2.0 * (500**-0.7 - 600**-0.7), rel=0.05)
+
+
+def test_the_probability_of_a_point_grows_with_the_forecast() -> None:
+    assert gain_probability(0.0, POINT, 0.5) == 0.0
+    assert gain_probability(POINT, POINT, 0.5) == pytest.approx(0.5)
+    assert gain_probability(0.005, POINT, 0.5) < 0.1 < 0.9 < gain_probability(0.02, POINT, 0.5)
+
+
+def test_mismatched_inputs_are_refused() -> None:
+    probs, truth = judge()
+    with pytest.raises(ValueError):
+        plateau_signal([100, 200], [truth], probs)
+    with pytest.raises(ValueError):
+        plateau_signal([], [], probs)
