@@ -36,14 +36,20 @@ from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
 from ls_backend.core import learning_curves as lc
-from ls_backend.core import uncertainty
+from ls_backend.core import stopping, uncertainty
 from ls_backend.core.evaluation import expected_calibration_error, paired_gain
 from ls_backend.core.heads import LinearHead, choose_prior_strength, label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import STRATEGIES, rank_pool
 from ls_backend.core.registry import Registry
-from ls_backend.core.report import STOP_KAPPA, STOP_WINDOW, cohen_kappa, first_stop
+from ls_backend.core.report import (
+    STOP_KAPPA,
+    STOP_WINDOW,
+    cohen_kappa,
+    first_stop,
+    out_of_fold_probs,
+)
 from ls_backend.core.training import (
     LabeledData,
     NotEnoughLabels,
@@ -53,6 +59,7 @@ from ls_backend.core.training import (
     run_round,
     save_prototype,
 )
+from ls_backend.report import STOP_SET
 from ls_backend.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,6 +100,10 @@ class Run:
     # before (the test texts serve as the stop set: predicted, never trained on).
     kappas: list[float] = field(default_factory=list)
     ece: list[float] = field(default_factory=list)  # of the test probabilities, each round
+    # The plateau signal (core.stopping) after each round, --model served: its forecast gain
+    # of the next 100 labels (None: no verdict yet) and whether it said stop.
+    plateau_gain: list[float | None] = field(default_factory=list)
+    plateau_stop: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -240,10 +251,31 @@ class ServedFit:
         self._test: dict[str, Probs] = {}  # test probabilities by version
         self.serving = prototype_model(data.space, data.label_x)  # what the registry serves
         self.serving.version = save_prototype(self.registry, self.serving, "bench")
+        # The plateau signal as the server computes it: every head version's decisions on a
+        # fixed stop set of pool rows (never the test split), one signal per round.
+        size = min(STOP_SET, data.pool_y.size)
+        self.stop_rows = np.sort(np.random.default_rng(0).choice(data.pool_y.size, size, False))
+        self._versions: tuple[list[int], list[NDArray[np.int64]]] = ([], [])
+        self.plateau: list[stopping.PlateauSignal | None] = []
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
-        self.round("head", data, labeled, self.config)
+        self.head_round(data, labeled)
         return self.predict(data, labeled, pool)
+
+    def head_round(self, data: BenchData, labeled: NDArray[np.int64]) -> None:
+        """The head lane's round, then the plateau signal over every head version so far."""
+        result = self.round("head", data, labeled, self.config)
+        if result is None:
+            self.plateau.append(None)
+            return
+        head = ModelVersion.load(self.registry.path(result.version), result.version).head
+        probs = head.predict_proba(data.pool_x[self.stop_rows])[:, :, 0]
+        counts, decisions = self._versions
+        counts.append(int(labeled.size))
+        decisions.append(np.asarray(probs.argmax(axis=1), dtype=np.int64))
+        targets = data.pool_y[labeled]
+        oof = out_of_fold_probs(data.space, data.pool_x[labeled], targets, self.config.head_c)
+        self.plateau.append(stopping.plateau_signal(counts, decisions, probs, oof, targets))
 
     def round(
         self, kind: str, data: BenchData, labeled: NDArray[np.int64], config: RoundConfig
@@ -325,7 +357,7 @@ class ServedLoraFit(ServedFit):
         self._pool: tuple[str, Probs] | None = None  # the serving adapter's pool probabilities
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
-        self.round("head", data, labeled, self.config)
+        self.head_round(data, labeled)
         due = labeled.size - self._lora_labels >= self.every
         if due and labeled.size >= self.min_labels:
             self._lora_labels = labeled.size
@@ -394,6 +426,9 @@ def simulate(
         if last:
             run.acquired = labeled.tolist()
             run.promotions = dict(getattr(fit, "promotions", {}))
+            signals = getattr(fit, "plateau", [])
+            run.plateau_gain = [None if p is None else p.gain for p in signals]
+            run.plateau_stop = [p is not None and p.stop for p in signals]
             return run
 
 
@@ -451,7 +486,8 @@ def summarise(
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
-        details["strategies"][name]["stop"] = stop_figures(rs)
+        details["strategies"][name]["stop"] = plateau_stop_figures(rs, stopping.POINT)
+        details["strategies"][name]["stop_stabilizing"] = stop_figures(rs)
         if any(r.promotions for r in rs):  # summed over seeds
             details["strategies"][name]["promotions"] = {
                 key: sum(r.promotions.get(key, 0) for r in rs) for key in rs[0].promotions
@@ -476,6 +512,40 @@ def stop_figures(runs: Sequence[Run]) -> dict[str, Any]:
         "accuracy_left": left,
         "mean_labels": float(np.mean(labels)) if labels else None,
         "mean_accuracy_left": float(np.mean(left)) if left else None,
+    }
+
+
+def within(labels: Sequence[int], accuracy: Sequence[float], point: float) -> int:
+    """Labels at which a curve first comes within ``point`` of its accuracy at the budget."""
+    return next(n for n, a in zip(labels, accuracy, strict=True) if a >= accuracy[-1] - point)
+
+
+def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
+    """Where the plateau signal (core.stopping) first says stop, per seed (the budget where it
+    never does): labels then, accuracy left on the table (at the budget minus at the stop),
+    labels saved; and where the curve first comes within ``point`` of its budget accuracy,
+    per seed and for the mean curve (the goal: stop near there, leaving under ``point``)."""
+    labels, left, stopped = [], [], []
+    for run in runs:
+        at = next((i for i, s in enumerate(run.plateau_stop) if s), len(run.labels) - 1)
+        stopped.append(at < len(run.labels) - 1)
+        labels.append(run.labels[at])
+        left.append(run.accuracy[-1] - run.accuracy[at])
+    budget = runs[0].labels[-1]
+    curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
+    return {
+        "rule": f"plateau: P(next {stopping.HORIZON} labels buy > {point}) < {stopping.RISK}",
+        "stopped_seeds": sum(stopped),
+        "stopped": stopped,
+        "labels": labels,
+        "accuracy_left": left,
+        "labels_saved": [budget - n for n in labels],
+        "mean_labels": float(np.mean(labels)),
+        "mean_accuracy_left": float(np.mean(left)),
+        "mean_labels_saved": float(budget - np.mean(labels)),
+        "within_point_labels": within(runs[0].labels, curve, point),
+        "within_point_per_seed": [within(r.labels, r.accuracy, point) for r in runs],
+        "gain_per_seed": [r.plateau_gain for r in runs],  # forecast per round, for re-tuning
     }
 
 
@@ -518,13 +588,33 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
         "|---|---|---|---|",
     ]
     for name in summary["strategies"]:
-        stop = details["strategies"][name]["stop"]
+        stop = details["strategies"][name]["stop_stabilizing"]
         seeds = details["seeds"]
         lines.append(
             f"| {name} | {stop['stopped_seeds']} of {seeds} "
             f"| {fmt(stop['mean_labels'], '.0f')} "
             f"| {fmt(stop['mean_accuracy_left'], '+.3f')} |"
         )
+    plateaus = {n: d["stop"] for n, d in details["strategies"].items()}
+    forecasts = [g for p in plateaus.values() for seed in p["gain_per_seed"] for g in seed]
+    if any(g is not None for g in forecasts):  # --model served: the server's plateau signal
+        lines += [
+            "",
+            f"Plateau signal (core.stopping; {next(iter(plateaus.values()))['rule']}); a seed "
+            "that never stops counts at the budget; 'within a point': where the mean curve "
+            "first comes within a point of its budget accuracy:",
+            "",
+            "| strategy | seeds stopped | labels at the stop | accuracy left | labels saved "
+            "| within a point at | stop / within |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, p in plateaus.items():
+            lines.append(
+                f"| {name} | {p['stopped_seeds']} of {seeds} | {p['mean_labels']:.0f} "
+                f"| {p['mean_accuracy_left']:+.3f} | {p['mean_labels_saved']:.0f} "
+                f"| {p['within_point_labels']} "
+                f"| {p['mean_labels'] / p['within_point_labels']:.2f}x |"
+            )
     tallies = {n: d["promotions"] for n, d in details["strategies"].items() if "promotions" in d}
     if tallies:
         lines += [
