@@ -56,6 +56,33 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
     assert tally["rounds"] == len(run.labels) and tally["promoted"] >= 1
 
 
+def test_the_served_mode_records_the_plateau_signal_and_where_it_stops(tmp_path: Path) -> None:
+    from ls_backend.core.training import RoundConfig
+
+    data = toy_data()
+    data.label_x = np.eye(16, dtype=np.float32)[:3]
+    fit = bench.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
+    run = bench.simulate(data, "random", seed=0, init=6, batch=10, budget=86, fit=fit)
+    assert len(run.plateau_gain) == len(run.plateau_stop) == len(run.labels)
+    assert set(fit.stop_rows) <= set(range(data.pool_y.size))  # pool rows, never the test split
+    # Separable classes learnt by 86 labels: the signal has a verdict and says stop.
+    assert run.plateau_gain[-1] is not None and run.plateau_stop[-1]
+    stop = bench.plateau_stop_figures([run], 0.01)
+    at = run.plateau_stop.index(True)
+    assert stop["labels"] == [run.labels[at]] and stop["stopped_seeds"] == 1
+    assert stop["labels_saved"] == [86 - run.labels[at]]
+    assert stop["accuracy_left"] == [pytest.approx(run.accuracy[-1] - run.accuracy[at])]
+    assert stop["within_point_labels"] == bench.within(run.labels, run.accuracy, 0.01)
+
+
+def test_a_run_that_never_stops_counts_at_the_budget() -> None:
+    run = bench.Run([10, 20, 30], [0.5, 0.6, 0.7], [0.4, 0.5, 0.6], [0.1] * 3)
+    run.plateau_stop = [False] * 3
+    stop = bench.plateau_stop_figures([run], 0.01)
+    assert stop["stopped_seeds"] == 0 and stop["labels"] == [30] and stop["labels_saved"] == [0]
+    assert stop["accuracy_left"] == [0.0] and stop["within_point_labels"] == 30
+
+
 def test_one_seen_class_predicts_that_class() -> None:
     data = toy_data()
     predicted = bench.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])
