@@ -10,9 +10,11 @@ learning curve first comes within a point of its budget accuracy, where the plat
 stops (a seed that never stops counts at the budget), the accuracy left on the table (test
 accuracy at the budget minus at the stop), the labels saved, and the goal (left <= 1 point,
 stop <= 1.5x the within-a-point labels); today's rule (stabilizing predictions) beside it.
-`--table-only` reads the folders of an earlier run. `--risk`/`--log-sd` re-decide the stops
-from the forecasts each run recorded per round (no rerun): the rule is
-P(next 100 labels buy more than a point) < risk, with log(true / forecast) ~ N(0, log_sd^2).
+`--table-only` reads the folders of an earlier run; the stops are always decided from the
+forecasts each run recorded per round by the core's decision (`stopping.persistent_stop`),
+so a run made under an earlier decision rule reads as today's (`--rewrite` writes that
+into its details.json and results.md). `--spread` measures the forecast's error
+(FORECAST_LOG_SD); `--cost` times the signal.
 
 The pool is the bench's 4,000-item stratified subsample and the test split is cut to 2,000
 (stratified), except reuters_r52: one of its classes has a single training text, so the
@@ -23,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from ls_backend.core import stopping
 
@@ -86,31 +86,33 @@ def run(dataset: str, out: Path, cache: Path, seeds: int, budget: int) -> None:
 
 
 def redecide(
-    stop: dict[str, Any], labels: list[int], accuracy: list[list[float]], limit: float
+    stop: dict[str, Any], labels: list[int], accuracy: list[list[float]]
 ) -> dict[str, Any]:
-    """The plateau stops again from the recorded forecasts, with stop <=> forecast < limit."""
-    at = [
-        next((i for i, g in enumerate(gains) if g is not None and g < limit), len(labels) - 1)
-        for gains in stop["gain_per_seed"]
-    ]
+    """The plateau stops from the forecasts a run recorded per round, by the core's decision
+    (``stopping.persistent_stop``): the same as the bench decides, so runs of an earlier
+    decision rule read as today's (the forecasts themselves do not depend on it)."""
+    at = []
+    for gains in stop["gain_per_seed"]:
+        rounds = range(len(gains))
+        decided = (stopping.persistent_stop(labels[: i + 1], gains[: i + 1]) for i in rounds)
+        at.append(next((i for i, s in zip(rounds, decided, strict=True) if s), len(labels) - 1))
     left = [acc[-1] - acc[i] for acc, i in zip(accuracy, at, strict=True)]
     return {
         **stop,
+        "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {stopping.POINT} "
+        f"at every version of the last {stopping.PERSIST} labels, from {stopping.MIN_STOP} on",
         "stopped_seeds": sum(i < len(labels) - 1 for i in at),
+        "stopped": [i < len(labels) - 1 for i in at],
         "labels": [labels[i] for i in at],
         "accuracy_left": left,
+        "labels_saved": [labels[-1] - labels[i] for i in at],
         "mean_labels": float(np.mean([labels[i] for i in at])),
         "mean_accuracy_left": float(np.mean(left)),
         "mean_labels_saved": float(labels[-1] - np.mean([labels[i] for i in at])),
     }
 
 
-def table(out: Path, datasets: list[str], risk: float | None, log_sd: float | None) -> str:
-    limit = None
-    if risk is not None or log_sd is not None:
-        sd = stopping.FORECAST_LOG_SD if log_sd is None else log_sd
-        chosen = stopping.RISK if risk is None else risk
-        limit = stopping.POINT * math.exp(-sd * float(norm.isf(chosen)))
+def table(out: Path, datasets: list[str], rewrite: bool = False) -> str:
     lines = [
         "| dataset | strategy | final acc. | within a point at | plateau: stopped "
         "| labels at the stop | stop / within | accuracy left | labels saved | goal "
@@ -118,14 +120,14 @@ def table(out: Path, datasets: list[str], risk: float | None, log_sd: float | No
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in datasets:
-        details = json.loads((out / dataset / "details.json").read_text())
+        folder = out / dataset
+        details = json.loads((folder / "details.json").read_text())
         seeds = details["seeds"]
         for name in STRATEGIES:
             d = details["strategies"][name]
             accuracy = d["accuracy_per_seed"]
-            stop, sp = d["stop"], d["stop_stabilizing"]
-            if limit is not None:
-                stop = redecide(stop, d["labels"], accuracy, limit)
+            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy)
+            sp = d["stop_stabilizing"]
             within = stop["within_point_labels"]
             ratio = stop["mean_labels"] / within
             left = stop["mean_accuracy_left"]
@@ -140,6 +142,55 @@ def table(out: Path, datasets: list[str], risk: float | None, log_sd: float | No
                 f"| {stop['mean_labels_saved']:.0f} | {goal} "
                 f"| {sp['stopped_seeds']} of {seeds} | {sp_labels} | {sp_left} |"
             )
+        if rewrite:  # the run's own files, decided by today's rule
+            from ls_backend.bench import markdown
+
+            summary = json.loads((folder / "results.json").read_text())
+            (folder / "details.json").write_text(json.dumps(details, indent=2))
+            title = (folder / "results.md").read_text().splitlines()[0].removeprefix("### ")
+            title = title.rsplit(" (ceiling", 1)[0]
+            (folder / "results.md").write_text(markdown(title, summary, details))
+    return "\n".join(lines)
+
+
+def log_ratios(details: dict[str, Any], name: str, lo: int = 100, hi: int = 400) -> list[float]:
+    """log(true gain / forecast gain) of the next HORIZON labels, from ``lo`` to ``hi`` labels:
+    the mean test curve's gain against the mean forecast over seeds (one seed's test curve is
+    too noisy to compare with), where the true gain is above noise (0.3 points)."""
+    d = details["strategies"][name]
+    labels, curve = d["labels"], np.mean(d["accuracy_per_seed"], axis=0)
+    step = stopping.HORIZON // (labels[1] - labels[0])
+    out = []
+    for i, n in enumerate(labels):
+        if not lo <= n <= hi or i + step >= len(labels):
+            continue
+        forecasts = [seed[i] for seed in d["stop"]["gain_per_seed"] if seed[i] is not None]
+        true = curve[i + step] - curve[i]
+        if forecasts and true > 0.003 and np.mean(forecasts) > 0:
+            out.append(float(np.log(true / np.mean(forecasts))))
+    return out
+
+
+def spread(out: Path, datasets: list[str]) -> str:
+    """The forecast's error on each dataset and pooled: mean and SD of log(true / forecast)."""
+    lines = [
+        "| dataset | strategy | points | mean log(true / forecast) | SD |",
+        "|---|---|---|---|---|",
+    ]
+    pooled: list[float] = []
+    for dataset in datasets:
+        details = json.loads((out / dataset / "details.json").read_text())
+        for name in STRATEGIES:
+            r = log_ratios(details, name)
+            pooled += r
+            if r:
+                lines.append(
+                    f"| {dataset} | {name} | {len(r)} | {np.mean(r):+.2f} | {np.std(r):.2f} |"
+                )
+    lines.append(
+        f"| all | | {len(pooled)} | {np.mean(pooled):+.2f} | {np.std(pooled):.2f} "
+        f"(RMS {np.sqrt(np.mean(np.square(pooled))):.2f}) |"
+    )
     return "\n".join(lines)
 
 
@@ -194,19 +245,24 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--budget", type=int, default=500)
     p.add_argument("--table-only", action="store_true", help="only print the table of --out")
-    p.add_argument("--risk", type=float, default=None, help="re-decide with this risk")
-    p.add_argument("--log-sd", type=float, default=None, help="re-decide with this spread")
+    p.add_argument(
+        "--rewrite", action="store_true", help="write today's decision into the runs' files"
+    )
     p.add_argument("--cost", action="store_true", help="only time the signal (20newsgroups)")
+    p.add_argument("--spread", action="store_true", help="only the forecast's measured error")
     args = p.parse_args()
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     if args.cost:
         print(cost(args.cache))
         return
-    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if args.spread:
+        print(spread(args.out, datasets))
+        return
     if not args.table_only:
         for dataset in datasets:
             print(f"running {dataset}", file=sys.stderr, flush=True)
             run(dataset, args.out, args.cache, args.seeds, args.budget)
-    print(table(args.out, datasets, args.risk, args.log_sd))
+    print(table(args.out, datasets, args.rewrite))
 
 
 if __name__ == "__main__":

@@ -275,7 +275,9 @@ class ServedFit:
         decisions.append(np.asarray(probs.argmax(axis=1), dtype=np.int64))
         targets = data.pool_y[labeled]
         oof = out_of_fold_probs(data.space, data.pool_x[labeled], targets, self.config.head_c)
-        self.plateau.append(stopping.plateau_signal(counts, decisions, probs, oof, targets))
+        earlier = [(p.labels, p.gain) for p in self.plateau if p is not None]
+        signal = stopping.plateau_signal(counts, decisions, probs, oof, targets, earlier)
+        self.plateau.append(signal)
 
     def round(
         self, kind: str, data: BenchData, labeled: NDArray[np.int64], config: RoundConfig
@@ -534,7 +536,8 @@ def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
     budget = runs[0].labels[-1]
     curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
     return {
-        "rule": f"plateau: P(next {stopping.HORIZON} labels buy > {point}) < {stopping.RISK}",
+        "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {point} at "
+        f"every version of the last {stopping.PERSIST} labels, from {stopping.MIN_STOP} on",
         "stopped_seeds": sum(stopped),
         "stopped": stopped,
         "labels": labels,

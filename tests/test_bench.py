@@ -56,7 +56,8 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
     assert tally["rounds"] == len(run.labels) and tally["promoted"] >= 1
 
 
-def test_the_served_mode_records_the_plateau_signal_and_where_it_stops(tmp_path: Path) -> None:
+def test_the_served_mode_records_the_plateau_signal_on_pool_rows(tmp_path: Path) -> None:
+    from ls_backend.core.stopping import MIN_STOP
     from ls_backend.core.training import RoundConfig
 
     data = toy_data()
@@ -65,14 +66,19 @@ def test_the_served_mode_records_the_plateau_signal_and_where_it_stops(tmp_path:
     run = bench.simulate(data, "random", seed=0, init=6, batch=10, budget=86, fit=fit)
     assert len(run.plateau_gain) == len(run.plateau_stop) == len(run.labels)
     assert set(fit.stop_rows) <= set(range(data.pool_y.size))  # pool rows, never the test split
-    # Separable classes learnt by 86 labels: the signal has a verdict and says stop.
-    assert run.plateau_gain[-1] is not None and run.plateau_stop[-1]
+    # Separable classes learnt by 86 labels: a forecast under a point, but too few labels.
+    assert run.plateau_gain[-1] is not None and run.plateau_gain[-1] < 0.01
+    assert run.labels[-1] < MIN_STOP and not any(run.plateau_stop)
+
+
+def test_the_stop_figures_count_labels_left_and_saved_at_the_first_stop() -> None:
+    run = bench.Run([100, 200, 300, 400], [0.7, 0.8, 0.85, 0.86], [0.6] * 4, [0.1] * 4)
+    run.plateau_stop = [False, False, True, True]
     stop = bench.plateau_stop_figures([run], 0.01)
-    at = run.plateau_stop.index(True)
-    assert stop["labels"] == [run.labels[at]] and stop["stopped_seeds"] == 1
-    assert stop["labels_saved"] == [86 - run.labels[at]]
-    assert stop["accuracy_left"] == [pytest.approx(run.accuracy[-1] - run.accuracy[at])]
-    assert stop["within_point_labels"] == bench.within(run.labels, run.accuracy, 0.01)
+    assert stop["labels"] == [300] and stop["stopped_seeds"] == 1
+    assert stop["labels_saved"] == [100]
+    assert stop["accuracy_left"] == [pytest.approx(0.01)]
+    assert stop["within_point_labels"] == 300
 
 
 def test_a_run_that_never_stops_counts_at_the_budget() -> None:

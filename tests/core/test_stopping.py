@@ -3,11 +3,16 @@ import pytest
 
 from ls_backend.core.stopping import (
     MIN_LABELS,
+    MIN_STOP,
+    PERSIST,
     POINT,
+    PlateauSignal,
+    below_since,
     calibrated,
     fit_power_law,
     gain_probability,
     judged_accuracy,
+    persistent_stop,
     plateau_signal,
     temperature,
 )
@@ -51,16 +56,42 @@ def curve(labels: list[int], a: float, b: float, c: float) -> list[float]:
     return [max(0.0, b * (m**-c - n**-c)) + a for m in labels]
 
 
+def replay(errors: list[float], churn: float = 0.0) -> list[PlateauSignal]:
+    """The signal after every version, as the server computes it after each head round
+    (each version's own stop-set decisions judge the ones before it)."""
+    probs, truth = judge()
+    decided = versions(errors, truth, churn=churn)
+    signals: list[PlateauSignal] = []
+    for k in range(len(LABELS)):
+        judge_k = np.full((N, C), 0.05 / (C - 1))
+        judge_k[np.arange(N), decided[k]] = 0.95
+        earlier = [(s.labels, s.gain) for s in signals]
+        signals.append(
+            plateau_signal(LABELS[: k + 1], decided[: k + 1], judge_k, None, None, earlier)
+        )
+    return signals
+
+
 def test_a_plateaued_curve_says_stop_and_reports_a_small_gain() -> None:
     probs, truth = judge()
     # Steep early, flat after ~150 labels: the last 100 labels changed almost nothing.
-    signal = plateau_signal(LABELS, versions(curve(LABELS, 0.0, 40.0, 1.5), truth), probs)
+    errors = curve(LABELS, 0.0, 40.0, 1.5)
+    signal = plateau_signal(LABELS, versions(errors, truth), probs)
+    assert not signal.stop  # a forecast under a point, but no history of it yet
+    signal = replay(errors)[-1]
     assert signal.stop
     assert signal.gain is not None and signal.gain < POINT / 2
     assert signal.reason.startswith("stop:")
     assert signal.gain_low is not None and signal.gain_high is not None
     assert signal.gain_low < signal.gain < signal.gain_high
-    assert signal.p_over_point is not None and signal.p_over_point < signal.risk
+    assert signal.p_over_point is not None and signal.p_over_point < 0.5
+    assert signal.below_since is not None and signal.below_since <= LABELS[-1] - PERSIST
+
+
+def test_it_stops_at_the_first_version_the_rule_allows_on_a_flat_curve() -> None:
+    signals = replay(curve(LABELS, 0.0, 40.0, 1.5))
+    first = next(s.labels for s in signals if s.stop)
+    assert first == MIN_STOP + PERSIST  # flat long before: the guards decide when
 
 
 def test_a_rising_curve_says_keep_labeling() -> None:
@@ -74,11 +105,9 @@ def test_a_rising_curve_says_keep_labeling() -> None:
 
 
 def test_churn_between_versions_does_not_stop_a_rising_curve() -> None:
-    probs, truth = judge()
-    errors = curve(LABELS, 0.0, 4.0, 0.5)
-    noisy = plateau_signal(LABELS, versions(errors, truth, churn=0.02), probs)
-    assert not noisy.stop
-    assert noisy.gain is not None and noisy.gain > POINT
+    signals = replay(curve(LABELS, 0.0, 4.0, 0.5), churn=0.02)
+    assert not any(s.stop for s in signals)
+    assert signals[-1].gain is not None and signals[-1].gain > POINT
 
 
 def test_no_verdict_before_enough_labels_even_when_nothing_changes() -> None:
@@ -101,6 +130,25 @@ def test_the_figures_follow_the_versions_and_the_fit_reaches_past_the_newest() -
     assert signal.fit_labels[-1] == LABELS[-1] + signal.horizon
     assert signal.fit_accuracy[-1] > signal.curve_accuracy[-1]
     assert signal.recent_gain is not None and signal.recent_gain > 0
+
+
+def test_one_low_forecast_is_not_a_plateau() -> None:
+    labels = list(range(200, 310, 10))
+    low = [0.02] * 10 + [0.005]
+    assert below_since(labels, low) == 300
+    assert not persistent_stop(labels, low)
+    steady = [0.02, 0.005, 0.004, 0.006, 0.005, 0.004, 0.003, 0.004, 0.005, 0.004, 0.003]
+    assert below_since(labels, steady) == 210 and persistent_stop(labels, steady)
+    gap = steady[:-3] + [0.011] + steady[-2:]
+    assert not persistent_stop(labels, gap)  # one forecast above a point starts it over
+
+
+def test_no_stop_before_the_minimum_however_flat() -> None:
+    labels = list(range(60, MIN_STOP + PERSIST, 10))
+    assert not persistent_stop(labels, [0.001] * len(labels))
+    labels.append(MIN_STOP + PERSIST)
+    assert persistent_stop(labels, [0.001] * len(labels))
+    assert not persistent_stop(labels, [0.001] * (len(labels) - 1) + [None])
 
 
 def test_temperature_softens_overconfidence_and_sharpens_underconfidence() -> None:
