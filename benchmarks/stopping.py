@@ -86,7 +86,11 @@ def run(dataset: str, out: Path, cache: Path, seeds: int, budget: int) -> None:
 
 
 def redecide(
-    stop: dict[str, Any], labels: list[int], accuracy: list[list[float]]
+    stop: dict[str, Any],
+    labels: list[int],
+    accuracy: list[list[float]],
+    persist: int = stopping.PERSIST,
+    min_stop: int = stopping.MIN_STOP,
 ) -> dict[str, Any]:
     """The plateau stops from the forecasts a run recorded per round, by the core's decision
     (``stopping.persistent_stop``): the same as the bench decides, so runs of an earlier
@@ -94,13 +98,18 @@ def redecide(
     at = []
     for gains in stop["gain_per_seed"]:
         rounds = range(len(gains))
-        decided = (stopping.persistent_stop(labels[: i + 1], gains[: i + 1]) for i in rounds)
+        decided = (
+            stopping.persistent_stop(
+                labels[: i + 1], gains[: i + 1], persist=persist, min_stop=min_stop
+            )
+            for i in rounds
+        )
         at.append(next((i for i, s in zip(rounds, decided, strict=True) if s), len(labels) - 1))
     left = [acc[-1] - acc[i] for acc, i in zip(accuracy, at, strict=True)]
     return {
         **stop,
         "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {stopping.POINT} "
-        f"at every version of the last {stopping.PERSIST} labels, from {stopping.MIN_STOP} on",
+        f"at every version of the last {persist} labels, from {min_stop} on",
         "stopped_seeds": sum(i < len(labels) - 1 for i in at),
         "stopped": [i < len(labels) - 1 for i in at],
         "labels": [labels[i] for i in at],
@@ -112,7 +121,7 @@ def redecide(
     }
 
 
-def table(out: Path, datasets: list[str], rewrite: bool = False) -> str:
+def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = True) -> str:
     lines = [
         "| dataset | strategy | final acc. | within a point at | plateau: stopped "
         "| labels at the stop | stop / within | accuracy left | labels saved | goal "
@@ -126,7 +135,8 @@ def table(out: Path, datasets: list[str], rewrite: bool = False) -> str:
         for name in STRATEGIES:
             d = details["strategies"][name]
             accuracy = d["accuracy_per_seed"]
-            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy)
+            limits = (stopping.PERSIST, stopping.MIN_STOP) if guards else (0, 0)
+            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy, *limits)
             sp = d["stop_stabilizing"]
             within = stop["within_point_labels"]
             ratio = stop["mean_labels"] / within
@@ -248,6 +258,11 @@ def main() -> None:
     p.add_argument(
         "--rewrite", action="store_true", help="write today's decision into the runs' files"
     )
+    p.add_argument(
+        "--no-guards",
+        action="store_true",
+        help="decide on each version's forecast alone (no PERSIST, no MIN_STOP): for comparison",
+    )
     p.add_argument("--cost", action="store_true", help="only time the signal (20newsgroups)")
     p.add_argument("--spread", action="store_true", help="only the forecast's measured error")
     args = p.parse_args()
@@ -262,7 +277,7 @@ def main() -> None:
         for dataset in datasets:
             print(f"running {dataset}", file=sys.stderr, flush=True)
             run(dataset, args.out, args.cache, args.seeds, args.budget)
-    print(table(args.out, datasets, args.rewrite))
+    print(table(args.out, datasets, args.rewrite and not args.no_guards, not args.no_guards))
 
 
 if __name__ == "__main__":
