@@ -205,11 +205,11 @@ def spread(out: Path, datasets: list[str]) -> str:
 
 
 def cost(cache: Path, sizes: tuple[int, ...] = (300, 1000, 3000)) -> str:
-    """CPU seconds (one thread: the machine is shared, wall time is not) the signal costs the
-    server at each label count, on 20newsgroups' embeddings
-    (20 classes): the labels' out-of-fold probabilities (5 light-head fits), every version's
-    decisions on a 2,000-task stop set (one matrix product each; the report makes them for
-    stabilizing predictions already) and ``plateau_signal`` itself."""
+    """CPU seconds (one thread: the machine is shared, its wall time is not a figure) the
+    signal costs the server at each label count, on 20newsgroups' embeddings (20 classes):
+    the labels' out-of-fold probabilities (5 light-head fits), every version's decisions on
+    a 2,000-task stop set (one matrix product each; the report makes them for stabilizing
+    predictions already) and ``plateau_signal`` itself."""
     import time
 
     from ls_backend.bench import load_data

@@ -32,10 +32,12 @@ curve itself, without a test split, and forecasts what the next labels would buy
    benchmark sets, has a spread of ``FORECAST_LOG_SD``: the signal gives an 80% interval
    and the probability that the next ``horizon`` labels buy more than ``point``.
 
-Pure and typed: arrays in, a dataclass out. Cost: one temperature fit over the labels'
-``[M, C]`` probabilities and one two-parameter least-squares fit over the versions;
-the predictions of every version on the stop set are the caller's (the report already
-makes them for stabilizing predictions).
+Pure and typed: arrays in, a dataclass out; single-label only. Cost: a temperature fit over
+the labels' ``[M, C]`` out-of-fold probabilities and a two-parameter least-squares fit over
+the versions, 10-20 ms of CPU with 200 versions on 2,000 tasks; the caller's inputs cost
+more (the out-of-fold probabilities: 5 head fits, 0.2 / 0.5 / 2.0 CPU seconds at 300 /
+1,000 / 3,000 labels; each version's answers on the stop set, which the report already
+makes for stabilizing predictions).
 """
 
 from __future__ import annotations
