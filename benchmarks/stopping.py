@@ -91,17 +91,21 @@ def redecide(
     accuracy: list[list[float]],
     persist: int = stopping.PERSIST,
     min_stop: int = stopping.MIN_STOP,
+    new_class: bool = True,
 ) -> dict[str, Any]:
     """The plateau stops from the forecasts a run recorded per round, by the core's decision
     (``stopping.persistent_stop``): the same as the bench decides, so runs of an earlier
     decision rule read as today's (the forecasts themselves do not depend on it)."""
     at = []
-    for gains in stop["gain_per_seed"]:
+    # Runs before the Good-Turing check recorded no class counts: None (not checked).
+    unseen = stop.get("unseen_per_seed") or [[None] * len(g) for g in stop["gain_per_seed"]]
+    for gains, masses in zip(stop["gain_per_seed"], unseen, strict=True):
         rounds = range(len(gains))
         decided = (
             stopping.persistent_stop(
                 labels[: i + 1], gains[: i + 1], persist=persist, min_stop=min_stop
             )
+            and (not new_class or masses[i] is None or masses[i] < stopping.POINT)
             for i in rounds
         )
         at.append(next((i for i, s in zip(rounds, decided, strict=True) if s), len(labels) - 1))
@@ -109,7 +113,8 @@ def redecide(
     return {
         **stop,
         "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {stopping.POINT} "
-        f"at every version of the last {persist} labels, from {min_stop} on",
+        f"at every version of the last {persist} labels, from {min_stop} on, and a new class "
+        f"< {stopping.POINT} likely",
         "stopped_seeds": sum(i < len(labels) - 1 for i in at),
         "stopped": [i < len(labels) - 1 for i in at],
         "labels": [labels[i] for i in at],
@@ -136,7 +141,7 @@ def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = 
             d = details["strategies"][name]
             accuracy = d["accuracy_per_seed"]
             limits = (stopping.PERSIST, stopping.MIN_STOP) if guards else (0, 0)
-            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy, *limits)
+            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy, *limits, guards)
             sp = d["stop_stabilizing"]
             within = stop["within_point_labels"]
             ratio = stop["mean_labels"] / within

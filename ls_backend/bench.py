@@ -104,6 +104,7 @@ class Run:
     # of the next 100 labels (None: no verdict yet) and whether it said stop.
     plateau_gain: list[float | None] = field(default_factory=list)
     plateau_stop: list[bool] = field(default_factory=list)
+    plateau_unseen: list[float | None] = field(default_factory=list)  # Good-Turing, per round
 
 
 @dataclass
@@ -276,7 +277,8 @@ class ServedFit:
         targets = data.pool_y[labeled]
         oof = out_of_fold_probs(data.space, data.pool_x[labeled], targets, self.config.head_c)
         earlier = [(p.labels, p.gain) for p in self.plateau if p is not None]
-        signal = stopping.plateau_signal(counts, decisions, probs, oof, targets, earlier)
+        classes = np.bincount(targets, minlength=data.space.size).tolist()
+        signal = stopping.plateau_signal(counts, decisions, probs, oof, targets, earlier, classes)
         self.plateau.append(signal)
 
     def round(
@@ -431,6 +433,7 @@ def simulate(
             signals = getattr(fit, "plateau", [])
             run.plateau_gain = [None if p is None else p.gain for p in signals]
             run.plateau_stop = [p is not None and p.stop for p in signals]
+            run.plateau_unseen = [None if p is None else p.unseen for p in signals]
             return run
 
 
@@ -537,7 +540,8 @@ def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
     curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
     return {
         "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {point} at "
-        f"every version of the last {stopping.PERSIST} labels, from {stopping.MIN_STOP} on",
+        f"every version of the last {stopping.PERSIST} labels, from {stopping.MIN_STOP} on, "
+        f"and a new class < {point} likely",
         "stopped_seeds": sum(stopped),
         "stopped": stopped,
         "labels": labels,
@@ -548,7 +552,10 @@ def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
         "mean_labels_saved": float(budget - np.mean(labels)),
         "within_point_labels": within(runs[0].labels, curve, point),
         "within_point_per_seed": [within(r.labels, r.accuracy, point) for r in runs],
-        "gain_per_seed": [r.plateau_gain for r in runs],  # forecast per round, for re-tuning
+        # Per round, for re-deciding without a rerun: the forecast, and the probability that
+        # the next label's class is new.
+        "gain_per_seed": [r.plateau_gain for r in runs],
+        "unseen_per_seed": [r.plateau_unseen for r in runs],
     }
 
 

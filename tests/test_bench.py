@@ -64,7 +64,9 @@ def test_the_served_mode_records_the_plateau_signal_on_pool_rows(tmp_path: Path)
     data.label_x = np.eye(16, dtype=np.float32)[:3]
     fit = bench.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
     run = bench.simulate(data, "random", seed=0, init=6, batch=10, budget=86, fit=fit)
-    assert len(run.plateau_gain) == len(run.plateau_stop) == len(run.labels)
+    assert len(run.plateau_gain) == len(run.plateau_stop) == len(run.plateau_unseen)
+    assert len(run.plateau_gain) == len(run.labels)
+    assert run.plateau_unseen[-1] == 0.0  # every class has many labels: nothing new to meet
     assert set(fit.stop_rows) <= set(range(data.pool_y.size))  # pool rows, never the test split
     # Separable classes learnt by 86 labels: a forecast under a point, but too few labels.
     assert run.plateau_gain[-1] is not None and run.plateau_gain[-1] < 0.01

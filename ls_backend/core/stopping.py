@@ -28,7 +28,12 @@ curve itself, without a test split, and forecasts what the next labels would buy
    sampling: forecasts 3-10x too low at 60-100 labels on sms_spam and reuters_r8), and one
    version's forecast varies by 2x from the next (benchmarks/RESULTS.md, "Stopping
    signal").
-4. **How sure:** the forecast's error, log(true gain / forecast), measured on our six
+4. **Classes not met yet:** the newest version cannot judge its mistakes on a class no label
+   has shown it (reuters_r52: forecasts 3-4x too low). The Good-Turing estimate of the
+   probability that the next task is of a class not seen yet, the share of labels whose
+   class has a single label (Good 1953, "The population frequencies of species and the
+   estimation of population parameters"), must be under ``point`` too.
+5. **How sure:** the forecast's error, log(true gain / forecast), measured on our six
    benchmark sets, has a spread of ``FORECAST_LOG_SD``: the signal gives an 80% interval
    and the probability that the next ``horizon`` labels buy more than ``point``.
 
@@ -92,6 +97,7 @@ class PlateauSignal:
     recent_gain: float | None  # estimated gain over the last ``horizon`` labels
     reason: str
     below_since: int | None = None  # labels from which every forecast has been below ``point``
+    unseen: float | None = None  # Good-Turing probability that the next label's class is new
     temperature: float = 1.0
     exponent: float | None = None
     curve_labels: list[int] = field(default_factory=list)
@@ -181,6 +187,13 @@ def below_since(
     return since
 
 
+def unseen_mass(counts: Sequence[int]) -> float:
+    """Good-Turing: the share of labels whose class has exactly one label estimates the
+    probability that the next label's class has none yet (1.0 before any label)."""
+    total = sum(counts)
+    return sum(1 for c in counts if c == 1) / total if total else 1.0
+
+
 def persistent_stop(
     labels: Sequence[int],
     forecasts: Sequence[float | None],
@@ -204,6 +217,7 @@ def plateau_signal(
     oof_probs: NDArray[np.floating] | None = None,
     oof_targets: NDArray[np.int64] | None = None,
     earlier: Sequence[tuple[int, float | None]] = (),
+    label_counts: Sequence[int] | None = None,
     point: float = POINT,
     horizon: int = HORIZON,
     log_sd: float = FORECAST_LOG_SD,
@@ -215,7 +229,8 @@ def plateau_signal(
     probabilities there; ``oof_probs``/``oof_targets``: out-of-fold probabilities of the
     labeled items and their labels (the judge's temperature; None: uncalibrated);
     ``earlier``: (labels, ``gain``) of earlier versions as this function gave them then:
-    the decision needs the forecasts of the last ``PERSIST`` labels.
+    the decision needs the forecasts of the last ``PERSIST`` labels; ``label_counts``:
+    labels per class of the label config (None: classes not met yet are not checked).
     """
     if len(labels) != len(decisions):
         raise ValueError("one label count per version's decisions")
@@ -230,6 +245,7 @@ def plateau_signal(
     back = counts <= n - horizon
     recent = float(accuracy[-1] - accuracy[back][-1]) if back.any() else None
     fitted = (counts >= max(1.0, FIT_FROM * n)) & (counts < n)
+    unseen = None if label_counts is None else unseen_mass(label_counts)
     signal = PlateauSignal(
         stop=False,
         labels=n,
@@ -238,6 +254,7 @@ def plateau_signal(
         gain_high=None,
         p_over_point=None,
         recent_gain=recent,
+        unseen=unseen,
         reason=f"too early to tell: needs {MIN_LABELS} labels and {MIN_VERSIONS} versions",
         temperature=t,
         curve_labels=[int(m) for m in labels],
@@ -252,7 +269,9 @@ def plateau_signal(
     history = sorted((int(m), g) for m, g in earlier if m < n) + [(n, gain)]
     seen = [m for m, _ in history]
     forecasts = [g for _, g in history]
-    stop = persistent_stop(seen, forecasts, point)
+    plateau = persistent_stop(seen, forecasts, point)
+    new_class = unseen is not None and unseen >= point
+    stop = plateau and not new_class
     since = below_since(seen, forecasts, point)
     z = float(norm.isf(0.1))  # the 80% interval
     low, high = gain * math.exp(-z * log_sd), gain * math.exp(z * log_sd)
@@ -263,6 +282,12 @@ def plateau_signal(
     )
     if stop:
         why = f"stop: {forecast}, and under {100 * point:g} since {since} labels"
+    elif plateau:
+        singles = sum(1 for c in label_counts or () if c == 1)
+        why = (
+            f"keep labeling: {forecast}, but {singles} classes have a single label: the next "
+            f"label is of a class not met yet with probability {unseen:.1%} (Good-Turing)"
+        )
     elif since is None:
         why = f"keep labeling: {forecast}"
     else:

@@ -15,6 +15,7 @@ from ls_backend.core.stopping import (
     persistent_stop,
     plateau_signal,
     temperature,
+    unseen_mass,
 )
 
 N, C = 2000, 4
@@ -56,7 +57,9 @@ def curve(labels: list[int], a: float, b: float, c: float) -> list[float]:
     return [max(0.0, b * (m**-c - n**-c)) + a for m in labels]
 
 
-def replay(errors: list[float], churn: float = 0.0) -> list[PlateauSignal]:
+def replay(
+    errors: list[float], churn: float = 0.0, counts: list[int] | None = None
+) -> list[PlateauSignal]:
     """The signal after every version, as the server computes it after each head round
     (each version's own stop-set decisions judge the ones before it)."""
     probs, truth = judge()
@@ -67,7 +70,7 @@ def replay(errors: list[float], churn: float = 0.0) -> list[PlateauSignal]:
         judge_k[np.arange(N), decided[k]] = 0.95
         earlier = [(s.labels, s.gain) for s in signals]
         signals.append(
-            plateau_signal(LABELS[: k + 1], decided[: k + 1], judge_k, None, None, earlier)
+            plateau_signal(LABELS[: k + 1], decided[: k + 1], judge_k, None, None, earlier, counts)
         )
     return signals
 
@@ -149,6 +152,17 @@ def test_no_stop_before_the_minimum_however_flat() -> None:
     labels.append(MIN_STOP + PERSIST)
     assert persistent_stop(labels, [0.001] * len(labels))
     assert not persistent_stop(labels, [0.001] * (len(labels) - 1) + [None])
+
+
+def test_classes_with_a_single_label_hold_the_stop_back() -> None:
+    assert unseen_mass([300, 150, 40]) == 0.0
+    assert unseen_mass([200, 1, 1, 1, 0]) == pytest.approx(3 / 203)
+    assert unseen_mass([0, 0]) == 1.0
+    flat = curve(LABELS, 0.0, 40.0, 1.5)
+    assert replay(flat, counts=[300, 150, 40, 10])[-1].stop
+    rare = replay(flat, counts=[250, 150, 40, 1, 1, 1, 1, 1, 1, 0])[-1]
+    assert not rare.stop and rare.gain is not None and rare.gain < POINT
+    assert rare.unseen == pytest.approx(6 / 446) and "Good-Turing" in rare.reason
 
 
 def test_temperature_softens_overconfidence_and_sharpens_underconfidence() -> None:
