@@ -158,7 +158,7 @@ def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = 
                 f"| {sp['stopped_seeds']} of {seeds} | {sp_labels} | {sp_left} |"
             )
         if rewrite:  # the run's own files, decided by today's rule
-            from ls_backend.bench import markdown
+            from ls_backend.bench.report import markdown
 
             summary = json.loads((folder / "results.json").read_text())
             (folder / "details.json").write_text(json.dumps(details, indent=2))
@@ -217,10 +217,11 @@ def cost(cache: Path, sizes: tuple[int, ...] = (300, 1000, 3000)) -> str:
     predictions already) and ``plateau_signal`` itself."""
     import time
 
-    from ls_backend.bench import load_data
+    from ls_backend.bench.data import load_data
     from ls_backend.core.heads import LinearHead
     from ls_backend.core.report import out_of_fold_probs
-    from ls_backend.report import STOP_SET, STOP_VERSIONS
+    from ls_backend.core.stopping import STOP_SET
+    from ls_backend.server.report import STOP_VERSIONS
 
     dataset = "20newsgroups"
     data = load_data(split(dataset, "train"), split(dataset, "test"), 4000, cache, False, 2000)

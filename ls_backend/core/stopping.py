@@ -80,6 +80,14 @@ MIN_CALIBRATION = 20
 #: Bounds of the fitted temperature and of the power law's exponent.
 TEMPERATURE_BOUNDS = (0.25, 4.0)
 EXPONENT_BOUNDS = (0.05, 3.0)
+#: Tasks of the project the versions are judged on (Bloodgood & Vijay-Shanker used a few
+#: thousand): unlabeled ones, never a test split.
+STOP_SET = 2000
+#: The rule in words (reports and benchmark tables).
+RULE = (
+    f"plateau: forecast gain of the next {HORIZON} labels < {POINT} at every version of the "
+    f"last {PERSIST} labels, from {MIN_STOP} on, and a new class < {POINT} likely"
+)
 
 
 @dataclass(frozen=True)
