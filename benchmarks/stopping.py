@@ -85,36 +85,52 @@ def run(dataset: str, out: Path, cache: Path, seeds: int, budget: int) -> None:
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
 
 
+def classes(dataset: str) -> int:
+    """Classes of a dataset's label config, as the bench reads it (train and test labels):
+    runs recorded before ``stop.classes`` existed."""
+    from ls_backend.bench.data import read_jsonl
+
+    return len(
+        {label for name in ("train", "test") for label in read_jsonl(split(dataset, name))[1]}
+    )
+
+
 def redecide(
     stop: dict[str, Any],
     labels: list[int],
     accuracy: list[list[float]],
-    persist: int = stopping.PERSIST,
-    min_stop: int = stopping.MIN_STOP,
-    new_class: bool = True,
+    guards: bool = True,
+    covered: int = stopping.COVERED,
 ) -> dict[str, Any]:
     """The plateau stops from the forecasts a run recorded per round, by the core's decision
-    (``stopping.persistent_stop``): the same as the bench decides, so runs of an earlier
-    decision rule read as today's (the forecasts themselves do not depend on it)."""
+    (``stopping.persistent_stop`` from ``stopping.stop_floor``): the same as the bench
+    decides, so runs of an earlier decision rule read as today's (the forecasts themselves do
+    not depend on it). Runs recorded before the class counts were (``counts_per_seed``) keep
+    the floor of ``MIN_STOP``; without ``guards``, each version's forecast decides alone;
+    ``covered``: the class count that lowers the floor (for its sensitivity)."""
+
+    def stops(seen: list[int], gains: list[float | None], new: float | None, held: Any) -> bool:
+        if not guards:  # each version's forecast alone
+            return stopping.persistent_stop(seen, gains, stopping.POINT, 0, 0)
+        floor = stopping.stop_floor(stop["classes"], held, covered)
+        plateau = stopping.persistent_stop(seen, gains, stopping.POINT, stopping.PERSIST, floor)
+        return plateau and (new is None or new < stopping.POINT)
+
     at = []
-    # Runs before the Good-Turing check recorded no class counts: None (not checked).
+    seeds = len(stop["gain_per_seed"])
+    # Runs before the Good-Turing check or the counts recorded neither: None (not checked).
     unseen = stop.get("unseen_per_seed") or [[None] * len(g) for g in stop["gain_per_seed"]]
-    for gains, masses in zip(stop["gain_per_seed"], unseen, strict=True):
-        rounds = range(len(gains))
+    counts = stop.get("counts_per_seed") or [None] * seeds
+    for gains, masses, per_round in zip(stop["gain_per_seed"], unseen, counts, strict=True):
         decided = (
-            stopping.persistent_stop(
-                labels[: i + 1], gains[: i + 1], persist=persist, min_stop=min_stop
-            )
-            and (not new_class or masses[i] is None or masses[i] < stopping.POINT)
-            for i in rounds
+            stops(labels[: i + 1], gains[: i + 1], masses[i], per_round and per_round[i])
+            for i in range(len(gains))
         )
-        at.append(next((i for i, s in zip(rounds, decided, strict=True) if s), len(labels) - 1))
+        at.append(next((i for i, s in enumerate(decided) if s), len(labels) - 1))
     left = [acc[-1] - acc[i] for acc, i in zip(accuracy, at, strict=True)]
     return {
         **stop,
-        "rule": f"plateau: forecast gain of the next {stopping.HORIZON} labels < {stopping.POINT} "
-        f"at every version of the last {persist} labels, from {min_stop} on, and a new class "
-        f"< {stopping.POINT} likely",
+        "rule": stopping.RULE if guards and covered == stopping.COVERED else "another rule",
         "stopped_seeds": sum(i < len(labels) - 1 for i in at),
         "stopped": [i < len(labels) - 1 for i in at],
         "labels": [labels[i] for i in at],
@@ -126,9 +142,15 @@ def redecide(
     }
 
 
-def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = True) -> str:
+def table(
+    out: Path,
+    datasets: list[str],
+    rewrite: bool = False,
+    guards: bool = True,
+    covered: int = stopping.COVERED,
+) -> str:
     lines = [
-        "| dataset | strategy | final acc. | within a point at | plateau: stopped "
+        "| dataset (classes) | strategy | final acc. | within a point at | plateau: stopped "
         "| labels at the stop | stop / within | accuracy left | labels saved | goal "
         "| stabilizing predictions: stopped | labels | accuracy left |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -140,8 +162,9 @@ def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = 
         for name in STRATEGIES:
             d = details["strategies"][name]
             accuracy = d["accuracy_per_seed"]
-            limits = (stopping.PERSIST, stopping.MIN_STOP) if guards else (0, 0)
-            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy, *limits, guards)
+            d["stop"].setdefault("classes", None)
+            d["stop"]["classes"] = d["stop"]["classes"] or classes(dataset)
+            d["stop"] = stop = redecide(d["stop"], d["labels"], accuracy, guards, covered)
             sp = d["stop_stabilizing"]
             within = stop["within_point_labels"]
             ratio = stop["mean_labels"] / within
@@ -151,7 +174,8 @@ def table(out: Path, datasets: list[str], rewrite: bool = False, guards: bool = 
             sp_left = sp["mean_accuracy_left"]
             sp_left = "-" if sp_left is None else f"{sp_left:+.3f}"
             lines.append(
-                f"| {dataset} | {name} | {np.mean([a[-1] for a in accuracy]):.3f} | {within} "
+                f"| {dataset} ({stop['classes']}) | {name} "
+                f"| {np.mean([a[-1] for a in accuracy]):.3f} | {within} "
                 f"| {stop['stopped_seeds']} of {seeds} | {stop['mean_labels']:.0f} "
                 f"({', '.join(map(str, stop['labels']))}) | {ratio:.2f}x | {left:+.3f} "
                 f"| {stop['mean_labels_saved']:.0f} | {goal} "
@@ -269,7 +293,13 @@ def main() -> None:
     p.add_argument(
         "--no-guards",
         action="store_true",
-        help="decide on each version's forecast alone (no PERSIST, no MIN_STOP): for comparison",
+        help="decide on each version's forecast alone (no persistence, no floor): for comparison",
+    )
+    p.add_argument(
+        "--covered",
+        type=int,
+        default=stopping.COVERED,
+        help="labels every class needs for the lower floor (sensitivity; recorded runs only)",
     )
     p.add_argument("--cost", action="store_true", help="only time the signal (20newsgroups)")
     p.add_argument("--spread", action="store_true", help="only the forecast's measured error")
@@ -285,7 +315,8 @@ def main() -> None:
         for dataset in datasets:
             print(f"running {dataset}", file=sys.stderr, flush=True)
             run(dataset, args.out, args.cache, args.seeds, args.budget)
-    print(table(args.out, datasets, args.rewrite and not args.no_guards, not args.no_guards))
+    rewrite = args.rewrite and not args.no_guards and args.covered == stopping.COVERED
+    print(table(args.out, datasets, rewrite, not args.no_guards, args.covered))
 
 
 if __name__ == "__main__":

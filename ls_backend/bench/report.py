@@ -24,7 +24,11 @@ TARGET_SHARE = 0.95
 
 
 def summarise(
-    runs: dict[str, list[Run]], full_pool_accuracy: float, budget: int, model: str = "head"
+    runs: dict[str, list[Run]],
+    full_pool_accuracy: float,
+    budget: int,
+    model: str = "head",
+    classes: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in % and its
     standard error over paired seeds, labels to reach 95% of the ceiling, savings against
@@ -71,7 +75,7 @@ def summarise(
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
-        details["strategies"][name]["stop"] = plateau_stop_figures(rs, stopping.POINT)
+        details["strategies"][name]["stop"] = plateau_stop_figures(rs, stopping.POINT, classes)
         details["strategies"][name]["stop_stabilizing"] = stop_figures(rs)
         if any(r.promotions for r in rs):  # summed over seeds
             details["strategies"][name]["promotions"] = {
@@ -105,7 +109,9 @@ def within(labels: Sequence[int], accuracy: Sequence[float], point: float) -> in
     return next(n for n, a in zip(labels, accuracy, strict=True) if a >= accuracy[-1] - point)
 
 
-def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
+def plateau_stop_figures(
+    runs: Sequence[Run], point: float, classes: int | None = None
+) -> dict[str, Any]:
     """Where the plateau signal (core.stopping) first says stop, per seed (the budget where it
     never does): labels then, accuracy left on the table (at the budget minus at the stop),
     labels saved; and where the curve first comes within ``point`` of its budget accuracy,
@@ -120,6 +126,7 @@ def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
     curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
     return {
         "rule": stopping.RULE,
+        "classes": classes,  # of the label config: the floor of the rule
         "stopped_seeds": sum(stopped),
         "stopped": stopped,
         "labels": labels,
@@ -134,6 +141,7 @@ def plateau_stop_figures(runs: Sequence[Run], point: float) -> dict[str, Any]:
         # the next label's class is new.
         "gain_per_seed": [r.plateau_gain for r in runs],
         "unseen_per_seed": [r.plateau_unseen for r in runs],
+        "counts_per_seed": [r.plateau_counts for r in runs],  # labels per class, per round
     }
 
 

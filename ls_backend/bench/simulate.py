@@ -66,6 +66,7 @@ class Run:
     plateau_gain: list[float | None] = field(default_factory=list)
     plateau_stop: list[bool] = field(default_factory=list)
     plateau_unseen: list[float | None] = field(default_factory=list)
+    plateau_counts: list[list[int]] = field(default_factory=list)  # labels per class, per round
 
 
 @dataclass
@@ -167,6 +168,7 @@ class ServedFit:
         self.stop_rows = np.sort(np.random.default_rng(0).choice(data.pool_y.size, size, False))
         self._versions: tuple[list[int], list[NDArray[np.int64]]] = ([], [])
         self.plateau: list[stopping.PlateauSignal | None] = []
+        self.counts: list[list[int]] = []  # labels per class at each round
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
         self.head_round(data, labeled)
@@ -175,6 +177,9 @@ class ServedFit:
     def head_round(self, data: BenchData, labeled: NDArray[np.int64]) -> None:
         """The head lane's round, then the plateau signal over every head version so far."""
         result = self.round("head", data, labeled, self.config)
+        targets = data.pool_y[labeled]
+        classes = np.bincount(targets, minlength=data.space.size).tolist()
+        self.counts.append(classes)
         if result is None:
             self.plateau.append(None)
             return
@@ -183,10 +188,8 @@ class ServedFit:
         counts, decisions = self._versions
         counts.append(int(labeled.size))
         decisions.append(np.asarray(probs.argmax(axis=1), dtype=np.int64))
-        targets = data.pool_y[labeled]
         oof = out_of_fold_probs(data.space, data.pool_x[labeled], targets, self.config.head_c)
         earlier = [(p.labels, p.gain) for p in self.plateau if p is not None]
-        classes = np.bincount(targets, minlength=data.space.size).tolist()
         signal = stopping.plateau_signal(counts, decisions, probs, oof, targets, earlier, classes)
         self.plateau.append(signal)
 
@@ -344,6 +347,7 @@ def simulate(
             run.plateau_gain = [None if p is None else p.gain for p in signals]
             run.plateau_stop = [p is not None and p.stop for p in signals]
             run.plateau_unseen = [None if p is None else p.unseen for p in signals]
+            run.plateau_counts = list(getattr(fit, "counts", []))
             return run
 
 

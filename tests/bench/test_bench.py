@@ -59,7 +59,7 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
 
 def test_the_served_mode_records_the_plateau_signal_on_pool_rows(tmp_path: Path) -> None:
     from ls_backend.core.configs import RoundConfig
-    from ls_backend.core.stopping import MIN_STOP
+    from ls_backend.core.stopping import MIN_STOP_COVERED
 
     data = toy_data()
     data.label_x = np.eye(16, dtype=np.float32)[:3]
@@ -71,7 +71,10 @@ def test_the_served_mode_records_the_plateau_signal_on_pool_rows(tmp_path: Path)
     assert set(fit.stop_rows) <= set(range(data.pool_y.size))  # pool rows, never the test split
     # Separable classes learnt by 86 labels: a forecast under a point, but too few labels.
     assert run.plateau_gain[-1] is not None and run.plateau_gain[-1] < 0.01
-    assert run.labels[-1] < MIN_STOP and not any(run.plateau_stop)
+    assert run.labels[-1] < MIN_STOP_COVERED and not any(run.plateau_stop)
+    # Labels per class each round, for re-deciding the floor without a rerun.
+    assert [sum(c) for c in run.plateau_counts] == run.labels
+    assert len(run.plateau_counts[-1]) == data.space.size
 
 
 def test_the_stop_figures_count_labels_left_and_saved_at_the_first_stop() -> None:

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from ls_backend.core.stopping import (
+    LABELS_PER_CLASS,
     MIN_LABELS,
     MIN_STOP,
     PERSIST,
@@ -14,6 +15,7 @@ from ls_backend.core.stopping import (
     judged_accuracy,
     persistent_stop,
     plateau_signal,
+    stop_floor,
     temperature,
     unseen_mass,
 )
@@ -152,6 +154,36 @@ def test_no_stop_before_the_minimum_however_flat() -> None:
     labels.append(MIN_STOP + PERSIST)
     assert persistent_stop(labels, [0.001] * len(labels))
     assert not persistent_stop(labels, [0.001] * (len(labels) - 1) + [None])
+
+
+def test_the_floor_grows_with_the_classes_of_the_label_config() -> None:
+    assert stop_floor(2) == stop_floor(C) == MIN_STOP
+    many = MIN_STOP // LABELS_PER_CLASS + 40  # a floor above the last version
+    assert stop_floor(many) == LABELS_PER_CLASS * many > MIN_STOP
+    # The same flat curve over many classes: no stop before each had its labels on average.
+    flat = curve(LABELS, 0.0, 40.0, 1.5)
+    probs, truth = judge()
+    wide = np.zeros((N, many))
+    wide[:, :C] = probs
+    labels, decisions = LABELS, versions(flat, truth)
+    earlier: list[tuple[int, float | None]] = []
+    for k in range(1, len(labels) + 1):
+        signal = plateau_signal(labels[:k], decisions[:k], wide, earlier=earlier)
+        earlier.append((signal.labels, signal.gain))
+    assert signal.gain is not None and signal.gain < POINT
+    assert labels[-1] < stop_floor(many) and not signal.stop
+    assert f"from {stop_floor(many)} labels on" in signal.reason
+
+
+def test_the_headline_names_the_tasks_metric() -> None:
+    stop = replay(curve(LABELS, 0.0, 40.0, 1.5))[-1]
+    assert stop.headline == "stop: more labels are unlikely to buy more than a point of accuracy"
+    probs, truth = judge()
+    flat = versions(curve(LABELS, 0.0, 40.0, 1.5), truth)
+    f1 = plateau_signal(LABELS, flat, probs, metric="F1")
+    assert f1.metric == "F1" and "points of F1" in f1.reason
+    rising = plateau_signal(LABELS, versions(curve(LABELS, 0.0, 4.0, 0.5), truth), probs)
+    assert rising.headline == "keep labeling"
 
 
 def test_classes_with_a_single_label_hold_the_stop_back() -> None:
