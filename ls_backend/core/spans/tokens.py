@@ -207,6 +207,60 @@ def _specials(tokenizer: Any) -> tuple[list[int], list[int]]:
     return [], []
 
 
+class UnitTokenizer:
+    """The model's fast tokenizer, without truncation: texts -> ``TokenizedText``, and
+    windows of at most ``max_length`` tokens (special tokens included) ready for the model."""
+
+    def __init__(self, path: str, max_length: int = MAX_LENGTH, overlap: int = OVERLAP) -> None:
+        self.tokenizer = _load_tokenizer(path)
+        self.prefix, self.suffix = _specials(self.tokenizer)
+        self.window = max_length - len(self.prefix) - len(self.suffix)
+        if not 0 <= overlap < self.window:
+            raise ValueError(f"overlap must lie in [0, {self.window})")
+        self.overlap = overlap
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        out = []
+        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        for text, enc in zip(texts, encodings, strict=True):
+            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            unit_of, units = group_units(offsets, enc.word_ids)
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            out.append(TokenizedText(text, ids, offsets, unit_of, units))
+        return out
+
+    def windows(self, tokens: TokenizedText) -> list[tuple[int, int]]:
+        """Token ranges of ``tokens``' windows (none for a text without tokens)."""
+        return windows(tokens.ids.size, self.window, self.overlap) if tokens.ids.size else []
+
+    def batch(self, pieces: Sequence[tuple[Index, int, int]]) -> tuple[Index, Index]:
+        """Padded ``(ids, attention mask)`` ``[B, L]`` of windows ``(ids, start, stop)``, each
+        wrapped in the special tokens; a window's token j sits at column ``len(prefix) + j``."""
+        width = max(b - a for _, a, b in pieces) + len(self.prefix) + len(self.suffix)
+        ids = np.zeros((len(pieces), width), dtype=np.int64)
+        mask = np.zeros((len(pieces), width), dtype=np.int64)
+        for row, (tokens, a, b) in enumerate(pieces):
+            seq = [*self.prefix, *tokens[a:b].tolist(), *self.suffix]
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return ids, mask
+
+
+def merge_windows(
+    n: int, spans: Sequence[tuple[int, int]], outputs: Sequence[NDArray[np.float32]]
+) -> NDArray[np.float32]:
+    """Per-token rows ``[n, ...]`` from per-window rows (window w's ``outputs[w]`` covers
+    tokens ``spans[w]``): each token from the window where it has the most context."""
+    if not spans:
+        return np.zeros((0, *outputs[0].shape[1:]) if outputs else (0, 0), dtype=np.float32)
+    out = np.zeros((n, *outputs[0].shape[1:]), dtype=np.float32)
+    owner = owners(n, spans)
+    for w, (a, _b) in enumerate(spans):
+        mine = np.flatnonzero(owner[a:_b] == w)
+        out[a + mine] = outputs[w][mine]
+    return out
+
+
 class TokenEncoder:
     """The frozen encoder's token vectors, pooled per unit, for texts of any length."""
 
@@ -225,12 +279,7 @@ class TokenEncoder:
             raise ValueError(f"unknown token runtime {runtime!r}; one of {sorted(TOKEN_RUNTIMES)}")
         self.model_name = model_name
         self.path = resolve_model_path(model_name)
-        self.tokenizer = _load_tokenizer(self.path)
-        self.prefix, self.suffix = _specials(self.tokenizer)
-        self.window = max_length - len(self.prefix) - len(self.suffix)
-        if not 0 <= overlap < self.window:
-            raise ValueError(f"overlap must lie in [0, {self.window})")
-        self.overlap = overlap
+        self.tokenizer = UnitTokenizer(self.path, max_length, overlap)
         self.batch_size = batch_size
         self.runtime: TokenRuntime = TOKEN_RUNTIMES[runtime](self.path, layer, device, export_dir)
         self.dim: int = self.runtime.dim
@@ -240,41 +289,24 @@ class TokenEncoder:
         )
 
     def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
-        out = []
-        for text, enc in zip(
-            texts, self.tokenizer.encode_batch(list(texts), add_special_tokens=False), strict=True
-        ):
-            offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
-            unit_of, units = group_units(offsets, enc.word_ids)
-            ids = np.asarray(enc.ids, dtype=np.int64)
-            out.append(TokenizedText(text, ids, offsets, unit_of, units))
-        return out
+        return self.tokenizer.tokenize(texts)
 
     def encode(self, texts: Sequence[str]) -> list[TokenVectors]:
         """Per text: its units and their vectors ``[n_units, dim]`` (float32)."""
         return self.encode_tokenized(self.tokenize(texts))
 
     def encode_tokenized(self, tokenized: Sequence[TokenizedText]) -> list[TokenVectors]:
-        pieces: list[tuple[int, int, int]] = []  # (text, start, stop) of every window
-        cuts = []
-        for t, tok in enumerate(tokenized):
-            spans = windows(tok.ids.size, self.window, self.overlap) if tok.ids.size else []
-            cuts.append(spans)
-            pieces.extend((t, a, b) for a, b in spans)
+        cuts = [self.tokenizer.windows(tok) for tok in tokenized]
+        pieces = [(t, a, b) for t, spans in enumerate(cuts) for a, b in spans]
         hidden: list[TokenVectorsArray] = [np.zeros((0, self.dim), np.float32)] * len(pieces)
         # Similar lengths in a batch: less padding to compute.
         order = sorted(range(len(pieces)), key=lambda p: pieces[p][2] - pieces[p][1])
-        head, tail = len(self.prefix), len(self.suffix)
+        head = len(self.tokenizer.prefix)
         for begin in range(0, len(order), self.batch_size):
             batch = order[begin : begin + self.batch_size]
-            width = max(pieces[p][2] - pieces[p][1] for p in batch) + head + tail
-            ids = np.zeros((len(batch), width), dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, p in enumerate(batch):
-                t, a, b = pieces[p]
-                seq = [*self.prefix, *tokenized[t].ids[a:b].tolist(), *self.suffix]
-                ids[row, : len(seq)] = seq
-                mask[row, : len(seq)] = 1
+            ids, mask = self.tokenizer.batch(
+                [(tokenized[pieces[p][0]].ids, pieces[p][1], pieces[p][2]) for p in batch]
+            )
             out = self.runtime.forward(ids, mask)
             for row, p in enumerate(batch):
                 _, a, b = pieces[p]
@@ -282,11 +314,10 @@ class TokenEncoder:
         result = []
         piece = 0
         for tok, spans in zip(tokenized, cuts, strict=True):
-            vectors = np.zeros((tok.ids.size, self.dim), dtype=np.float32)
-            owner = owners(tok.ids.size, spans)
-            for w, (a, b) in enumerate(spans):
-                mine = np.flatnonzero(owner[a:b] == w)
-                vectors[a + mine] = hidden[piece + w][mine]
+            parts = hidden[piece : piece + len(spans)]
             piece += len(spans)
+            vectors = merge_windows(tok.ids.size, spans, parts)
+            if not spans:
+                vectors = np.zeros((0, self.dim), dtype=np.float32)
             result.append(TokenVectors(tok, pool_units(vectors, tok.unit_of, tok.n_units)))
         return result

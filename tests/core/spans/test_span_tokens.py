@@ -53,13 +53,17 @@ def test_a_long_text_is_cut_into_overlapping_windows_and_merged() -> None:
     assert out.vectors.shape == (tokens.n_units, encoder.dim)
     # The first window's first tokens take its vectors: same as encoding that window alone.
     first = encoder.runtime.forward(
-        np.asarray([[*encoder.prefix, *tokens.ids[:30].tolist(), *encoder.suffix]]),
+        np.asarray(
+            [[*encoder.tokenizer.prefix, *tokens.ids[:30].tolist(), *encoder.tokenizer.suffix]]
+        ),
         np.ones((1, 32), dtype=np.int64),
     )[0, 1:11]
     assert np.allclose(out.vectors[:10], first, atol=1e-4)
     # ... and the last tokens the last window's (which ends where the text ends).
     last = encoder.runtime.forward(
-        np.asarray([[*encoder.prefix, *tokens.ids[-30:].tolist(), *encoder.suffix]]),
+        np.asarray(
+            [[*encoder.tokenizer.prefix, *tokens.ids[-30:].tolist(), *encoder.tokenizer.suffix]]
+        ),
         np.ones((1, 32), dtype=np.int64),
     )[0, -11:-1]
     assert np.allclose(out.vectors[-10:], last, atol=1e-4)
