@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from ls_backend.core import learning_curves as lc
 from ls_backend.core.ranking import rank_pool
 from ls_backend.core.spans.alignment import decode_spans, spans_to_tags
-from ls_backend.core.spans.features import shape_features
+from ls_backend.core.spans.features import SHAPE_FEATURES, shape_features
 from ls_backend.core.spans.head import SpanHead, SpanHeadConfig
 from ls_backend.core.spans.metrics import evaluate_spans
 from ls_backend.core.spans.tokens import LAYER
@@ -193,6 +193,7 @@ DEFAULT_PREFIX = "default:"
 @dataclass
 class Run:
     labels: list[int] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)  # units in the labeled sentences, per round
     f1: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     units: int = 0  # units (words) in the labeled sentences at the end: the reading cost
@@ -225,6 +226,7 @@ def simulate(
         test_probs = TokenProbs(head.predict_arrays(bench.test_x)[:, :, None], bench.test.offsets)
         decoded = decode_spans(test_probs, bench.test.units, bench.space)
         run.labels.append(int(labeled.size))
+        run.words.append(int(rows.size))
         run.f1.append(evaluate_spans(decoded.spans, bench.test.gold).f1)
         if not last:
             if strategy == "random":
@@ -268,6 +270,8 @@ def summarise(runs: dict[str, list[Run]], ceiling: float) -> dict[str, Any]:
     curves = {name: np.mean([r.f1 for r in rs], axis=0) for name, rs in runs.items()}
     random_auc = float(np.mean(aucs["random"])) if "random" in runs else None
     random_final = float(curves["random"][-1]) if "random" in runs else None
+    words = {name: np.mean([r.words for r in rs], axis=0) for name, rs in runs.items()}
+    random_words = float(words["random"][-1]) if "random" in runs else None
     for name, rs in runs.items():
         auc = float(np.mean(aucs[name]))
         se = None if random_auc is None else lc.ripl_standard_error(aucs[name], aucs["random"])
@@ -282,6 +286,14 @@ def summarise(runs: dict[str, list[Run]], ceiling: float) -> dict[str, Any]:
             if random_final is None
             else lc.labels_to_reach(labels, curves[name], random_final),
             "units_labeled": float(np.mean([r.units for r in rs])),
+            # The same cost counted in words: a sentence budget favours long sentences.
+            "words_to_random_final": None
+            if random_final is None
+            else _words_to_reach(words[name], curves[name], random_final),
+            "f1_at_random_words": None
+            if random_words is None or random_words > words[name][-1]
+            else float(np.interp(random_words, words[name], curves[name])),
+            "words": [float(v) for v in words[name]],
             "entities_labeled": float(np.mean([r.entities for r in rs])),
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "labels": labels,
@@ -289,6 +301,17 @@ def summarise(runs: dict[str, list[Run]], ceiling: float) -> dict[str, Any]:
             "f1_per_seed": [r.f1 for r in rs],
         }
     return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _words_to_reach(
+    words: NDArray[np.float64], curve: NDArray[np.float64], target: float
+) -> float | None:
+    hits = np.flatnonzero(curve >= target)
+    return float(words[hits[0]]) if hits.size else None
 
 
 def markdown(title: str, summary: dict[str, Any], seeds: int, budget: int) -> str:
@@ -300,7 +323,7 @@ def markdown(title: str, summary: dict[str, Any], seeds: int, budget: int) -> st
         + " | labels to random@"
         + str(budget)
         + " | words labeled | entities labeled | s / round |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary["strategies"].items():
         ripl = "-" if s["ripl"] is None else f"{s['ripl']:+.1f} ± {s['ripl_se'] or 0:.1f}"
@@ -309,6 +332,7 @@ def markdown(title: str, summary: dict[str, Any], seeds: int, budget: int) -> st
             f"| {name} | {s['auc']:.3f} ± {s['auc_std']:.3f} | {ripl} | "
             f"{s['final_f1']:.3f} ± {s['final_f1_std']:.3f} | {reach if reach else '-'} | "
             f"{s['units_labeled']:.0f} | {s['entities_labeled']:.0f} | "
+            f"{_fmt(s['words_to_random_final'], '.0f')} | {_fmt(s['f1_at_random_words'], '.3f')} | "
             f"{s['seconds_per_round']:.2f} |"
         )
     lines.append(f"\n({seeds} seeds.)")
@@ -364,6 +388,230 @@ def curves_command(args: argparse.Namespace) -> None:
     print(table)
 
 
+def head_quality(
+    bench: Bench,
+    n: int,
+    seed: int,
+    scheme_space: SpanLabelSpace,
+    shape: bool,
+    constrained: bool,
+    score: str = "mean",
+) -> tuple[float, float]:
+    """(test entity F1, AUROC of span scores for being right) of the head on ``n`` random pool
+    sentences."""
+    labeled = np.sort(np.random.default_rng(seed).choice(len(bench.pool), n, replace=False))
+    rows = labeled_rows(bench, labeled)
+    tags = np.concatenate(
+        [spans_to_tags(bench.pool.units[i], bench.pool.gold[i], scheme_space)[0] for i in labeled]
+    )
+    width = bench.pool_x.shape[1] - (0 if shape else len(SHAPE_FEATURES))
+    config = SpanHeadConfig(shape=shape)
+    head = SpanHead.fit_arrays(scheme_space, bench.pool_x[rows, :width], tags, config)
+    probs = TokenProbs(head.predict_arrays(bench.test_x[:, :width])[:, :, None], bench.test.offsets)
+    decoded = decode_spans(probs, bench.test.units, scheme_space, constrained, score)  # type: ignore[arg-type]
+    f1 = evaluate_spans(decoded.spans, bench.test.gold).f1
+    scores, right = [], []
+    for pred, gold in zip(decoded.spans, bench.test.gold, strict=True):
+        keys = {g.key() for g in gold}
+        for span in pred:
+            scores.append(span.score or 0.0)
+            right.append(span.key() in keys)
+    from sklearn.metrics import roc_auc_score
+
+    auroc = float(roc_auc_score(right, scores)) if 0 < sum(right) < len(right) else float("nan")
+    return f1, auroc
+
+
+def head_command(args: argparse.Namespace) -> None:
+    """The head's design choices on random labels: tag scheme, shape features, constrained
+    decoding, span score; entity F1 (mean over seeds) at each size."""
+    bench = prepare(args.data, args.dataset, args.runtime, args.cache, args.pool, "BIO")
+    labels = bench.space.labels
+    variants = [
+        ("BILOU, shape, constrained (default)", "BILOU", True, True, "mean"),
+        ("BIO, shape, constrained", "BIO", True, True, "mean"),
+        ("BILOU, no shape, constrained", "BILOU", False, True, "mean"),
+        ("BILOU, shape, argmax per unit", "BILOU", True, False, "mean"),
+        ("BILOU, shape, constrained, span score = min", "BILOU", True, True, "min"),
+    ]
+    sizes = [int(v) for v in args.sizes.split(",")]
+    print(
+        f"| {args.dataset}: variant | "
+        + " | ".join(f"F1 @ {n}" for n in sizes)
+        + " | span-score AUROC @ 300 |"
+    )
+    print("|---|" + "---|" * (len(sizes) + 1))
+    for name, scheme, shape, constrained, score in variants:
+        space = SpanLabelSpace(labels, scheme)  # type: ignore[arg-type]
+        cells, auroc = [], float("nan")
+        for n in sizes:
+            got = [
+                head_quality(bench, n, seed, space, shape, constrained, score)
+                for seed in range(args.seeds)
+            ]
+            cells.append(f"{np.mean([g[0] for g in got]):.3f} ± {np.std([g[0] for g in got]):.3f}")
+            if n == 300:
+                auroc = float(np.mean([g[1] for g in got]))
+        print(f"| {name} | " + " | ".join(cells) + f" | {auroc:.3f} |", flush=True)
+
+
+def layers_command(args: argparse.Namespace) -> None:
+    """Entity F1 of the head (300 random pool sentences, shape features, BILOU) on each hidden
+    layer of the full encoder (torch), on a fixed random 1,000 test sentences."""
+    import torch
+
+    from ls_backend.core.spans.alignment import pool_units
+    from ls_backend.core.spans.tokens import TokenEncoder
+
+    torch.set_num_threads(1)
+    encoder = TokenEncoder(runtime="torch", layer=None)
+    model, tok = encoder.runtime.model, encoder.tokenizer  # type: ignore[attr-defined]
+
+    def every_layer(texts: list[str]) -> list[NDArray[np.float32]]:
+        out = []
+        for tokens in tok.tokenize(texts):
+            ids, mask = tok.batch([(tokens.ids, 0, tokens.ids.size)])
+            with torch.inference_mode():
+                hidden = model(
+                    input_ids=torch.as_tensor(ids),
+                    attention_mask=torch.as_tensor(mask),
+                    output_hidden_states=True,
+                ).hidden_states
+            h = torch.stack(hidden)[:, 0, len(tok.prefix) : len(tok.prefix) + tokens.ids.size]
+            out.append(np.stack([pool_units(x, tokens.unit_of, tokens.n_units) for x in h.numpy()]))
+        return out
+
+    train = load_split(args.data, args.dataset, "train", args.runtime, args.cache)
+    test = load_split(args.data, args.dataset, "test", args.runtime, args.cache)
+    space = space_from_spans([*train.gold, *test.gold])
+    pool = np.sort(np.random.default_rng(0).choice(len(train), args.pool, replace=False))
+    test_idx = np.sort(
+        np.random.default_rng(1).choice(len(test), min(1000, len(test)), replace=False)
+    )
+    test_units = [test.units[i] for i in test_idx]
+    test_layers = every_layer([test.texts[i] for i in test_idx])
+    test_shape = np.concatenate([shape_features(test.texts[i], test.units[i]) for i in test_idx])
+    f1 = np.zeros((args.seeds, test_layers[0].shape[0]))
+    for seed in range(args.seeds):
+        idx = np.random.default_rng(seed).choice(pool, 300, replace=False)
+        train_layers = every_layer([train.texts[i] for i in idx])
+        shape = np.concatenate([shape_features(train.texts[i], train.units[i]) for i in idx])
+        tags = np.concatenate([spans_to_tags(train.units[i], train.gold[i], space)[0] for i in idx])
+        for layer in range(f1.shape[1]):
+            x = np.concatenate([np.concatenate([a[layer] for a in train_layers]), shape], axis=1)
+            head = SpanHead.fit_arrays(space, x, tags)
+            xt = np.concatenate([np.concatenate([a[layer] for a in test_layers]), test_shape], 1)
+            probs = TokenProbs(
+                head.predict_arrays(xt)[:, :, None], offsets_of([u.shape[0] for u in test_units])
+            )
+            decoded = decode_spans(probs, test_units, space)
+            f1[seed, layer] = evaluate_spans(decoded.spans, [test.gold[i] for i in test_idx]).f1
+        print(f"  seed {seed}: " + " ".join(f"{v:.3f}" for v in f1[seed]), flush=True)
+    print(
+        f"| {args.dataset} | "
+        + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(f1.mean(0), f1.std(0), strict=True))
+        + " |"
+    )
+
+
+def speed_command(args: argparse.Namespace) -> None:
+    """Single-text latency and batch-of-64 throughput of the serving path (token vectors,
+    head, constrained decoding, every uncertainty figure, Label Studio results), per runtime,
+    beside raw torch token embedding (the full encoder's last hidden state, HF tokenizer)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ls_backend.core.embeddings import resolve_model_path
+    from ls_backend.core.spans.predict import predict, span_results
+    from ls_backend.core.spans.tokens import TokenEncoder, TokenVectors
+
+    torch.set_num_threads(args.threads)
+    bench = prepare(args.data, "conll2003", args.runtime, args.cache, args.pool, DEFAULT_SCHEME)
+    labeled = np.sort(np.random.default_rng(0).choice(len(bench.pool), 300, replace=False))
+    rows = labeled_rows(bench, labeled)
+    head = SpanHead.fit_arrays(bench.space, bench.pool_x[rows], bench.pool_tags[rows])
+    test = bench.test.texts
+    workloads = {
+        "CoNLL sentences (~14 words)": test,
+        "CoNLL paragraphs (5 sentences, ~70 words)": [
+            " ".join(test[i : i + 5]) for i in range(0, len(test) - 5, 5)
+        ],
+    }
+    n_batch, n_single, batch = args.tasks, args.single, 64
+    path = resolve_model_path("embedded")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+
+    def raw(texts: list[str]) -> None:
+        with torch.inference_mode():
+            enc = tokenizer(
+                texts, padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
+            model(**enc).last_hidden_state.numpy()
+
+    def serve(encoder: TokenEncoder, texts: list[str]) -> None:
+        vectors: list[TokenVectors] = encoder.encode(texts)
+        out = predict(head, vectors)
+        for text, spans in zip(texts, out.decoded.spans, strict=True):
+            span_results(text, spans, "label", "text")
+
+    runners: dict[str, Any] = {"raw torch token embedding (6 layers)": raw}
+    for runtime in args.runtimes.split(","):
+        for layer in (LAYER, None):
+            encoder = TokenEncoder(runtime=runtime, layer=layer, export_dir=args.cache / "export")
+            name = f"serve: {encoder.runtime.variant}, layer {layer or 6}"
+            runners[name] = lambda texts, e=encoder: serve(e, texts)
+    print(f"torch threads {torch.get_num_threads()}")
+    print("| texts | path | batch 64: texts/s | vs raw torch | single text p50 / p99 ms |")
+    print("|---|---|---|---|---|")
+    for label, texts in workloads.items():
+        batch_texts, singles = texts[:n_batch], texts[n_batch : n_batch + n_single]
+        base = None
+        for name, run in runners.items():
+            run(batch_texts[:batch])  # warm-up
+            started = time.perf_counter()
+            for i in range(0, len(batch_texts), batch):
+                run(batch_texts[i : i + batch])
+            rate = len(batch_texts) / (time.perf_counter() - started)
+            base = base or rate
+            times = []
+            for text in singles:
+                t0 = time.perf_counter()
+                run([text])
+                times.append(time.perf_counter() - t0)
+            p50, p99 = (float(np.percentile(np.asarray(times) * 1000, q)) for q in (50, 99))
+            print(
+                f"| {label} | {name} | {rate:.1f} | {rate / base:.2f}x | {p50:.1f} / {p99:.1f} |",
+                flush=True,
+            )
+
+
+def round_times_command(args: argparse.Namespace) -> None:
+    """Head refit time (features from cached vectors + fit) at 100 / 1,000 / 5,000 labeled
+    sentences, median of ``--repeat`` fits."""
+    print("| data set | labeled sentences | units | tags seen | refit s (median) |")
+    print("|---|---|---|---|---|")
+    for name in args.datasets.split(","):
+        train = load_split(args.data, name, "train", args.runtime, args.cache)
+        space = space_from_spans(train.gold)
+        for n in [int(v) for v in args.sizes.split(",")]:
+            n = min(n, len(train))
+            idx = np.sort(np.random.default_rng(0).choice(len(train), n, replace=False))
+            tags = np.concatenate(
+                [spans_to_tags(train.units[i], train.gold[i], space)[0] for i in idx]
+            )
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                x = features(train, idx)
+                head = SpanHead.fit_arrays(space, x, tags)
+                times.append(time.perf_counter() - t0)
+            print(
+                f"| {name} | {n} | {tags.size} | {head.classes.size} | {np.median(times):.2f} |",
+                flush=True,
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -397,9 +645,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     curves.add_argument("--data", type=Path, default=DATA)
     curves.add_argument("--cache", type=Path, default=CACHE)
     curves.add_argument("--out", type=Path, required=True)
+    head = sub.add_parser("head", help="the head's design choices on random labels")
+    head.add_argument("--dataset", required=True)
+    head.add_argument("--sizes", default="100,300,1000")
+    head.add_argument("--seeds", type=int, default=3)
+    layers = sub.add_parser("layers", help="entity F1 per encoder layer (300 random labels)")
+    layers.add_argument("--dataset", required=True)
+    layers.add_argument("--seeds", type=int, default=2)
+    speed = sub.add_parser("speed", help="serving latency and throughput vs raw torch")
+    speed.add_argument("--runtimes", default="torch,openvino")
+    speed.add_argument("--tasks", type=int, default=640)
+    speed.add_argument("--single", type=int, default=200)
+    speed.add_argument("--threads", type=int, default=2)
+    rounds = sub.add_parser("rounds", help="head refit time by labeled sentences")
+    rounds.add_argument("--datasets", default="conll2003,atis_slots")
+    rounds.add_argument("--sizes", default="100,1000,5000")
+    rounds.add_argument("--repeat", type=int, default=3)
+    for p in (head, layers, speed, rounds):
+        p.add_argument("--pool", type=int, default=4000)
+        p.add_argument("--runtime", default="openvino")
+        p.add_argument("--data", type=Path, default=DATA)
+        p.add_argument("--cache", type=Path, default=CACHE)
     args = parser.parse_args(argv)
-    if args.command == "curves":
-        curves_command(args)
+    commands = {
+        "curves": curves_command,
+        "head": head_command,
+        "layers": layers_command,
+        "speed": speed_command,
+        "rounds": round_times_command,
+    }
+    if args.command in commands:
+        commands[args.command](args)
     if args.command == "embed":
         for name in args.dataset:
             for split in ("train", "test"):

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from ls_backend.core.spans.types import OUTSIDE, Span, SpanLabelSpace, TokenProbs
+from ls_backend.core.spans.types import Span, SpanLabelSpace, TokenProbs
 
 Index = NDArray[np.int64]
 #: How a span's score is made from the probabilities of its units' decoded tags.
@@ -135,6 +135,27 @@ def spans_to_tags(
     return tags, sorted(inexact)
 
 
+def _span_bounds(
+    tags: Index, starts: NDArray[np.bool_], space: SpanLabelSpace
+) -> tuple[Index, Index, Index]:
+    """(first unit, last unit, label index) of every span in ``tags``, read leniently; units
+    where ``starts`` is set begin a new sentence. Unit i continues the span of unit i - 1
+    exactly when it is an ``I``/``L`` of the label of an ``B``/``I`` before it."""
+    k = len(space.prefixes)
+    label = np.where(tags > 0, (tags - 1) // k, -1)
+    prefix = np.where(tags > 0, (tags - 1) % k, -1)  # 0 B, 1 I, 2 L, 3 U
+    inner = (prefix == 1) | (prefix == 2)
+    open_ = (prefix == 0) | (prefix == 1)
+    cont = np.zeros(tags.size, dtype=bool)
+    cont[1:] = inner[1:] & open_[:-1] & (label[1:] == label[:-1]) & ~starts[1:]
+    entity = tags > 0
+    begins = np.flatnonzero(entity & ~cont)
+    nxt = np.zeros(tags.size, dtype=bool)
+    nxt[:-1] = cont[1:]
+    ends = np.flatnonzero(entity & ~nxt)
+    return begins, ends, label[begins]
+
+
 def tags_to_spans(
     tags: Index,
     units: Index,
@@ -145,34 +166,47 @@ def tags_to_spans(
     """Unit tags -> spans with the units' character offsets. Invalid sequences are read
     leniently, as conlleval does: an ``I-X`` (or ``L-X``) that does not continue an ``X``
     starts one. ``confidence`` (probability of each unit's tag) gives each span a score."""
-    spans: list[Span] = []
-    current: tuple[int, int] | None = None  # (first unit, label index)
+    starts = np.zeros(tags.size, dtype=bool)
+    starts[:1] = True
+    return _spans_of(tags, units, space, starts, confidence, score, np.array([0, tags.size]))[0]
 
-    def close(last: int) -> None:
-        nonlocal current
-        if current is None:
-            return
-        first, label = current
-        value = None
-        if confidence is not None:
-            part = confidence[first : last + 1]
-            value = float(part.mean() if score == "mean" else part.min())
-        spans.append(Span(int(units[first, 0]), int(units[last, 1]), space.labels[label], value))
-        current = None
 
-    for i, tag in enumerate(tags.tolist()):
-        prefix, label = space.split(tag)
-        if prefix == OUTSIDE:
-            close(i - 1)
-            continue
-        continues = prefix in ("I", "L") and current is not None and current[1] == label
-        if not continues:
-            close(i - 1)
-            current = (i, label)
-        if prefix in ("L", "U"):
-            close(i)
-    close(len(tags) - 1)
-    return spans
+def _spans_of(
+    tags: Index,
+    units: Index,
+    space: SpanLabelSpace,
+    starts: NDArray[np.bool_],
+    confidence: NDArray[np.float64] | None,
+    score: SpanScore,
+    offsets: Index,
+) -> list[list[Span]]:
+    """Spans per sentence of a ragged batch (``units`` ``[U, 2]`` stacked like ``tags``)."""
+    out: list[list[Span]] = [[] for _ in range(offsets.size - 1)]
+    if not tags.any():  # most sentences: nothing to read
+        return out
+    firsts, lasts, labels = _span_bounds(tags, starts, space)
+    values: list[float | None] = [None] * firsts.size
+    if confidence is not None and firsts.size:
+        if score == "mean":
+            cumulative = np.concatenate([[0.0], np.cumsum(confidence)])
+            values = list((cumulative[lasts + 1] - cumulative[firsts]) / (lasts - firsts + 1))
+        else:
+            # [first, last + 1) per span; the sentinel makes an index at the very end valid.
+            padded = np.append(confidence, np.inf)
+            values = list(np.minimum.reduceat(padded, np.c_[firsts, lasts + 1].ravel())[::2])
+    sentence = np.searchsorted(offsets, firsts, side="right") - 1
+    for i, first, last, label, value in zip(
+        sentence.tolist(), firsts.tolist(), lasts.tolist(), labels.tolist(), values, strict=True
+    ):
+        out[i].append(
+            Span(
+                int(units[first, 0]),
+                int(units[last, 1]),
+                space.labels[label],
+                None if value is None else float(value),
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -255,24 +289,35 @@ def decode(
     """Tags for every unit of a ragged batch: ``probs`` ``[U, K]`` over all units, sentence
     ``i`` owning rows ``offsets[i]:offsets[i + 1]``. Constrained: Viterbi over valid
     sequences (``viterbi``); else the most probable tag per unit."""
-    mean = np.asarray(probs, dtype=np.float64)
+    mean = np.asarray(probs)
     if not constrained:
         return np.asarray(mean.argmax(axis=1), dtype=np.int64)
     tags = np.zeros(mean.shape[0], dtype=np.int64)
+    if mean.shape[0] == 0:
+        return tags
+    # Labels none of whose tags has any probability (a head that has not seen them) cannot
+    # be on the best path: Viterbi runs over the others only.
+    k = len(space.prefixes)
+    seen = mean.max(axis=0)[1:].reshape(len(space.labels), k).max(axis=1) > 0
+    live = [int(i) for i in np.flatnonzero(seen)]
+    if not live:
+        return tags
+    small = SpanLabelSpace(tuple(space.labels[i] for i in live), space.scheme)
+    columns = np.asarray([0] + [1 + i * k + j for i in live for j in range(k)], dtype=np.int64)
+    logp = np.log(np.maximum(mean[:, columns], _LOG_FLOOR)).astype(np.float64)
     lengths = np.diff(offsets)
     order = np.argsort(lengths, kind="stable")  # similar lengths share a padded block
-    logp = np.log(np.maximum(mean, _LOG_FLOOR))
     for begin in range(0, order.size, chunk):
         rows = order[begin : begin + chunk]
-        width = int(lengths[rows].max()) if rows.size else 0
+        width = int(lengths[rows].max())
         if width == 0:
             continue
-        block = np.zeros((rows.size, width, mean.shape[1]))
-        for j, r in enumerate(rows):
-            block[j, : lengths[r]] = logp[offsets[r] : offsets[r + 1]]
-        path = viterbi(block, lengths[rows], space)
-        for j, r in enumerate(rows):
-            tags[offsets[r] : offsets[r + 1]] = path[j, : lengths[r]]
+        steps = np.arange(width)
+        valid = steps[None, :] < lengths[rows][:, None]
+        index = np.where(valid, offsets[rows][:, None] + steps[None, :], 0)
+        block = np.where(valid[:, :, None], logp[index], 0.0)
+        path = viterbi(block, lengths[rows], small)
+        tags[index[valid]] = columns[path[valid]]
     return tags
 
 
@@ -299,14 +344,8 @@ def decode_spans(
     mean = probs.mean()
     tags = decode(mean, probs.offsets, space, constrained)
     confidence = mean[np.arange(tags.size), tags]
-    spans = [
-        tags_to_spans(
-            tags[probs.offsets[i] : probs.offsets[i + 1]],
-            units[i],
-            space,
-            confidence[probs.offsets[i] : probs.offsets[i + 1]],
-            score,
-        )
-        for i in range(len(probs))
-    ]
+    stacked = np.concatenate(list(units)) if len(units) else np.zeros((0, 2), dtype=np.int64)
+    starts = np.zeros(tags.size, dtype=bool)
+    starts[probs.offsets[:-1][probs.lengths > 0]] = True
+    spans = _spans_of(tags, stacked, space, starts, confidence, score, probs.offsets)
     return Decoded(tags, confidence, spans)

@@ -77,9 +77,15 @@ def evaluate_spans(
         if labels is not None
         else sorted({s.label for row in (*predicted, *gold) for s in row})
     )
+    by_type = {name: [0, 0, 0] for name in names}  # one pass: TP, FP, FN per type
+    for pred, true in zip(predicted, gold, strict=True):
+        p, g = {s.key() for s in pred}, {s.key() for s in true}
+        for column, keys in ((TP, p & g), (FP, p - g), (FN, g - p)):
+            for key in keys:
+                if key[2] in by_type:
+                    by_type[key[2]][column] += 1
     per_type = {}
-    for name in names:
-        tp, fp, fn = counts(predicted, gold, name).sum(axis=0).tolist()
+    for name, (tp, fp, fn) in by_type.items():
         per_type[name] = TypeMetrics(*_f1(tp, fp, fn), tp + fn)
     precision, recall, f1 = _f1(*total.tolist())
     return SpanMetrics(f1, precision, recall, len(gold), int(total[TP] + total[FN]), per_type)

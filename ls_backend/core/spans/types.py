@@ -117,6 +117,8 @@ class TokenProbs:
 
     def mean(self) -> NDArray[np.float64]:
         """``[U, K]``: the mean over MC samples."""
+        if self.probs.shape[2] == 1:  # deterministic: nothing to average
+            return np.asarray(self.probs[:, :, 0], dtype=np.float64)
         mean: NDArray[np.float64] = np.asarray(self.probs, dtype=np.float64).mean(axis=2)
         return mean
 

@@ -63,6 +63,7 @@ def least_confident_span(probs: TokenProbs, decoded: Decoded) -> Scores:
 
 def _unit_entropy(probs: TokenProbs) -> NDArray[np.float64]:
     p = probs.mean()
+    p = p[:, p.max(axis=0, initial=0.0) > 0]  # tags never predicted add 0 * log 0 = 0
     logp = np.log(np.where(p > 0, p, 1.0))
     return np.asarray(-(p * logp).sum(axis=1), dtype=np.float64)
 

@@ -161,3 +161,45 @@ def test_decoded_spans_carry_offsets_on_the_original_text_and_a_score() -> None:
     assert span.score == pytest.approx(0.8)
     min_score = decode_spans(TokenProbs(p[:, :, None], offsets_of([4])), [units], BIO, score="min")
     assert min_score.spans[0][0].score == pytest.approx(0.8)
+
+
+def test_labels_the_model_never_predicts_are_left_out_of_decoding_without_changing_it() -> None:
+    rng = np.random.default_rng(2)
+    lengths = [4, 6, 2]
+    probs = rng.dirichlet(np.ones(BILOU.size), size=sum(lengths))
+    probs[:, [BILOU.tag(p, 0) for p in BILOU.prefixes]] = 0.0  # PER never predicted
+    probs /= probs.sum(axis=1, keepdims=True)
+    tags = decode(probs, offsets_of(lengths), BILOU)
+    assert not np.isin(tags, [BILOU.tag(p, 0) for p in BILOU.prefixes]).any()
+    only_loc = SpanLabelSpace(("LOC",), "BILOU")
+    kept = [0, *(BILOU.tag(p, 1) for p in BILOU.prefixes)]
+    expected = decode(probs[:, kept], offsets_of(lengths), only_loc)
+    assert tags.tolist() == [kept[t] for t in expected]
+    assert decode(np.eye(BILOU.size)[[0, 0]], offsets_of([2]), BILOU).tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("score", ["mean", "min"])
+def test_span_scores_over_a_batch_match_one_sentence_at_a_time(score: str) -> None:
+    rng = np.random.default_rng(4)
+    lengths = [5, 0, 3, 8]
+    probs = rng.dirichlet(np.ones(BILOU.size) * 0.2, size=sum(lengths)).astype(np.float32)
+    offsets = offsets_of(lengths)
+    units = [
+        np.array([[2 * j, 2 * j + 1] for j in range(n)], dtype=np.int64).reshape(-1, 2)
+        for n in lengths
+    ]
+    batch = decode_spans(TokenProbs(probs[:, :, None], offsets), units, BILOU, score=score)
+    assert sum(len(s) for s in batch.spans) > 0
+    for i, n in enumerate(lengths):
+        rows = probs[offsets[i] : offsets[i + 1]]
+        alone = decode_spans(
+            TokenProbs(rows[:, :, None], offsets_of([n])), [units[i]], BILOU, score=score
+        )
+        assert [(s.key(), round(s.score, 6)) for s in alone.spans[0]] == [
+            (s.key(), round(s.score, 6)) for s in batch.spans[i]
+        ]
+        conf = rows[np.arange(n), batch.tags[offsets[i] : offsets[i + 1]]]
+        for span in batch.spans[i]:
+            a, b = span.start // 2, (span.end - 1) // 2
+            expected = conf[a : b + 1].mean() if score == "mean" else conf[a : b + 1].min()
+            assert span.score == pytest.approx(float(expected), rel=1e-5)
