@@ -37,7 +37,7 @@ from ls_backend.core.spans.alignment import (
 #: The hidden layer whose output is the token vector, counted from the embeddings (0); the
 #: encoder runs only up to it. MiniLM-L6's last layer is tuned for mean-pooled sentence
 #: similarity: with 300 random labeled sentences and the light head, entity F1 by layer
-#: (0-6) was 0.56 .59 .66 .70 .70 .65 .54 on CoNLL and 0.65 .79 .82 .84 .82 .81 .75 on ATIS
+#: (0-6) was .63 .68 .71 .73 .72 .71 .64 on CoNLL and .64 .77 .79 .83 .82 .80 .73 on ATIS
 #: (benchmarks/RESULTS.md, "Spans"). Layer 3 also halves the encoder's cost.
 LAYER = 3
 #: Tokens per window, special tokens included (what the sentence encoder uses too).
