@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
-from scipy.special import log_softmax, softmax
+from scipy.special import softmax
 from threadpoolctl import threadpool_limits
 
 from ls_backend.core.spans.alignment import spans_to_tags
@@ -78,18 +78,24 @@ def _fit_softmax(
 ) -> tuple[Features, Features]:
     """(W ``[F, k]``, b ``[k]``) minimising mean cross-entropy + |W|^2 / (2 C n)."""
     n, dim = x.shape
-    onehot = np.zeros((n, k), dtype=np.float32)
-    onehot[np.arange(n), y] = 1.0
+    rows = np.arange(n)
     l2 = 1.0 / (c * n)
 
     def loss(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
         w = theta[: dim * k].reshape(dim, k).astype(np.float32)
         b = theta[dim * k :].astype(np.float32)
-        z = x @ w + b
-        logp = log_softmax(z, axis=1)
-        err = (np.exp(logp) - onehot) / n
-        value = -float((logp * onehot).sum()) / n + 0.5 * l2 * float((w * w).sum())
-        grad = np.concatenate([(x.T @ err + l2 * w).ravel(), err.sum(axis=0)])
+        z = x @ w
+        z += b
+        z -= z.max(axis=1, keepdims=True)
+        gold = z[rows, y]  # a copy (fancy indexing)
+        np.exp(z, out=z)
+        total = z.sum(axis=1)
+        z /= total[:, None]  # now the probabilities
+        value = float((np.log(total) - gold).sum()) / n  # mean cross-entropy
+        value += 0.5 * l2 * float((w * w).sum())
+        z[rows, y] -= 1.0  # the gradient of the cross-entropy w.r.t. the logits, times n
+        z /= n
+        grad = np.concatenate([(x.T @ z + l2 * w).ravel(), z.sum(axis=0)])
         return value, grad.astype(np.float64)
 
     theta = minimize(
