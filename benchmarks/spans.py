@@ -619,6 +619,56 @@ def round_times_command(args: argparse.Namespace) -> None:
             )
 
 
+def lora_command(args: argparse.Namespace) -> None:
+    """LoRA token classification on CPU: ``--labels`` random pool sentences, the classifier's
+    default LoraTrainConfig (epochs, min_steps, lr, r ...), test entity F1 on a fixed random
+    ``--test`` sentences, beside the light head on the same labels."""
+    import torch
+
+    from ls_backend.core.lora import LoraTrainConfig
+    from ls_backend.core.spans.lora import LoraSpanTagger
+
+    torch.set_num_threads(args.threads)
+    bench = prepare(args.data, args.dataset, args.runtime, args.cache, args.pool, DEFAULT_SCHEME)
+    test_idx = np.sort(
+        np.random.default_rng(1).choice(len(bench.test), min(args.test, len(bench.test)), False)
+    )
+    test_texts = [bench.test.texts[i] for i in test_idx]
+    test_gold = [bench.test.gold[i] for i in test_idx]
+    for seed in range(args.seeds):
+        labeled = np.sort(np.random.default_rng(seed).choice(len(bench.pool), args.labels, False))
+        rows = labeled_rows(bench, labeled)
+        head = SpanHead.fit_arrays(bench.space, bench.pool_x[rows], bench.pool_tags[rows])
+        sub_rows = bench.test.rows(test_idx)
+        probs = TokenProbs(
+            head.predict_arrays(bench.test_x[sub_rows])[:, :, None],
+            offsets_of([bench.test.units[i].shape[0] for i in test_idx]),
+        )
+        head_f1 = evaluate_spans(
+            decode_spans(probs, [bench.test.units[i] for i in test_idx], bench.space).spans,
+            test_gold,
+        ).f1
+        config = LoraTrainConfig(device="cpu", seed=seed, max_length=args.max_length)
+        started = time.perf_counter()
+        tagger = LoraSpanTagger.train(
+            bench.space,
+            [bench.pool.texts[i] for i in labeled],
+            [bench.pool.gold[i] for i in labeled],
+            config,
+        )
+        train_s = time.perf_counter() - started
+        started = time.perf_counter()
+        lora_f1 = evaluate_spans(tagger.predict_spans(test_texts), test_gold).f1
+        predict_s = time.perf_counter() - started
+        assert tagger.fit_result is not None
+        epochs = len(tagger.fit_result.history)
+        print(
+            f"| {args.dataset} | {args.labels} | {seed} | {head_f1:.3f} | {lora_f1:.3f} | "
+            f"{epochs} | {train_s:.0f} | {len(test_texts) / predict_s:.0f} |",
+            flush=True,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -667,7 +717,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     rounds.add_argument("--datasets", default="conll2003,atis_slots")
     rounds.add_argument("--sizes", default="100,1000,5000")
     rounds.add_argument("--repeat", type=int, default=3)
-    for p in (head, layers, speed, rounds):
+    lora = sub.add_parser("lora", help="LoRA token classification on CPU vs the head")
+    lora.add_argument("--dataset", required=True)
+    lora.add_argument("--labels", type=int, default=300)
+    lora.add_argument("--seeds", type=int, default=1)
+    lora.add_argument("--test", type=int, default=500)
+    lora.add_argument("--threads", type=int, default=2)
+    lora.add_argument("--max-length", type=int, default=128)
+    for p in (head, layers, speed, rounds, lora):
         p.add_argument("--pool", type=int, default=4000)
         p.add_argument("--runtime", default="openvino")
         p.add_argument("--data", type=Path, default=DATA)
@@ -679,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "layers": layers_command,
         "speed": speed_command,
         "rounds": round_times_command,
+        "lora": lora_command,
     }
     if args.command in commands:
         commands[args.command](args)
