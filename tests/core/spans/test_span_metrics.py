@@ -53,3 +53,19 @@ def test_paired_terms_are_zero_when_there_is_nothing_to_count() -> None:
     zero = np.zeros((4, 3), dtype=np.int64)
     c, b = paired_f1_terms(zero, zero)
     assert not c.any() and not b.any()
+
+
+def test_the_classification_promotion_rule_runs_unchanged_on_the_paired_f1_terms() -> None:
+    from ls_backend.core.evaluation import paired_gain, should_promote
+
+    rng = np.random.default_rng(1)
+    gold = rng.integers(1, 4, size=200)
+    base_tp = rng.binomial(gold, 0.6)
+    cand_tp = np.minimum(gold, base_tp + rng.binomial(1, 0.5, size=200))  # clearly better
+    base = np.c_[base_tp, rng.integers(0, 2, 200), gold - base_tp]
+    cand = np.c_[cand_tp, base[:, 1], gold - cand_tp]
+    c, b = paired_f1_terms(cand, base)
+    gain, se = paired_gain(c, b)
+    assert gain == pytest.approx(micro_f1(cand) - micro_f1(base)) and gain > 2 * se
+    assert should_promote(c, b, same_kind=False)[0]
+    assert not should_promote(*paired_f1_terms(base, cand), same_kind=False)[0]
