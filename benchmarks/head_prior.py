@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from ls_backend import bench
+from ls_backend.bench import data as bench_data
+from ls_backend.bench import simulate as bench
 from ls_backend.core import learning_curves as lc
-from ls_backend.lanes import HeadLane
 from ls_backend.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -37,11 +37,11 @@ def split(name: str, part: str) -> Path:
     return path if path.exists() else path.with_suffix(".jsonl.gz")
 
 
-def fits(mode: str, prior: bool, data: bench.BenchData, root: Path) -> bench.Fit:
+def fits(mode: str, prior: bool, data: bench_data.BenchData, root: Path) -> bench.Fit:
     """A fresh ``Fit`` for one run."""
     if mode == "head":
         return partial(bench.fit_predict, prior=prior)
-    config = replace(HeadLane(Settings()).config(), head_prior=prior)  # the server's round
+    config = replace(Settings().round_config(), head_prior=prior)  # the server's round
     return bench.ServedFit(Path(tempfile.mkdtemp(dir=root)), data, config)
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     if args.merge:
         print(table(name, merged([json.loads(p.read_text()) for p in args.merge]), args.budget))
         return
-    data = bench.load_data(
+    data = bench_data.load_data(
         split(name, "train"), split(name, "test"), 4000, args.cache, False,
         runtime=args.embedding_backend,
     )  # fmt: skip

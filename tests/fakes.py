@@ -70,7 +70,7 @@ def orphan_probe(pid_file: str) -> None:
     import time
     from pathlib import Path
 
-    from ls_backend.lanes import follow_parent
+    from ls_backend.jobs.training import follow_parent
 
     follow_parent(poll_s=0.1)
     Path(pid_file).write_text(str(os.getpid()))
@@ -79,13 +79,12 @@ def orphan_probe(pid_file: str) -> None:
 
 def alive(pid: int) -> bool:
     """A process that has not exited (a zombie waiting for its reaper counts as gone)."""
-    import os
 
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return not os.path.exists(f"/proc/{pid}")
+    except FileNotFoundError:  # reaped
+        return False
 
 
 def wait_for(probe, timeout: float = 120.0, what: str = "condition"):
@@ -99,3 +98,40 @@ def wait_for(probe, timeout: float = 120.0, what: str = "condition"):
             return value
         time.sleep(0.25)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class BackendProcess:
+    """What one serving process holds, for tests that drive it without HTTP: the projects and
+    a scheduler of background work listening to them (in-process threads unless given)."""
+
+    def __init__(self, settings, encoder=None, scheduler=None) -> None:
+        from ls_backend.jobs import start_scheduler
+        from ls_backend.projects import Projects
+
+        self.settings = settings
+        self.projects = Projects(settings, encoder=encoder or HashEncoder())
+        self.scheduler = scheduler(self.projects) if scheduler else start_scheduler(self.projects)
+
+    @property
+    def lanes(self):
+        return self.scheduler.lanes
+
+    @property
+    def encoder(self):
+        return self.projects.encoder
+
+    def project(self, key):
+        return self.projects.project(key)
+
+
+class DictCache:
+    """A ``core.embeddings.VectorCache`` in memory: what the core needs of a cache, no store."""
+
+    def __init__(self) -> None:
+        self.vectors: dict[tuple[str, bytes], np.ndarray] = {}
+
+    def get_many(self, model, keys):
+        return {k: self.vectors[(model, k)] for k in keys if (model, k) in self.vectors}
+
+    def put_many(self, model, items):
+        self.vectors.update(((model, k), v) for k, v in items.items())

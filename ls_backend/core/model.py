@@ -17,13 +17,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ls_backend.core.heads import LinearHead, PrototypeHead, load_space, save_space
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings, LabelSpace, Probs
 
 if TYPE_CHECKING:
     from ls_backend.core.lora import LoraClassifier
 
 Head = PrototypeHead | LinearHead
-_HEADS: dict[str, type[PrototypeHead] | type[LinearHead]] = {
+_HEADS: dict[ModelKind, type[PrototypeHead] | type[LinearHead]] = {
     PrototypeHead.kind: PrototypeHead,
     LinearHead.kind: LinearHead,
 }
@@ -44,8 +45,19 @@ class ModelVersion:
     lora_round: int = 0  # LoRA versions promoted before this one (STAR's t)
 
     @property
-    def kind(self) -> str:
-        return "lora" if self.lora is not None else self.head.kind
+    def kind(self) -> ModelKind:
+        return ModelKind.LORA if self.lora is not None else self.head.kind
+
+    @property
+    def family(self) -> str:
+        """``head`` (zero-shot or the light head), or the fine-tuned classifier's method and
+        backbone (``lora:embedded``, ``full:/models/mpnet``)."""
+        if self.lora is None:
+            return "head"
+        return f"{self.lora.config.method}:{self.lora.config.backbone}"
+
+    def without_adapter(self) -> ModelVersion:
+        return ModelVersion(self.version, self.space, self.head) if self.lora else self
 
     def predict(
         self, texts: Sequence[str], embeddings: Embeddings, mc_samples: int | None = None
@@ -59,7 +71,7 @@ class ModelVersion:
         save_space(self.space, path)
         (path / "head").mkdir()
         self.head.save(path / "head")
-        (path / "head" / "kind").write_text(self.head.kind)
+        (path / "head" / "kind").write_text(self.head.kind.value)
         if self.lora is not None:
             self.lora.save(path / "lora")
         (path / "serving.json").write_text(json.dumps({"lora_round": self.lora_round}))
@@ -67,7 +79,8 @@ class ModelVersion:
     @classmethod
     def load(cls, path: Path, version: str, device: str | None = None) -> ModelVersion:
         space = load_space(path)
-        head = _HEADS[(path / "head" / "kind").read_text().strip()].load(path / "head", space)
+        kind = ModelKind((path / "head" / "kind").read_text().strip())
+        head = _HEADS[kind].load(path / "head", space)
         lora = None
         if (path / "lora").is_dir():
             from ls_backend.core.lora import LoraClassifier

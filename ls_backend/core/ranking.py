@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -174,6 +175,11 @@ def uncertain_spread_explained(
         reasons[spread.size :][np.isin(final[spread.size :], dropped)] = "near_duplicate"
     return Ranked(final, reasons)
 
+
+#: The strategies' names: what STRATEGY may say (a typo fails at start, not at the first sync).
+StrategyName = Literal[
+    "default", "margin", "least_confidence", "entropy", "bald", "k_center", "random"
+]
 
 STRATEGIES: dict[str, Strategy] = {
     "random": random_order,

@@ -10,21 +10,24 @@ A version directory appears only by ``rename`` of a fully written and fsynced
 temporary directory, and the pointer moves only after that, so a ``kill -9`` at
 any moment leaves the last good version serving. The server keeps the pointer in the
 project's database instead (``Pointer``), where every replica reads it.
+
+A rollback *pins* the pointer: the version rolled back to keeps serving while new rounds
+train and are saved, until the pin is lifted (``unpin``), so the next label does not undo it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
+
+from ls_backend.core.files import flock, write_dir_atomic, write_text_atomic
+from ls_backend.core.kinds import ModelKind
 
 _VERSION = re.compile(r"^v(\d{4,})-([a-z]+)$")
 
@@ -36,93 +39,42 @@ def version_number(name: str) -> int:
     return int(match.group(1))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def write_dir_atomic(target: Path, write: Callable[[Path], None]) -> bool:
-    """Create directory ``target`` with ``write(tmp)`` on a sibling temporary directory,
-    fsynced, then renamed: it appears whole or not at all. Returns False (and discards this
-    copy) when another writer created ``target`` first."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            return False
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return True
-
-
-@contextmanager
-def flock(path: Path, wait: bool = True) -> Iterator[bool]:
-    """An exclusive ``flock`` on ``path`` across threads and processes of this machine; yields
-    whether it is held (always, when ``wait``)."""
-    with open(path, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 class Pointer(Protocol):
-    """Where the serving version's name lives."""
+    """Where the serving version's name lives, and whether it is pinned (both written at once)."""
 
     def read(self) -> str | None: ...
 
-    def write(self, version: str) -> None: ...
+    def pinned(self) -> bool: ...
+
+    def write(self, version: str, pinned: bool = False) -> None: ...
+
+
+#: How ``FilePointer`` marks a pinned version after its name.
+_PIN_MARK = "pinned"
 
 
 class FilePointer:
-    """The serving version's name in a file, replaced atomically."""
+    """The serving version's name in a file, replaced atomically; `` pinned`` after it when
+    a rollback pinned it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> str | None:
+    def _words(self) -> list[str]:
         try:
-            return self.path.read_text().strip() or None
+            return self.path.read_text().split()
         except FileNotFoundError:
-            return None
+            return []
 
-    def write(self, version: str) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
-        with open(tmp, "w") as f:
-            f.write(version)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+    def read(self) -> str | None:
+        words = self._words()
+        return words[0] if words else None
+
+    def pinned(self) -> bool:
+        return self._words()[1:] == [_PIN_MARK]
+
+    def write(self, version: str, pinned: bool = False) -> None:
+        write_text_atomic(self.path, f"{version} {_PIN_MARK}" if pinned else version)
 
 
 class Registry:
@@ -156,22 +108,21 @@ class Registry:
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=version_number)
 
-    def save(self, kind: str, write: Callable[[Path], None], info: dict[str, Any]) -> str:
+    def save(self, kind: ModelKind, write: Callable[[Path], None], info: dict[str, Any]) -> str:
         """Write a new version with ``write(dir)`` plus ``info.json``; returns its name.
 
         Callers serialise saves per project (the registry lock), so numbering is race-free
         and any ``.tmp-*`` left now is a killed writer's, removed here.
         """
-        if not re.fullmatch(r"[a-z]+", kind):
-            raise ValueError(f"bad model kind {kind!r}")
+        kind = ModelKind(kind)
         self.clean()
         existing = self.versions()
         number = version_number(existing[-1]) + 1 if existing else 1
-        name = f"v{number:04d}-{kind}"
+        name = f"v{number:04d}-{kind.value}"
 
         def write_version(tmp: Path) -> None:
             write(tmp)
-            record = {"version": name, "kind": kind, "created": time.time(), **info}
+            record = {"version": name, "kind": kind.value, "created": time.time(), **info}
             (tmp / "info.json").write_text(json.dumps(record, indent=1, sort_keys=True))
 
         if not write_dir_atomic(self.root / name, write_version):
@@ -192,13 +143,27 @@ class Registry:
         name = self.pointer.read()
         return name if name and (self.root / name / "info.json").is_file() else None
 
-    def set_current(self, version: str) -> None:
+    def pinned(self) -> str | None:
+        """The serving version while a rollback pins it (None: promotions move the pointer)."""
+        current = self.current()
+        return current if current is not None and self.pointer.pinned() else None
+
+    def set_current(self, version: str, pin: bool = False) -> None:
+        """Serve ``version`` (pinned or not); this lifts any pin. Call holding ``lock``."""
         self.path(version)  # must exist and be complete
-        self.pointer.write(version)
+        self.pointer.write(version, pin)
         self.moves += 1
 
-    def rollback(self, version: str | None = None) -> str:
-        """Serve ``version``, or the promoted version before the current one."""
+    def unpin(self) -> str | None:
+        """Lift the pin: the serving version stays until a round promotes another."""
+        current = self.current()
+        if current is not None and self.pointer.pinned():
+            self.pointer.write(current, False)
+        return current
+
+    def rollback(self, version: str | None = None, pin: bool = True) -> str:
+        """Serve ``version``, or the promoted version before the current one; pinned (new rounds
+        are saved but do not serve) unless ``pin`` is False."""
         if version is None:
             current = self.current()
             promoted = [v for v in self.versions() if self.info(v).get("promoted")]
@@ -207,5 +172,5 @@ class Registry:
             if not earlier:
                 raise KeyError("no earlier promoted version to roll back to")
             version = earlier[-1]
-        self.set_current(version)
+        self.set_current(version, pin)
         return version

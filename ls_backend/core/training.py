@@ -1,14 +1,15 @@
 """One training round: fit a candidate, evaluate it beside the serving model, save, promote.
 
-Two kinds of round share this path (PRepAL + STAR): ``head`` refits the light head
-on frozen embeddings (well under a second), ``lora`` fine-tunes an adapter in the
-background. Every candidate is saved as a version, promoted or not; whether it serves
-is decided on the same held-out labels as the current model (``should_promote``).
+Two kinds of round share this path (PRepAL + STAR): ``head`` refits the light head on frozen
+embeddings (well under a second), ``lora`` fine-tunes an adapter in the background. Every
+candidate is saved as a version, promoted or not; whether it serves is decided on the same
+held-out labels as the current model (``should_promote``). The task kind (``core.tasks``)
+supplies the fits and the figures; nothing here depends on it.
 
-From EVAL_MIN_LABELS on, a round fits twice: the *evaluated* fit leaves the held-out
-labels out and gives the version's figures; the *served* fit repeats it on every label
-(the adapter with the epochs the evaluated fit chose), so no label is spent on
-evaluation. Versions are compared by their evaluated fits, kept in ``evaluated/``.
+From EVAL_MIN_LABELS on, a round fits twice: the *evaluated* fit leaves the held-out labels
+out and gives the version's figures; the *served* fit repeats it on every label (the adapter
+with the epochs the evaluated fit chose), so no label is spent on evaluation. Versions are
+compared by their evaluated fits, kept in ``evaluated/``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,27 +25,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ls_backend.core.evaluation import (
-    Metrics,
-    evaluate,
-    holdout_split,
-    item_correct,
-    should_promote,
-    strata_of,
-    stratified_folds,
-)
-from ls_backend.core.heads import LinearHead, PrototypeHead, choose_prior_strength
-from ls_backend.core.labels import Embeddings, LabelSpace
-from ls_backend.core.model import ModelVersion
+from ls_backend.core.configs import RoundConfig
+from ls_backend.core.evaluation import holdout_split, should_promote
+from ls_backend.core.kinds import ModelKind
+from ls_backend.core.labels import Embeddings
 from ls_backend.core.registry import Registry
+from ls_backend.core.task_registry import task_of
+from ls_backend.core.tasks import Evaluation, Model, NotEnoughLabels, Progress, Task, TaskKind
 
-Progress = Callable[[float, str], None]
 #: A version's folder keeps the fit its metrics come from here (held-out labels left out).
 EVALUATED = "evaluated"
-
-
-class NotEnoughLabels(Exception):
-    """The round cannot run yet (too few labels or classes); not a failure."""
 
 
 @dataclass
@@ -52,15 +42,20 @@ class LabeledData:
     keys: list[int]  # annotation ids: what each version records it saw
     strata_keys: list[int]  # task ids: the held-out side is decided per task
     texts: list[str]
-    targets: NDArray[np.int64]
+    targets: Any  # the kind's: class indices [N] or a 0/1 matrix [N, C] for classification
     embeddings: Embeddings
 
     def take(self, index: NDArray[np.int64]) -> LabeledData:
+        targets = (
+            self.targets[index]
+            if isinstance(self.targets, np.ndarray)
+            else [self.targets[i] for i in index]
+        )
         return LabeledData(
             [self.keys[i] for i in index],
             [self.strata_keys[i] for i in index],
             [self.texts[i] for i in index],
-            self.targets[index],
+            targets,
             self.embeddings[index],
         )
 
@@ -69,166 +64,121 @@ class LabeledData:
 
 
 @dataclass
-class RoundConfig:
-    head_c: float = 10.0
-    head_prior: bool = False  # shrink the head toward the label names (HEAD_PRIOR)
-    eval_fraction: float = 0.2
-    eval_min_labels: int = 30
-    star_lambda_decay: float = 0.5
-    lora: Any = None  # a LoraTrainConfig for lora rounds
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the version
-
-
-@dataclass
 class RoundResult:
     version: str
-    kind: str
+    kind: ModelKind
     promoted: bool
-    metrics: dict[str, float]
-    baseline: dict[str, float] | None
+    metrics: dict[str, Any]
+    baseline: dict[str, Any] | None
     reason: str
 
 
-def prototype_model(space: LabelSpace, label_embeddings: Embeddings) -> ModelVersion:
-    return ModelVersion("", space, PrototypeHead(space, label_embeddings))
-
-
-def save_prototype(registry: Registry, model: ModelVersion, reason: str) -> str:
+def save_prototype(registry: Registry, model: Model, reason: str, task: TaskKind) -> str:
     """Zero-shot serves a new label space until labels exist: versioned like any model."""
     with registry.lock():
-        version = registry.save(
-            model.kind, model.save, {"promoted": True, "reason": reason, "metrics": None}
-        )
+        pin = registry.pinned()  # a version of another label space cannot serve this one
+        if pin is not None:
+            reason = f"{reason}; lifts the pin on {pin}"
+        info = {"promoted": True, "reason": reason, "metrics": None, "task": task.value}
+        version = registry.save(model.kind, model.save, info)
         registry.set_current(version)
     return version
 
 
-def _fit_head(
-    space: LabelSpace,
-    data: LabeledData,
-    c: float,
-    prior: Embeddings | None = None,
-    strength: float | None = None,
-) -> LinearHead:
-    """The light head; with ``prior`` (label-name embeddings), shrunk toward them with
-    ``strength``, or as strongly as cross-validation on these labels says
-    (``choose_prior_strength``; 0 is the plain head)."""
-    x, y = data.embeddings, data.targets
-    try:
-        if strength is None:
-            strength = 0.0 if prior is None else choose_prior_strength(space, x, y, prior, c)
-        return LinearHead.fit(space, x, y, c=c, prior=prior, strength=strength)
-    except ValueError as exc:
-        raise NotEnoughLabels(str(exc)) from exc
-
-
-#: A model's metrics on some labels, and which of those labels it gets right.
-Scores = tuple[Metrics, NDArray[np.bool_]]
-
-
-def _score(model: ModelVersion, space: LabelSpace, data: LabeledData) -> Scores | None:
-    """The model's figures on ``data``, or None when it predicts another label space."""
-    if model.space != space:
-        return None
-    probs = model.predict(data.texts, data.embeddings, mc_samples=1).probs
-    return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
-
-
-def _kfold_head_metrics(
-    space: LabelSpace, data: LabeledData, c: float, prior: Embeddings | None
-) -> Scores | None:
-    strata = strata_of(space, data.targets)
-    smallest = min(np.unique(strata, return_counts=True)[1])
-    k = int(min(5, smallest))
-    if k < 2:
-        return None
-    probs = np.zeros((len(data), space.size, 1), dtype=np.float32)
-    for train, test in stratified_folds(strata, k):
-        head = _fit_head(space, data.take(train), c, prior)
-        probs[test] = head.predict_proba(data.embeddings[test])
-    return evaluate(space, probs, data.targets), item_correct(space, probs, data.targets)
-
-
 def run_round(
-    kind: str,
+    task: Task,
+    kind: ModelKind,
     registry: Registry,
-    space: LabelSpace,
+    space: Any,
     data: LabeledData,
-    load_current: Callable[[], ModelVersion | None],
+    load_current: Callable[[], Model | None],
     config: RoundConfig,
     progress: Progress | None = None,
     label_embeddings: Embeddings | None = None,
 ) -> RoundResult:
-    """Train, evaluate, save and (maybe) promote one candidate.
+    """Train, evaluate, save and (maybe) promote one candidate of ``task``'s model family.
 
     Training runs outside the registry lock; the comparison with the serving model,
     the save and the promotion run inside it, against whatever serves by then.
     ``label_embeddings``: the label names' (zero-shot prototypes), the head's prior when
     ``config.head_prior``.
     """
+    kind = ModelKind(kind)
     report = progress or (lambda _fraction, _stage: None)
-    prior = label_embeddings if config.head_prior else None
     started = time.monotonic()
     report(0.0, "split")
     few = len(data) < config.eval_min_labels
-    if kind == "lora" and few:
+    if kind is ModelKind.LORA and few:
         raise NotEnoughLabels(f"LoRA needs at least {config.eval_min_labels} labels")
+    evaluated: Model | None
+    scores: Evaluation | None
     if few:
-        # Too few labels for a held-out set: fit on all, estimate by k-fold, and compare
+        # Too few labels for a held-out set: fit on all, estimate out of fold, and compare
         # only with zero-shot, which never trained on these labels.
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior))
-        evaluated, scores = None, _kfold_head_metrics(space, data, config.head_c, prior)
+        candidate = task.fit_head(space, data, config, label_embeddings)
+        evaluated, scores = None, task.cross_validate(space, data, config, label_embeddings)
         train_data = eval_data = data
     else:
         # The evaluated fit leaves the held-out part out; the candidate that would serve
         # is then fitted the same way on every label (no label is spent on evaluation).
         train_idx, held_idx = holdout_split(
-            data.strata_keys, strata_of(space, data.targets), config.eval_fraction
+            data.strata_keys, task.strata(space, data.targets), config.eval_fraction
         )
         train_data, eval_data = data.take(train_idx), data.take(held_idx)
-        evaluated_head = _fit_head(space, train_data, config.head_c, prior)
-        evaluated = ModelVersion("", space, evaluated_head)
-        # With the prior strength the evaluated fit chose, as the adapter keeps its epochs.
-        chosen = evaluated_head.prior_strength
-        candidate = ModelVersion("", space, _fit_head(space, data, config.head_c, prior, chosen))
-        if kind == "lora":
-            lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
-                v.endswith("-lora") and bool(registry.info(v).get("promoted"))
-                for v in registry.versions()
-            )
-            evaluated = _train_lora(
-                space, evaluated, train_data, eval_data, lora_round, config, report, 0.05, 0.5
-            )
-            assert evaluated.lora is not None and evaluated.lora.fit_result is not None
-            chosen = replace(config.lora, epochs=evaluated.lora.fit_result.best_epoch, min_steps=0)
-            candidate = _train_lora(
-                space,
-                candidate,
-                data,
-                None,
-                lora_round,
-                replace(config, lora=chosen),
+        evaluated = task.fit_head(space, train_data, config, label_embeddings)
+        candidate = task.fit_head(space, data, config, label_embeddings, like=evaluated)
+        if kind is ModelKind.LORA:
+            evaluated, candidate = _adapters(
+                task, registry, space, evaluated, candidate, train_data, eval_data, data, config,
                 report,
-                0.5,
-                0.9,
-            )
-        scores = _score(evaluated, space, eval_data)
+            )  # fmt: skip
+        scores = task.evaluate(evaluated, space, eval_data)
 
     report(0.95, "save")
+    result = save_candidate(
+        task, registry, space, data, train_data, eval_data, evaluated, candidate, scores,
+        load_current, config, {"train_seconds": round(time.monotonic() - started, 3)},
+    )  # fmt: skip
+    report(1.0, "done")
+    return result
+
+
+def save_candidate(
+    task: Task,
+    registry: Registry,
+    space: Any,
+    data: LabeledData,
+    train_data: LabeledData,
+    eval_data: LabeledData,
+    evaluated: Model | None,
+    candidate: Model,
+    scores: Evaluation | None,
+    load_current: Callable[[], Model | None],
+    config: RoundConfig,
+    extra_info: dict[str, Any] | None = None,
+) -> RoundResult:
+    """Compare a fitted candidate with whatever serves (on the held-out labels), save it as a
+    version and promote it by the rule: a round's second half, and how a model trained
+    elsewhere (``ls-backend finetune --register``) joins the registry. ``evaluated`` is None
+    for a k-fold candidate (fitted on every label, compared only with zero-shot)."""
+    few = evaluated is None
     with registry.lock():
         current = load_current()
-        reference = _evaluated_fit(registry, current) if current else None
-        comparable = reference is not None and (not few or reference.kind == "prototype")
-        against = _score(reference, space, eval_data) if reference and comparable else None
-        metrics = scores[0] if scores else None
-        baseline = against[0] if against else None
+        reference = _evaluated_fit(task, registry, current) if current else None
+        comparable = reference is not None and (not few or reference.kind is ModelKind.PROTOTYPE)
+        against = task.evaluate(reference, space, eval_data) if reference and comparable else None
         if reference is None or against is None:
             promoted, reason = True, "nothing comparable serves"
         elif scores is None:
             promoted, reason = True, "too few labels per class to estimate; more labels win"
         else:
-            same_kind = (candidate.lora is None) == (reference.lora is None)
-            promoted, reason = should_promote(scores[1], against[1], same_kind)
+            # Another family (a head and an adapter; adapters of two backbones or methods)
+            # must be clearly better: more labels make a better model only within one.
+            same_kind = candidate.family == reference.family
+            promoted, reason = should_promote(*task.paired(scores, against), same_kind, task.metric)
+        pin = registry.pinned()  # after a rollback: saved and compared; the pointer stays
+        if pin is not None and promoted:
+            promoted, reason = False, f"{pin} is pinned by a rollback; would serve: {reason}"
 
         def write(path: Path) -> None:
             candidate.save(path)
@@ -242,12 +192,16 @@ def run_round(
             }
             (path / "annotations.json").write_text(json.dumps(seen))
 
+        metrics = dict(scores.metrics) if scores else None
+        baseline = dict(against.metrics) if against else None
         info = {
+            "task": task.kind.value,
             "promoted": promoted,
             "reason": reason,
-            "metrics": metrics.as_dict() if metrics else None,
-            "baseline": baseline.as_dict() if baseline else None,
+            "metrics": metrics,
+            "baseline": baseline,
             "baseline_version": current.version if current else None,
+            **({"pinned": pin} if pin else {}),
             "evaluation": "k-fold" if few else "held-out",
             "fits": {
                 "served": {"labels": len(data)},
@@ -259,23 +213,67 @@ def run_round(
                 else f"the evaluated fit ({EVALUATED}/) on the held-out labels",
             },
             "labels": len(data),
-            "train_seconds": round(time.monotonic() - started, 3),
             "settings": _settings_record(config),
+            **_choices(candidate, config),
+            **(extra_info or {}),
         }
-        if isinstance(candidate.head, LinearHead) and config.head_prior:
-            info["head_prior_strength"] = candidate.head.prior_strength
         version = registry.save(candidate.kind, write, info)
         if promoted:
             registry.set_current(version)
-    report(1.0, "done")
-    return RoundResult(
-        version,
-        candidate.kind,
-        promoted,
-        metrics.as_dict() if metrics else {},
-        baseline.as_dict() if baseline else None,
-        reason,
+    return RoundResult(version, candidate.kind, promoted, metrics or {}, baseline, reason)
+
+
+def lora_round_of(registry: Registry) -> int:
+    """STAR's t for a new adapter: 1 + the adapters promoted before it."""
+    return 1 + sum(
+        ModelKind.of(v) is ModelKind.LORA and bool(registry.info(v).get("promoted"))
+        for v in registry.versions()
     )
+
+
+def _adapters(
+    task: Task,
+    registry: Registry,
+    space: Any,
+    evaluated_head: Model,
+    served_head: Model,
+    train: LabeledData,
+    held: LabeledData,
+    every: LabeledData,
+    config: RoundConfig,
+    report: Progress,
+) -> tuple[Model, Model]:
+    """The evaluated adapter (ending on its best epoch on the held-out labels) and the served
+    one on every label, trained for the epochs the first chose."""
+    lora_round = lora_round_of(registry)
+
+    def on_epoch(stage: str, start: float, end: float) -> Callable[[int, int], None]:
+        return lambda epoch, total: report(
+            start + (end - start) * epoch / total, f"{stage}: epoch {epoch}/{total}"
+        )
+
+    evaluated = task.fit_lora(
+        space, evaluated_head, train, held, lora_round, config, on_epoch("lora", 0.05, 0.5)
+    )
+    assert config.lora is not None and evaluated.lora.fit_result is not None
+    epochs = evaluated.lora.fit_result.best_epoch
+    chosen = replace(config, lora=replace(config.lora, epochs=epochs, min_steps=0))
+    served = task.fit_lora(
+        space,
+        served_head,
+        every,
+        None,
+        lora_round,
+        chosen,
+        on_epoch("lora on every label", 0.5, 0.9),
+    )
+    return evaluated, served
+
+
+def _choices(model: Model, config: RoundConfig) -> dict[str, Any]:
+    """What the fit chose, recorded with the version (the head prior's strength)."""
+    strength = getattr(getattr(model, "head", None), "prior_strength", None)
+    return {"head_prior_strength": strength} if config.head_prior and strength is not None else {}
 
 
 def _settings_record(config: RoundConfig) -> dict[str, Any]:
@@ -292,47 +290,15 @@ def _settings_record(config: RoundConfig) -> dict[str, Any]:
     return record
 
 
-def _train_lora(
-    space: LabelSpace,
-    base: ModelVersion,
-    train: LabeledData,
-    held: LabeledData | None,
-    lora_round: int,
-    config: RoundConfig,
-    report: Progress,
-    start: float,
-    end: float,
-) -> ModelVersion:
-    """An adapter on ``train`` (ending on its best epoch on ``held`` when given), reporting
-    progress between ``start`` and ``end``."""
-    from ls_backend.core.lora import LoraClassifier
-
-    stage = "lora" if held is not None else "lora on every label"
-
-    def on_epoch(epoch: int, total: int, _metrics: dict[str, float]) -> None:
-        report(start + (end - start) * epoch / total, f"{stage}: epoch {epoch}/{total}")
-
-    lora = LoraClassifier.train(
-        space,
-        train.texts,
-        train.targets,
-        config.lora,
-        eval_texts=held.texts if held is not None else (),
-        eval_targets=held.targets if held is not None else None,
-        progress=on_epoch,
-    )
-    return ModelVersion("", space, base.head, lora, lora_round=lora_round)
-
-
-def _evaluated_fit(registry: Registry, current: ModelVersion) -> ModelVersion | None:
+def _evaluated_fit(task: Task, registry: Registry, current: Model) -> Model | None:
     """What the serving version is compared by: its fit that never saw a held-out label
     (held-out sides are stable per task). None for a version fitted on every label without
     one (k-fold, below EVAL_MIN_LABELS): it saw today's held-out labels, nothing compares."""
-    if current.kind == "prototype":
+    if current.kind is ModelKind.PROTOTYPE:
         return current  # never trained on a label
     path = registry.path(current.version)
     if (path / EVALUATED).is_dir():
-        return _load_evaluated(path / EVALUATED, current.version)
+        return _load_evaluated(task.kind, path / EVALUATED, current.version)
     info = registry.info(current.version)
     if info.get("evaluation") == "held-out" and "fits" not in info:
         return current  # saved before served fits used every label: fitted on its train side
@@ -340,6 +306,6 @@ def _evaluated_fit(registry: Registry, current: ModelVersion) -> ModelVersion | 
 
 
 @lru_cache(maxsize=2)
-def _load_evaluated(path: Path, version: str) -> ModelVersion:
+def _load_evaluated(kind: TaskKind, path: Path, version: str) -> Model:
     """Kept loaded: every head round compares with the serving version's evaluated fit."""
-    return ModelVersion.load(path, version)
+    return task_of(kind).load(path, version)

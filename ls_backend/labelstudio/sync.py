@@ -20,62 +20,67 @@ What annotators feel is Label Studio's database, so a sync touches it as little 
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import re
 import time
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 from tqdm.auto import tqdm
 
-from ls_backend.core import uncertainty
 from ls_backend.core.embeddings import Encoder
+from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
-from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
-from ls_backend.core.training import Progress
+from ls_backend.core.task_registry import task_of
+from ls_backend.core.tasks import Model, Progress, Scored, Task, joined
+from ls_backend.labelstudio import webhooks
 from ls_backend.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
     PredictionItem,
     ProjectCounts,
 )
-from ls_backend.labelstudio.config import ClassificationConfig, TaskError
-from ls_backend.labelstudio.events import LABEL_ACTIONS, SKIPPED, AnnotationStore
+from ls_backend.labelstudio.config import LabelConfig, TaskError
+from ls_backend.labelstudio.predictions import predictions, summary
+from ls_backend.labelstudio.queue import QueueState, Ranking, priorities, stale_cap
 from ls_backend.settings import Settings
-
-if TYPE_CHECKING:  # the service calls into this adapter; it does not import the service
-    from ls_backend.service import Project, Scored
+from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED, AnnotationStore
 
 log = logging.getLogger(__name__)
 
-#: New tasks embedded per sync run. An import of 100,000 tasks is ranked on a growing uniform
-#: sample: the first push comes after ~30 s of embedding (2 cores), not after ~12 minutes.
+#: The lane that runs syncs (its requests are kept in the store under this name).
+SYNC = "sync"
+#: A project's tasks are ranked on a growing uniform sample. The first ranking is pushed
+#: after FIRST_EMBED_S of embedding (on 2 cores 50-200 news-length texts, more short
+#: ones): an annotator who starts at the connect gets a ranked queue within seconds. Later
+#: runs embed up to EMBED_PER_RUN more (while people label: for GROWTH_SLICE_S, so the
+#: re-rank after new labels never waits long behind it) and push once the ranked sample is
+#: GROWTH_PUSH times what it was at the last push, or covers every task: each push costs
+#: Label Studio seconds of its database while people save (a 1,000-task import: 2 pushes
+#: of its own, 10,000: 4).
+FIRST_EMBED_S = 1.0
+GROWTH_SLICE_S = 8.0
+GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
-#: Texts embedded between two checks for labeling activity (~2 s on 2 cores).
-PACE_BLOCK = 256
+#: Texts embedded between two looks at the clock and at labeling activity (0.1-0.6 s of
+#: news-length texts on one core): the first ranking's deadline overruns by one at most.
+PACE_BLOCK = 16
 #: Labeling counts as going on for this long after the last label or skip; meanwhile
-#: embedding a large import runs this share of the time.
+#: embedding runs this share of the time (on a low-priority thread: core.priority).
 ACTIVE_PACE_S = 30.0
 ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
-#: Tasks past the last one labeled from a ranking that an annotator may still have open, per
-#: person who labeled in the last ACTIVE_S (one open task each, doubled for safety).
-OPEN_PER_ANNOTATOR = 2
-ACTIVE_S = 3600.0
-#: A task served by a ranking may be saved this long after the next one replaced it.
-SAVE_GRACE_S = 120.0
-#: Label Studio's default task lock (TASK_LOCK_TTL): nobody still has a task open after this.
-HOLD_S = 86400.0
-#: How often the project's webhooks are checked for the basic-auth header (with auth on).
+#: How often the project's webhook in Label Studio is looked at (its auth header, whether it
+#: is there at all); and how long after a new /setup URL it may still be in the making.
 WEBHOOK_CHECK_S = 60.0
+WEBHOOK_GRACE_S = 5.0
+WEBHOOK_POLL_S = 0.5
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
@@ -83,11 +88,6 @@ RECHECK_S = 1.0
 #: ~8 deletes per label, more than the SYNC_TOP_K / SYNC_EVERY (5) a label's push costs.
 FORGET_S = 10.0
 FORGET_BUSY_S = 1.0
-#: Old predictions allowed to wait for a quiet spell while people label: STALE_CAP_K x
-#: SYNC_TOP_K, or a share of the project's tasks where that is more (a 100,000-task project
-#: keeps 1,000: Label Studio's deletes are slower there, and a full backlog holds pushes).
-STALE_CAP_K = 4
-STALE_CAP_SHARE = 0.01
 #: Label Studio's bulk prediction import refreshes the counters of every task in the project
 #: (legacy path of 1.23: 0.03 s at 1,000 tasks, 0.33 s at 10,000, 3.3 s at 100,000, holding
 #: SQLite); past this many tasks a push creates its predictions one request each (~85 ms).
@@ -101,104 +101,14 @@ FORGET_BATCH = 25
 WRITE_PAUSE_S = 0.05
 
 
-def stale_cap(settings: Settings, tasks: int) -> int:
-    """Replaced-ranking predictions that may wait for a quiet spell while people label."""
-    return max(STALE_CAP_K * settings.sync_top_k, int(STALE_CAP_SHARE * tasks))
-
-
-def priorities(n: int) -> np.ndarray:
-    """Queue position -> a score in (0, 1): Label Studio serves the lowest first and
-    silently drops scores outside [0, 1]."""
-    return (np.arange(n, dtype=np.float64) + 1.0) / (n + 1.0)
-
-
-@dataclass
-class Ranking:
-    """A ranking version pushed to Label Studio, kept in the store until its predictions
-    are gone from Label Studio (recorded before its import, so a crash mid-push leaks none)."""
-
-    version: str
-    tasks: list[int]  # in queue order
-    pushed: float
-    stale_since: float | None = None  # when another ranking replaced it
-    deleted: list[int] = field(default_factory=list)  # tasks whose prediction is gone
-    ids: list[int] = field(default_factory=list)  # prediction ids by task, when pushed one by one
-    # What the admin's queue panel shows, by task: why it is there (core.ranking.REASONS),
-    # the pre-annotation pushed and the uncertainty it was ranked by.
-    reasons: list[str] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-    uncertainty: list[float] = field(default_factory=list)
-
-    def deletable(self, touched: set[int], served: set[int], margin: int, now: float) -> list[int]:
-        """Tasks whose prediction of this ranking no editor can still hold: annotators took
-        tasks front to back, so past the last one labeled or skipped while this ranking
-        served (``served``) at most ``margin`` are open; untouched ones before it may be open
-        too (left unsaved). Tasks labeled under later rankings (``touched``) are not open."""
-        gone = set(self.deleted)
-        left = [t for t in self.tasks if t not in gone]
-        if self.stale_since is not None and now - self.stale_since > HOLD_S:
-            return left
-        reached = max((i + 1 for i, t in enumerate(self.tasks) if t in served), default=0)
-        maybe_open = {t for t in self.tasks[: reached + margin] if t not in touched}
-        return [t for t in left if t not in maybe_open]
-
-
-@dataclass
-class QueueState:
-    """What Label Studio's queue holds, as the project's store remembers it."""
-
-    rankings: list[Ranking] = field(default_factory=list)  # the last one serves
-    label_seq: int = 0  # last label event counted at the last push
-    forced_seq: int = 0  # last explicit request served
-    pushes: int = 0
-    complete: bool = True  # every readable task was ranked at the last push
-    baseline: dict[str, int] | None = None  # mirror and Label Studio counts at the last full read
-
-    KEY = "queue"
-
-    @classmethod
-    def load(cls, store: AnnotationStore) -> QueueState:
-        raw = store.meta(cls.KEY)
-        if raw is None:
-            return cls()
-        data = json.loads(raw)
-        data["rankings"] = [Ranking(**r) for r in data.get("rankings", [])]
-        return cls(**data)
-
-    def save(self, store: AnnotationStore) -> None:
-        store.set_meta(self.KEY, json.dumps(asdict(self)))
-
-    @property
-    def serving(self) -> Ranking | None:
-        return self.rankings[-1] if self.rankings else None
-
-    def backlog(self, store: AnnotationStore) -> int:
-        """Predictions of replaced rankings that may be deleted now (not those an annotator
-        may still have open: they wait for Label Studio's task lock, and must not hold up
-        pushes meanwhile)."""
-        return sum(len(doomed) for _, doomed in self.deletable(store))
-
-    def deletable(self, store: AnnotationStore) -> list[tuple[Ranking, list[int]]]:
-        """Each replaced ranking with the tasks whose prediction of it may be deleted now."""
-        now = time.time()
-        touched = store.touched_tasks()
-        margin = OPEN_PER_ANNOTATOR * max(1, store.annotators_since(now - ACTIVE_S))
-        work = []
-        for ranking in self.rankings[:-1]:
-            if ranking.stale_since is None:
-                continue
-            served = store.touched_between(ranking.pushed, ranking.stale_since + SAVE_GRACE_S)
-            work.append((ranking, ranking.deletable(touched, served, margin, now)))
-        return work
-
-
 class TaskPool:
     """A project's tasks as ranking sees them, kept in memory between syncs: ids (ascending),
     texts and embeddings. A refresh reads from the mirror and embeds only tasks it lacks."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
-        self.config: ClassificationConfig | None = None
+        self.config: LabelConfig | None = None
+        self.created: int | None = None  # whose tasks these are (``AnnotationStore.meet``)
         self._clear()
 
     def _clear(self) -> None:
@@ -210,16 +120,23 @@ class TaskPool:
     def refresh(
         self,
         store: AnnotationStore,
-        config: ClassificationConfig,
+        config: LabelConfig,
         encoder: Encoder,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
+        deadline: float | None = None,
+        urgent: bool = False,
     ) -> tuple[NDArray[np.bool_], int]:
         """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
-        tasks are still waiting to be embedded (more than ``budget`` were new)."""
-        if config != self.config:  # another text field: every text may differ
+        tasks are still waiting to be embedded: more than ``budget`` were new, or embedding
+        stopped at ``deadline`` (``time.monotonic()``; after one block at least). ``urgent``
+        embedding is not paced (``_embed_paced``)."""
+        created = (store.label_studio() or {}).get("created")
+        # Another text field, or another Label Studio's project (task ids reused): every text
+        # may differ.
+        if config != self.config or created != self.created:
             self._clear()
-            self.config = config
+            self.config, self.created = config, created
         all_ids, labeled = store.task_states()
         keep = np.isin(self.ids, all_ids, assume_unique=True)
         if not keep.all():
@@ -227,10 +144,9 @@ class TaskPool:
             self.texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
         new = np.setdiff1d(all_ids, self.ids, assume_unique=True)
         new = new[~np.isin(new, list(self.unreadable))] if self.unreadable else new
-        waiting = 0
-        if len(new) > budget:  # a uniform sample, so a partial pool ranks fairly
-            waiting = len(new) - budget
-            new = np.sort((rng or np.random.default_rng()).choice(new, budget, replace=False))
+        waiting = len(new)
+        # A uniform sample in random order: a partial pool, whatever stops it, ranks fairly.
+        new = (rng or np.random.default_rng()).permutation(new)[:budget]
         data = store.task_data(new.tolist())
         ids, texts = [], []
         for task_id in new.tolist():
@@ -238,29 +154,47 @@ class TaskPool:
                 texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
             except TaskError:
                 self.unreadable.add(task_id)
+                waiting -= 1
                 continue
             ids.append(task_id)
         if ids:
-            vectors = _embed_paced(texts, encoder, store)
-            self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+            vectors = _embed_paced(texts, encoder, store, deadline, urgent)
+            done = len(vectors)
+            waiting -= done
+            self.ids = np.concatenate([self.ids, np.asarray(ids[:done], dtype=np.int64)])
             self.embeddings = np.concatenate([self.embeddings, vectors])
-            self.texts += texts
+            self.texts += texts[:done]
             order = np.argsort(self.ids, kind="stable")
             self.ids, self.embeddings = self.ids[order], self.embeddings[order]
             self.texts = [self.texts[i] for i in order]
         return labeled[np.searchsorted(all_ids, self.ids)], waiting
 
 
-def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> Embeddings:
-    """Embed in blocks (each cached as it is done); while people label, run a quarter of the
-    time (ACTIVE_DUTY): on a small box Label Studio needs the CPU for their saves."""
-    parts = []
+def labeling(store: AnnotationStore) -> bool:
+    """Someone labeled or skipped a task in the last ACTIVE_PACE_S."""
+    return time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S
+
+
+def _embed_paced(
+    texts: list[str],
+    encoder: Encoder,
+    store: AnnotationStore,
+    deadline: float | None = None,
+    urgent: bool = False,
+) -> Embeddings:
+    """Embed the first texts in blocks (each cached as it is done) until ``deadline``; while
+    people label, and unless ``urgent``, run ACTIVE_DUTY of the time: on a small box Label
+    Studio needs the CPU for their saves. Returns the embeddings of ``texts[:n]``, n >= one
+    block."""
+    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
     for start in tqdm(
         range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
     ):
+        if deadline is not None and start and time.monotonic() > deadline:
+            break
         began = time.monotonic()
         parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
-        if time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S:
+        if not urgent and labeling(store):
             time.sleep((time.monotonic() - began) * (1 / ACTIVE_DUTY - 1))
     return np.concatenate(parts)
 
@@ -274,77 +208,96 @@ class Front:
     model_version: str
     reasons: list[str] = field(default_factory=list)  # why each task is there
     uncertainty: list[float] = field(default_factory=list)  # what it was ranked by
+    labels: list[str] = field(default_factory=list)  # each pre-annotation, in a few words
 
     @property
-    def kind(self) -> str:
-        return model_kind(self.model_version)
+    def kind(self) -> ModelKind | None:
+        return ModelKind.of(self.model_version)
 
 
-def model_kind(version: str) -> str:
-    """``prototype``, ``head`` or ``lora``: from a model version (``v0007-head``) or a ranking
-    version that names one (``rank-v0007-head-<time>-<n>``)."""
-    match = re.search(r"v\d{4,}-([a-z]+)", version)
-    return match.group(1) if match else ""
+@dataclass
+class SyncTarget:
+    """What a sync of one project works with, handed in (``jobs.sync`` builds it from the
+    project): its store, the encoder, and, read when needed (a full read may adopt a new label
+    config; a promotion may land meanwhile), its label config and serving model."""
+
+    key: str
+    store: AnnotationStore
+    encoder: Encoder
+    config: Callable[[], LabelConfig]
+    model: Callable[[], Model]
+    #: Adopt a label config read from Label Studio (the project's /setup).
+    adopt_config: Callable[[str], object]
+
+    @property
+    def project_id(self) -> int:
+        return int(self.key)
 
 
 def rank_front(
-    project: Project, pool: TaskPool, labeled: NDArray[np.bool_], settings: Settings
+    model: Model,
+    config: LabelConfig,
+    pool: TaskPool,
+    labeled: NDArray[np.bool_],
+    settings: Settings,
 ) -> Front:
-    """Score the pool's unlabeled tasks with the serving model and rank them; predictions
-    are built for the front only."""
-    model = project.model()  # one model for the whole ranking, even if a promotion lands
+    """Score the pool's unlabeled tasks with ``model`` and rank them; predictions are built
+    for the front only."""
     unlabeled = np.flatnonzero(~labeled)
     if len(unlabeled) == 0:
         return Front([], [], model.version)
+    task = task_of(config.kind)
     candidates = unlabeled
     if model.lora is not None and len(unlabeled) > ADAPTER_CANDIDATES:
-        base = model.head.predict_proba(pool.embeddings[unlabeled])
-        doubt = uncertainty.scores(base, "margin", model.space.multi_label)
-        most = np.argsort(-doubt, kind="stable")[:ADAPTER_CANDIDATES]
+        base = _score_in_chunks(task, model.without_adapter(), pool, unlabeled, settings)
+        most = np.argsort(-base.uncertainty, kind="stable")[:ADAPTER_CANDIDATES]
         candidates = np.sort(unlabeled[most])
     rows = np.concatenate([candidates, np.flatnonzero(labeled)])
-    scored = _score_in_chunks(project, model, pool, candidates)
-    probs = np.zeros((len(rows), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
-    probs[: len(candidates)] = scored.probs
+    scored = _score_in_chunks(task, model, pool, candidates, settings)
+    probs = None
+    if scored.probs is not None and model.kind is not ModelKind.PROTOTYPE:
+        probs = np.zeros((len(rows), *scored.probs.shape[1:]), dtype=scored.probs.dtype)
+        probs[: len(candidates)] = scored.probs
     scores = np.zeros(len(rows))
     scores[: len(candidates)] = scored.uncertainty
     ranked = rank_pool_explained(
         settings.strategy,
-        probs if model.kind != "prototype" else None,
+        probs,
         pool.embeddings[rows],
         np.arange(len(candidates), len(rows), dtype=np.int64),
-        multi_label=model.space.multi_label,
+        multi_label=scored.multi_label,
         scores=scores,
     )
     order = ranked.order[: settings.sync_top_k]
+    results = predictions(config, scored, order.tolist())
     return Front(
         tasks=pool.ids[rows[order]].tolist(),
-        results=project.results(scored, order.tolist()),
+        results=results,
         model_version=model.version,
         reasons=ranked.reasons[: settings.sync_top_k].tolist(),
         uncertainty=[round(float(u), 6) for u in scores[order]],
+        labels=[summary(config, r) for r in results],
     )
 
 
 def _score_in_chunks(
-    project: Project, model: ModelVersion, pool: TaskPool, rows: NDArray[np.int64]
+    task: Task, model: Model, pool: TaskPool, rows: NDArray[np.int64], settings: Settings
 ) -> Scored:
     """``model`` over ``rows`` of the pool; an adapter goes in chunks, so a live prediction
     waiting for it gets in between."""
     step = len(rows) if model.lora is None else 64
-    parts = [
-        project.score(
-            [pool.texts[i] for i in rows[start : start + step]],
-            pool.embeddings[rows[start : start + step]],
-            model=model,
-        )
-        for start in range(0, len(rows), step)
-    ]
-    whole = parts[0]
-    if len(parts) > 1:
-        whole.probs = np.concatenate([p.probs for p in parts])
-        whole.figures = {k: np.concatenate([p.figures[k] for p in parts]) for k in whole.figures}
-    return whole
+    return joined(
+        [
+            task.score(
+                model,
+                [pool.texts[i] for i in rows[start : start + step]],
+                pool.embeddings[rows[start : start + step]],
+                mc_samples=settings.mc_samples,
+                star_decay=settings.star_lambda_decay,
+            )
+            for start in range(0, len(rows), step)
+        ]
+    )
 
 
 class Syncer:
@@ -356,13 +309,15 @@ class Syncer:
         self.pools: dict[str, TaskPool] = {}
 
     def __call__(
-        self, project: Project, progress: Progress | None = None, *, force: bool = False
+        self, target: SyncTarget, progress: Progress | None = None, *, force: bool = False
     ) -> dict[str, Any]:
         """Re-rank; push when ``force`` or a request asked for it, or ``core.requeue`` says so."""
         report = progress or (lambda _fraction, _stage: None)
-        store, settings = project.store, self.settings
-        self._secure_webhooks(project)
+        store, settings = target.store, self.settings
+        forced_seq = store.lane_forced(SYNC)
         state = QueueState.load(store)
+        # An admin's request looks at the webhook too; basic auth needs it before any label.
+        look_again = self._check_webhooks(target, force=forced_seq > state.forced_seq)
         serving = state.serving
         if serving is not None:  # rate limit: what arrives meanwhile coalesces into this run
             rest = serving.pushed + settings.sync_min_interval_s - time.time()
@@ -380,20 +335,36 @@ class Syncer:
             report(fraction, stage)
 
         # Read every input before deciding: requests that came in while waiting are served now.
-        forced_seq = int(store.meta("sync_forced") or 0)
+        forced_seq = store.lane_forced(SYNC)
         label_seq = store.last_seq(LABEL_ACTIONS)
-        project_id = int(project.key)
-        if state.baseline is None:
+        project_id = target.project_id
+        just_read = state.baseline is None
+        if just_read:
             report(0.0, "reading every task from Label Studio")
-            state.baseline = self._full_read(project)
+            state.baseline = self._full_read(target)
             lap("read", 0.3)
-        pool = self.pools.setdefault(project.key, TaskPool(project.backend.encoder.dim))
-        labeled, waiting = pool.refresh(store, project.config(), project.backend.encoder)
-        lap("embed", 0.5)
-        front = rank_front(project, pool, labeled, settings)
+        pool = self.pools.setdefault(target.key, TaskPool(target.encoder.dim))
+
+        def rank() -> tuple[NDArray[np.bool_], int, Front]:
+            config = target.config()
+            now, first = time.monotonic(), serving is None
+            if first:  # no ranking in the queue yet: one within seconds, on a first sample
+                deadline: float | None = now + FIRST_EMBED_S
+            else:  # grow the sample; while people label, in slices
+                deadline = now + GROWTH_SLICE_S if labeling(store) else None
+            labeled, waiting = pool.refresh(
+                store, config, target.encoder, EMBED_PER_RUN, deadline=deadline, urgent=first
+            )
+            lap("embed", 0.5)
+            # One model for the whole ranking, even if a promotion lands meanwhile.
+            return labeled, waiting, rank_front(target.model(), config, pool, labeled, settings)
+
+        labeled, waiting, front = rank()
         lap("rank", 0.6)
 
-        cap = stale_cap(settings, len(pool.ids))
+        # The project's size, not the ranked sample's: what Label Studio's writes cost.
+        project_tasks = store.mirror_counts()[0]
+        cap = stale_cap(settings.sync_top_k, project_tasks)
         held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
@@ -404,22 +375,23 @@ class Syncer:
             new_labels=store.count_events(LABEL_ACTIONS, after=state.label_seq),
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
-            pool_grew=not state.complete,
+            pool_grew=not state.complete
+            and (waiting == 0 or len(pool.ids) >= GROWTH_PUSH * state.ranked),
             backlog_full=held_back,
-            new_kind=serving is not None and model_kind(serving.version) != front.kind,
+            new_kind=serving is not None and ModelKind.of(serving.version) != front.kind,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
-            if not self._consistent(project_id, store, state.baseline):
+            # Right after a full read the mirror is Label Studio's: the first push goes at once.
+            if not just_read and not self._consistent(project_id, store, state.baseline):
                 report(0.6, "healing the task mirror: reading every task from Label Studio")
-                state.baseline = self._full_read(project)
-                labeled, waiting = pool.refresh(store, project.config(), project.backend.encoder)
-                front = rank_front(project, pool, labeled, settings)
+                state.baseline = self._full_read(target)
+                labeled, waiting, front = rank()
                 outcome["healed"] = True
                 lap("heal", 0.7)
-            version = self._push(project_id, state, front, store, len(pool.ids))
+            version = self._push(project_id, state, front, store, project_tasks)
             state.label_seq, state.forced_seq = label_seq, forced_seq
-            state.complete = waiting == 0
+            state.complete, state.ranked = waiting == 0, len(pool.ids)
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
@@ -428,7 +400,10 @@ class Syncer:
         # The rest of a large import or of the old predictions, or a push the backlog held
         # back that may go now: the next run looks again.
         if waiting or more or (reason is None and held_back and state.backlog(store) <= cap):
-            store.set_meta("sync_wanted", str(time.time_ns()))
+            store.want_lane(SYNC)
+        if look_again is not None:  # the first connect: the webhook has had time to appear
+            time.sleep(max(0.0, look_again - time.time()))
+            self._check_webhooks(target, force=True)
         outcome.update(
             reason=reason or "queue unchanged",
             tasks=len(pool.ids),
@@ -446,40 +421,69 @@ class Syncer:
         )
         return outcome
 
-    def _secure_webhooks(self, project: Project) -> None:
-        """With basic auth on, the project's webhooks must carry it, or every event gets 401
-        and nothing trains: checked at most every WEBHOOK_CHECK_S (a reconnect makes a new one)."""
-        if not self.settings.auth_enabled or not webhook_check_due(project.store):
-            return
-        assert self.settings.basic_auth_user and self.settings.basic_auth_pass
-        credentials = f"{self.settings.basic_auth_user}:"
-        credentials += self.settings.basic_auth_pass.get_secret_value()
-        header = "Basic " + base64.b64encode(credentials.encode()).decode()
-        project.store.set_meta("webhooks_checked", str(time.time()))
-        try:
-            changed = self.client.secure_webhooks(int(project.key), {"Authorization": header})
-        except LabelStudioError as exc:  # ranking goes on; the next check tries again
-            log.error("project %s: could not give its webhooks basic auth: %s", project.key, exc)
-            return
-        if changed:
-            log.info("project %s: basic auth added to %d webhook(s)", project.key, changed)
+    def _check_webhooks(self, target: SyncTarget, *, force: bool = False) -> float | None:
+        """Find the project's webhook for the URL Label Studio connected this backend by: give
+        it our auth header where /webhook needs one (that webhook only: the other backends'
+        webhooks must not get our credentials), and record, log and show what is wrong with
+        it (none at all, switched off). Runs when a URL is new, every WEBHOOK_CHECK_S, or when
+        ``force``d. Returns when to look again if Label Studio may still be creating it."""
+        store = target.store
+        urls = store.setup_urls()
+        if not urls or not (force or webhook_check_due(store)):
+            return None
+        store.set_webhooks_checked(time.time())
+        settings = self.settings
+        basic = None
+        if settings.basic_auth_user and settings.basic_auth_pass:
+            basic = (settings.basic_auth_user, settings.basic_auth_pass.get_secret_value())
+        token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+        header = webhooks.auth_header(basic, token)
+        # Label Studio makes the webhook just after its first /setup: not missing yet.
+        settles = max(urls.values()) + WEBHOOK_GRACE_S
+        while True:
+            try:
+                found = webhooks.check(
+                    self.client.ml_backends(target.project_id),
+                    self.client.webhooks(target.project_id),
+                    urls,
+                    header,
+                )
+                for hook_id, headers in found.patches:
+                    self.client.set_webhook_headers(hook_id, headers)
+            except LabelStudioError as exc:  # ranking goes on; the next check tries again
+                log.error("project %s: could not check its webhook: %s", target.key, exc)
+                return None
+            if found.patches:
+                log.info("project %s: auth header given to its webhook", target.key)
+            if not found.missing or time.time() >= settles:
+                break
+            if header is None:  # nothing to give it: look again after the push
+                return settles
+            time.sleep(WEBHOOK_POLL_S)  # the first labels will need our header on it
+        if found.problem != store.webhook_problem():
+            if found.problem:
+                log.warning("project %s: %s", target.key, found.problem)
+            else:
+                log.info("project %s: its webhook in Label Studio is in order again", target.key)
+            store.set_webhook_problem(found.problem)
+        return None
 
     # --- Label Studio, read --------------------------------------------------------------------
 
-    def _full_read(self, project: Project) -> dict[str, int]:
+    def _full_read(self, target: SyncTarget) -> dict[str, int]:
         """Fill the mirror from every task in Label Studio; returns the counts to compare
         later ones with (each side's own, so a counter that counts differently is no alarm)."""
-        project_id = int(project.key)
+        project_id = target.project_id
         label_config = self.client.get_project(project_id).get("label_config")
         if label_config:
-            project.setup(label_config)
-        read = project.store.replace_tasks(
+            target.adopt_config(label_config)
+        read = target.store.replace_tasks(
             (task["id"], task["data"], bool(task["annotations"]))
             for task in self.client.iter_tasks(project_id)
         )
         counts = self.client.counts(project_id)
         log.info("project %s: read %d tasks from Label Studio into the mirror", project_id, read)
-        return _baseline(project.store, counts)
+        return _baseline(target.store, counts)
 
     def _consistent(self, project_id: int, store: AnnotationStore, base: dict[str, int]) -> bool:
         """A missed webhook shows as Label Studio's counters moving unlike the mirror's. A
@@ -517,17 +521,13 @@ class Syncer:
         now = time.time()
         for ranking in state.rankings:
             ranking.stale_since = ranking.stale_since or now
-        labels = [
-            ", ".join(r["result"][0]["value"]["choices"]) if r["result"] else ""
-            for r in front.results
-        ]
         state.rankings.append(
             Ranking(
                 version,
                 front.tasks,
                 now,
                 reasons=front.reasons,
-                labels=labels,
+                labels=front.labels,
                 uncertainty=front.uncertainty,
             )
         )
@@ -583,12 +583,12 @@ class Syncer:
         if not backlog:
             return 0, False
         busy = backlog > cap
-        seen, wanted = store.last_seq(actions), store.meta("sync_wanted")
+        seen, wanted = store.last_seq(actions), store.lane_wanted(SYNC)
 
         def interrupted() -> bool:
             """A label came (labeling goes on: its runs come back here) or a new ranking is
             wanted (a promotion): the queue goes first."""
-            return store.last_seq(actions) != seen or store.meta("sync_wanted") != wanted
+            return store.last_seq(actions) != seen or store.lane_wanted(SYNC) != wanted
 
         quiet_at = store.last_received(actions) + self.settings.sync_quiet_s
         if not busy and time.time() < quiet_at:
@@ -641,8 +641,15 @@ class Syncer:
             state.save(store)
 
 
-def webhook_check_due(store: AnnotationStore) -> bool:
-    return time.time() - float(store.meta("webhooks_checked") or 0) > WEBHOOK_CHECK_S
+def webhook_check_due(store: AnnotationStore, periodic: bool = True) -> bool:
+    """Whether the project's webhook should be looked at: /setup came by a URL not looked at
+    yet, or (``periodic``) the last look is WEBHOOK_CHECK_S old (a reconnect makes a new
+    webhook, which needs our auth header)."""
+    urls = store.setup_urls()
+    if not urls:
+        return False
+    checked = store.webhooks_checked()
+    return max(urls.values()) > checked or (periodic and time.time() - checked > WEBHOOK_CHECK_S)
 
 
 def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
+from fakes import DictCache
 
-from ls_backend.core.embeddings import EmbeddingCache, Encoder, text_key
+from ls_backend.core.embeddings import Encoder, text_key
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+def encoder():
+    return Encoder(cache=DictCache())
 
 
 def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
@@ -27,15 +28,13 @@ def test_a_text_is_embedded_once_per_model(encoder, monkeypatch):
     assert np.array_equal(first[0], first[2])
 
 
-def test_cache_survives_a_restart_and_is_per_model(encoder, tmp_path):
-    path = encoder.cache.database.path
-    again = Encoder(cache=path)
-    vector = encoder.encode(["persisted text"])[0]
-    assert np.array_equal(
-        again.cache.get_many([text_key("persisted text")])[text_key("persisted text")], vector
-    )
-    other = EmbeddingCache(path, "another-model")
-    assert other.get_many([text_key("persisted text")]) == {}
+def test_the_cache_is_keyed_by_model_runtime_and_length(encoder):
+    vector = encoder.encode(["cached text"])[0]
+    key = text_key("cached text")
+    assert np.array_equal(encoder.cache.get_many(encoder.cache_key, [key])[key], vector)
+    assert encoder.cache.get_many("another-model", [key]) == {}
+    shorter = Encoder(cache=encoder.cache, max_length=16)
+    assert shorter.cache_key != encoder.cache_key  # other vectors: never mixed
 
 
 def test_embeddings_are_normalised_and_meaningful(encoder):

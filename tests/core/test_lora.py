@@ -21,9 +21,10 @@ from transformers import (
     MPNetConfig,
 )
 
+from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.labels import LabelSpace
-from ls_backend.core.lora import LoraClassifier, LoraTrainConfig, find_target_modules
+from ls_backend.core.lora import LoraClassifier, find_target_modules
 
 TREC = Path(__file__).resolve().parents[3] / "shared" / "data" / "trec"
 SPACE = LabelSpace(("positive", "negative"))

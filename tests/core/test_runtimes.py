@@ -4,10 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from fakes import DictCache
 
 from ls_backend.core import runtimes
 from ls_backend.core.embeddings import Encoder, text_key
-from ls_backend.settings import Settings
 
 TEXTS = [
     "What is the capital of France ?",
@@ -51,10 +51,10 @@ def test_the_export_is_made_once_and_reused(export_dir, monkeypatch):
     assert Encoder(runtime="onnx", export_dir=export_dir).encode(["reused"]).shape == (1, 384)
 
 
-def test_vectors_of_two_runtimes_never_share_a_cache_entry(export_dir, tmp_path):
-    cache = tmp_path / "embeddings.sqlite"
+def test_vectors_of_two_runtimes_never_share_a_cache_entry(export_dir):
+    cache = DictCache()
     planted = np.zeros(384, dtype=np.float32)
-    Encoder(cache=cache).cache.put_many({text_key("one text"): planted})
+    cache.put_many(Encoder().cache_key, {text_key("one text"): planted})
     openvino = Encoder(cache=cache, runtime="openvino", export_dir=export_dir)
     assert openvino.runtime.variant in {"openvino-bf16", "openvino-f32"}
     vector = openvino.encode(["one text"])[0]
@@ -70,7 +70,37 @@ def test_a_missing_package_is_named_at_start(runtime, package, monkeypatch, expo
         Encoder(runtime=runtime, export_dir=export_dir)
 
 
-def test_auto_picks_openvino_on_a_cpu_and_keeps_torch_on_cuda():
-    assert Settings(device="cpu").resolved_embedding_backend() == "openvino"
-    assert Settings(device="cuda").resolved_embedding_backend() == "torch"
-    assert Settings(device="cuda", embedding_backend="onnx").resolved_embedding_backend() == "onnx"
+def test_a_changed_model_or_max_length_gets_its_own_export(tmp_path, monkeypatch):
+    """The export is keyed by the model's files and MAX_LENGTH, not by its path: a model
+    replaced at the same path, or another MAX_LENGTH, must not reuse a stale export."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from ls_backend.core.embeddings import resolve_model_path
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(Path(resolve_model_path("embedded")) / "tokenizer.json", model)
+    (model / "model.safetensors").write_bytes(b"weights one")
+    made = []
+
+    def export(path, folder, max_length):
+        made.append((path, max_length))
+        shutil.copy(Path(path) / "tokenizer.json", folder)
+        meta = {"inputs": ["input_ids"], "dim": 4, "pad_id": 0, "pad_token": "[PAD]"}
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    monkeypatch.setattr(runtimes, "export_onnx", export)
+
+    def folder(max_length=128):
+        return runtimes.Exported(str(model), max_length, 8, tmp_path / "onnx", "onnx").folder
+
+    first = folder()
+    assert folder() == first and len(made) == 1  # same files, same length: reused
+    (model / "model.safetensors").write_bytes(b"weights two")  # new weights, same size
+    runtimes._digest.cache_clear()  # as in the next process (a file's stamp may not move)
+    second = folder()
+    assert second != first and len(made) == 2
+    assert folder(256) not in {first, second} and made[-1] == (str(model), 256)
+    assert folder() == second and len(made) == 3

@@ -1,17 +1,19 @@
 import pytest
 from fastapi.testclient import TestClient
 
+from ls_backend.jobs import start_scheduler
+from ls_backend.projects import Projects
 from ls_backend.server.app import create_app
-from ls_backend.service import Backend
 from ls_backend.settings import Settings
-from ls_backend.worker import Worker
 
 
 @pytest.fixture(scope="session")
 def encoder(tmp_path_factory):
     from ls_backend.core.embeddings import Encoder
+    from ls_backend.store.databases import Databases
 
-    return Encoder(cache=tmp_path_factory.mktemp("cache") / "embeddings.sqlite")
+    path = tmp_path_factory.mktemp("cache") / "embeddings.sqlite"
+    return Encoder(cache=Databases.embedding_cache_at(path))
 
 
 @pytest.fixture
@@ -26,9 +28,8 @@ def make_client(tmp_path, encoder):
             train_debounce_s=0.05,
             **overrides,
         )
-        backend = Backend(settings, encoder=encoder)
-        Worker(backend)
-        client = TestClient(create_app(settings, backend))
+        projects = Projects(settings, encoder=encoder)
+        client = TestClient(create_app(settings, projects, start_scheduler(projects)))
         client.__enter__()
         clients.append(client)
         return client

@@ -4,8 +4,8 @@ import schemathesis
 from fakes import HashEncoder
 from hypothesis import HealthCheck, settings
 
+from ls_backend.projects import Projects
 from ls_backend.server.app import create_app
-from ls_backend.service import Backend
 from ls_backend.settings import Settings
 
 
@@ -14,7 +14,7 @@ def make_app():
     from pathlib import Path
 
     config = Settings(model_dir=Path(tempfile.mkdtemp()) / "models", lora_enabled=False)
-    return create_app(config, Backend(config, encoder=HashEncoder()))
+    return create_app(config, Projects(config, encoder=HashEncoder()))
 
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", make_app())

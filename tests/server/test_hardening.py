@@ -8,7 +8,7 @@ import time
 import pytest
 from test_api import CONFIG, annotate, predict
 
-from ls_backend.service import Project
+from ls_backend.projects import Project
 
 
 def setup(client, project="7.1700000000", config=CONFIG):

@@ -1,0 +1,104 @@
+"""Scored items -> predictions in Label Studio's format, per task kind (``FORMATS``): the
+pre-annotation, its confidence as ``score``, the model version, and the figures inside the
+result item (where Label Studio keeps extra keys; a prediction-level ``meta`` is dropped)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ls_backend.core.model import decided_labels
+from ls_backend.core.tasks import Scored, TaskKind
+from ls_backend.labelstudio.config import LabelConfig
+
+#: Labels whose probability and figures a prediction reports (the most probable ones); with
+#: more, ``labels_cut`` says how many there are.
+REPORTED_LABELS = 20
+
+Prediction = dict[str, Any]
+
+
+class Format(Protocol):
+    def predictions(
+        self, config: LabelConfig, scored: Scored, rows: NDArray[np.int64]
+    ) -> list[Prediction]: ...
+
+    def summary(self, prediction: Prediction) -> str:
+        """The pre-annotation in a few words (the admin's queue panel)."""
+        ...
+
+
+class ChoicesFormat:
+    """``choices`` results with the label probabilities and uncertainty figures."""
+
+    def predictions(
+        self, config: LabelConfig, scored: Scored, rows: NDArray[np.int64]
+    ) -> list[Prediction]:
+        space = scored.model.space
+        probs = scored.predictions[rows]
+        names, confidence = decided_labels(space, probs)
+        mean = probs.mean(axis=2)
+        cut = len(space.labels) > REPORTED_LABELS
+
+        def per_label(
+            values: NDArray[np.float64] | NDArray[np.float32], shown: NDArray[np.int64]
+        ) -> dict[str, float]:
+            return {space.labels[j]: round(float(values[j]), 6) for j in shown}
+
+        results = []
+        for i, (row, chosen) in enumerate(zip(rows, names, strict=True)):
+            # Thousands of labels: figures for the most probable REPORTED_LABELS only.
+            shown = np.argsort(-mean[i], kind="stable")[:REPORTED_LABELS]
+            figures = {
+                name: per_label(values[row], shown)
+                if values.ndim == 2
+                else round(float(values[row]), 6)
+                for name, values in scored.figures.items()
+            }
+            score = round(float(confidence[i]), 6)
+            extra: dict[str, Any] = {"labels_cut": len(space.labels)} if cut else {}
+            # Multi-label with no label above 0.5: an empty pre-annotation, not a wrong one.
+            result = (
+                [
+                    config.result_item(
+                        chosen,
+                        score=score,
+                        uncertainty=figures,
+                        probabilities=per_label(mean[i], shown),
+                        **extra,
+                    )
+                ]
+                if chosen
+                else []
+            )
+            results.append(
+                {"result": result, "score": score, "model_version": scored.model.version}
+            )
+        return results
+
+    def summary(self, prediction: Prediction) -> str:
+        result = prediction["result"]
+        return ", ".join(result[0]["value"]["choices"]) if result else ""
+
+
+FORMATS: dict[TaskKind, Format] = {TaskKind.CLASSIFICATION: ChoicesFormat()}
+
+
+def predictions(
+    config: LabelConfig, scored: Scored, rows: Sequence[int] | None = None
+) -> list[Prediction]:
+    """Label Studio predictions for ``rows`` of ``scored`` (all of them by default)."""
+    picked = np.arange(len(scored)) if rows is None else np.asarray(rows, dtype=np.int64)
+    return FORMATS[config.kind].predictions(config, scored, picked)
+
+
+def summary(config: LabelConfig, prediction: Prediction) -> str:
+    return FORMATS[config.kind].summary(prediction)
+
+
+def empty(model_version: str) -> Prediction:
+    """For a task without usable text: Label Studio drops a whole batch whose length is off."""
+    return {"result": [], "score": 0.0, "model_version": model_version}

@@ -1,0 +1,288 @@
+"""A project's report: what the admin's dashboard, ``GET /projects/{id}/report`` and
+``ls-backend report`` show. Gathers the project's versions, labels, task mirror and queue,
+and hands the maths to ``core.report``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ls_backend.core import report as core
+from ls_backend.core.kinds import ModelKind
+from ls_backend.core.labels import LabelSpace
+from ls_backend.core.model import ModelVersion
+from ls_backend.labelstudio.config import TaskError
+from ls_backend.labelstudio.queue import QueueState
+from ls_backend.projects import Project
+
+#: Tasks of the mirror the stopping signal compares successive models on (B&V used a few
+#: thousand): chosen by a hash of the task id, so the set stays put as tasks come and go.
+STOP_SET = 2000
+#: Successive head versions the stopping signal covers (each is one small matrix product).
+STOP_VERSIONS = 200
+#: Tasks of the queue, and suspected mislabels, the report lists; characters of text shown.
+QUEUE_SHOWN = 20
+SUSPECTS_SHOWN = 20
+TEXT_SHOWN = 200
+#: Fewest labels before annotations are judged out of fold.
+SUSPECT_MIN_LABELS = 10
+
+WHY = {
+    "uncertain": "the model is unsure of it",
+    "explore": "exploration: a typical task from a region the labels have not covered yet",
+    "near_duplicate": "moved down: nearly the same text as a task ranked above it",
+    "diversity": "diversity: far from every labeled task (no trained model yet)",
+    "random": "random order (STRATEGY=random)",
+}
+
+
+class QueueItem(BaseModel):
+    position: int = Field(description="1 = what Label Studio serves next")
+    task_id: int
+    text: str = Field(description=f"the task's text, cut to {TEXT_SHOWN} characters")
+    predicted: str = Field(description="the pre-annotation pushed with the ranking")
+    uncertainty: float | None = Field(description="what the task was ranked by (higher: less sure)")
+    reason: str = Field(description="uncertain | explore | near_duplicate | diversity | random")
+    why: str
+    url: str | None = Field(description="the task in Label Studio, when LABEL_STUDIO_URL is set")
+
+
+class SuspectItem(BaseModel):
+    task_id: int
+    annotation_id: int
+    text: str
+    given: str
+    predicted: str = Field(description="the out-of-fold model's label")
+    quality: float = Field(description="out-of-fold probability of the given label")
+    issue: bool = Field(description="cleanlab's confident learning flags it")
+    url: str | None
+
+
+class ProjectReport(BaseModel):
+    project: str
+    model_version: str | None
+    pinned: bool = Field(
+        description="a rollback pinned the serving version: new versions train but do not "
+        "serve until the pin is lifted"
+    )
+    annotations: int = Field(description="stored annotations, skips included")
+    labels: int = Field(description="usable labels (what a training round sees)")
+    tasks: int = Field(description="tasks in the mirror of Label Studio")
+    jobs: dict[str, dict[str, Any]] = Field(description="per lane, as on /status")
+    learning_curve: list[core.CurvePoint]
+    gain_per_100_labels: float | None = Field(
+        description="held-out accuracy gained per 100 labels, latest versions of one kind"
+    )
+    label_distribution: dict[str, int]
+    confusions: list[core.Confusion] = Field(description="out-of-fold: given -> predicted")
+    suspects: list[SuspectItem]
+    suspects_note: str
+    queue: list[QueueItem]
+    queue_version: str | None = Field(description="the ranking version Label Studio serves")
+    queue_note: str
+    stopping: core.StopSignal | None
+    stopping_note: str
+    label_studio_url: str | None
+    warnings: list[str] = Field(
+        default_factory=list, description="what keeps the project from learning, and the fix"
+    )
+
+
+def project_warnings(project: Project) -> list[str]:
+    """What the admin must fix for the project to learn (its webhook in Label Studio)."""
+    problem = project.store.webhook_problem()
+    return [problem] if problem else []
+
+
+def task_url(base: str | None, project: str, task_id: int) -> str | None:
+    return f"{base.rstrip('/')}/projects/{project}/data?task={task_id}" if base else None
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= TEXT_SHOWN else text[: TEXT_SHOWN - 1] + "…"
+
+
+def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectReport:
+    """Everything the dashboard shows about ``project`` (raises ConfigError before /setup)."""
+    settings = project.settings
+    base = settings.label_studio_url
+    config = project.config()
+    space, data, _skipped = project.labeled_data()
+    registry = project.registry
+    serving = registry.current()
+    pinned = registry.pinned() is not None
+    infos = [registry.info(v) for v in registry.versions()]
+    curve = core.learning_curve(infos, serving)
+
+    confusions: list[core.Confusion] = []
+    suspects: list[SuspectItem] = []
+    if space.multi_label:
+        suspects_note = "not computed for multi-label projects"
+    elif len(data) < SUSPECT_MIN_LABELS or np.unique(data.targets).size < 2:
+        suspects_note = f"needs {SUSPECT_MIN_LABELS} labels of at least 2 classes"
+    else:
+        probs = core.out_of_fold_probs(space, data.embeddings, data.targets, settings.head_c)
+        confusions = core.confusions(space, data.targets, probs)
+        found = core.suspected_mislabels(space, data.targets, probs, SUSPECTS_SHOWN)
+        suspects = [
+            SuspectItem(
+                task_id=data.strata_keys[s.index],
+                annotation_id=data.keys[s.index],
+                text=_cut(data.texts[s.index]),
+                given=s.given,
+                predicted=s.predicted,
+                quality=round(s.quality, 4),
+                issue=s.issue,
+                url=task_url(base, project.key, data.strata_keys[s.index]),
+            )
+            for s in found
+        ]
+        flagged = sum(s.issue for s in found)
+        suspects_note = (
+            f"{len(data)} labels judged by {core.OOF_FOLDS}-fold out-of-fold predictions of the "
+            f"light head; {flagged} of the {len(found)} shown flagged by confident learning"
+        )
+
+    queue, queue_version, queue_note = _queue(project, base)
+    stopping, stopping_note = _stopping(project, space, infos, config)
+    return ProjectReport(
+        project=project.key,
+        model_version=serving,
+        pinned=pinned,
+        annotations=project.store.count("annotations"),
+        labels=len(data),
+        tasks=project.store.count("tasks"),
+        jobs=jobs,
+        learning_curve=curve,
+        gain_per_100_labels=core.gain_per_100_labels(curve),
+        label_distribution=core.label_distribution(space, data.targets)
+        if len(data)
+        else dict.fromkeys(space.labels, 0),
+        confusions=confusions,
+        suspects=suspects,
+        suspects_note=suspects_note,
+        queue=queue,
+        queue_version=queue_version,
+        queue_note=queue_note,
+        stopping=stopping,
+        stopping_note=stopping_note,
+        label_studio_url=base,
+        warnings=project_warnings(project),
+    )
+
+
+def _queue(project: Project, base: str | None) -> tuple[list[QueueItem], str | None, str]:
+    """The pushed ranking's tasks nobody has labeled or skipped yet, in the order Label Studio
+    serves them (lowest score = earliest position first)."""
+    ranking = QueueState.load(project.store).serving
+    if ranking is None:
+        note = (
+            "no ranking pushed yet: Label Studio serves its own order"
+            if project.settings.sync_configured
+            else "sync is off (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY): "
+            "Label Studio serves its own order"
+        )
+        return [], None, note
+    touched = project.store.touched_tasks()
+    waiting = [i for i, t in enumerate(ranking.tasks) if t not in touched][:QUEUE_SHOWN]
+    data = project.store.task_data([ranking.tasks[i] for i in waiting])
+    config = project.config()
+    items = []
+    for i in waiting:
+        task_id = ranking.tasks[i]
+        try:
+            text = config.text_of({"id": task_id, "data": data.get(task_id, {})})
+        except TaskError:
+            text = ""
+        reason = ranking.reasons[i] if i < len(ranking.reasons) else "uncertain"
+        items.append(
+            QueueItem(
+                position=len(items) + 1,
+                task_id=task_id,
+                text=_cut(text),
+                predicted=ranking.labels[i] if i < len(ranking.labels) else "",
+                uncertainty=ranking.uncertainty[i] if i < len(ranking.uncertainty) else None,
+                reason=reason,
+                why=WHY.get(reason, reason),
+                url=task_url(base, project.key, task_id),
+            )
+        )
+    left = len(ranking.tasks) - len(touched.intersection(ranking.tasks))
+    note = (
+        f"{left} of the {len(ranking.tasks)} tasks pushed are still waiting; once they are "
+        "used up Label Studio serves the rest at random until the next push"
+    )
+    return items, ranking.version, note
+
+
+def _stop_set(project: Project, config: Any) -> list[str]:
+    ids, _labeled = project.store.task_states()
+    key = [hashlib.blake2b(str(int(t)).encode(), digest_size=8).digest() for t in ids]
+    chosen = [int(ids[i]) for i in sorted(range(len(ids)), key=key.__getitem__)[:STOP_SET]]
+    data = project.store.task_data(chosen)
+    texts = []
+    for task_id in chosen:
+        try:
+            texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
+        except TaskError:
+            continue
+    return texts
+
+
+@lru_cache(maxsize=64)
+def _load(path: Path, version: str) -> ModelVersion:
+    """A saved version (never changed once written), loaded once per process."""
+    return ModelVersion.load(path, version)
+
+
+def _stopping(
+    project: Project, space: LabelSpace, infos: list[dict[str, Any]], config: Any
+) -> tuple[core.StopSignal | None, str]:
+    """Stabilizing predictions over the light head's successive versions (refitted on every
+    label: the model whose changes follow the labels; adapters train too seldom to compare)."""
+    heads = [i for i in infos if i.get("kind") == ModelKind.HEAD][-STOP_VERSIONS:]
+    if len(heads) < 2:
+        return None, "needs at least two trained versions of the light head"
+    # Only tasks already embedded (a sync embeds them all): the report never waits for the
+    # encoder, which training and syncs keep busy.
+    rows, embeddings = project.encoder.cached(_stop_set(project, config))
+    if not rows:
+        return None, "no stop set yet: the sync has not embedded the project's tasks"
+    versions, labels, decisions = [], [], []
+    for info in heads:
+        model = _load(project.registry.path(info["version"]), info["version"])
+        if model.space != space:
+            continue  # another label config: its predictions do not compare
+        probs = model.head.predict_proba(embeddings)
+        chosen = (probs[:, :, 0] >= 0.5) if space.multi_label else probs[:, :, 0].argmax(axis=1)
+        versions.append(info["version"])
+        labels.append(int(info.get("labels", 0)))
+        decisions.append(np.asarray(chosen, dtype=np.int64))
+    if len(versions) < 2:
+        return None, "needs at least two trained versions of the light head"
+    signal = core.stabilizing_predictions(versions, labels, decisions)
+    rule = (
+        f"mean Cohen's kappa of the last {signal.window} successive light-head versions on "
+        f"{len(rows)} tasks >= {signal.threshold}"
+    )
+    if signal.mean_recent is None:
+        note = f"too early to tell: the rule ({rule}) needs {signal.window + 1} versions"
+    elif signal.stop:
+        note = (
+            f"Predictions have stabilized (kappa {signal.mean_recent:.3f}; rule: {rule}): "
+            "more labels are unlikely to change the model much. Consider stopping, or "
+            "labeling only to fix suspected mislabels."
+        )
+    else:
+        note = (
+            f"Still learning: successive versions agree at kappa {signal.mean_recent:.3f}, "
+            f"below the {signal.threshold} of the rule ({rule}). More labels still change "
+            "the model."
+        )
+    return signal, note
