@@ -146,7 +146,8 @@ class OpenVinoTokenRuntime:
         ov = require("openvino", "openvino")
         if export_dir is None:
             raise ValueError("the openvino token runtime needs a folder to keep its export in")
-        folder = export_folder(export_dir / f"tokens-layer{layer}", path)
+        # The graph takes any length (dynamic axes): the window in the name only keys it.
+        folder = export_folder(export_dir / f"tokens-layer{layer}", path, MAX_LENGTH)
         if not (folder / "meta.json").is_file():
             require("onnx", "openvino")  # torch.onnx.export writes through it
             folder.parent.mkdir(parents=True, exist_ok=True)
