@@ -23,11 +23,11 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
+from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.lora import (
     TRAIN_CONFIG_FILE,
     FitResult,
-    LoraTrainConfig,
     ProgressCallback,
     autocast_dtype,
     find_target_modules,

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ls_backend.core.embeddings import EMBEDDED_MODEL, resolve_model_path
-from ls_backend.core.registry import write_dir_atomic
+from ls_backend.core.files import write_dir_atomic
 from ls_backend.core.runtimes import export_folder, require
 from ls_backend.core.spans.alignment import (
     Index,
