@@ -530,8 +530,10 @@ def speed_command(args: argparse.Namespace) -> None:
     from transformers import AutoModel, AutoTokenizer
 
     from ls_backend.core.embeddings import resolve_model_path
-    from ls_backend.core.spans.predict import predict, span_results
+    from ls_backend.core.spans.predict import predict
     from ls_backend.core.spans.tokens import TokenEncoder, TokenVectors
+    from ls_backend.labelstudio.config import parse_config
+    from ls_backend.labelstudio.predictions import span_regions
 
     torch.set_num_threads(args.threads)
     bench = prepare(args.data, "conll2003", args.runtime, args.cache, args.pool, DEFAULT_SCHEME)
@@ -546,6 +548,11 @@ def speed_command(args: argparse.Namespace) -> None:
         ],
     }
     n_batch, n_single, batch = args.tasks, args.single, 64
+    labels = "".join(f'<Label value="{name}"/>' for name in bench.space.labels)
+    config = parse_config(
+        f'<View><Labels name="label" toName="text">{labels}</Labels>'
+        '<Text name="text" value="$text"/></View>'
+    )
     path = resolve_model_path("embedded")
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
@@ -561,7 +568,7 @@ def speed_command(args: argparse.Namespace) -> None:
         vectors: list[TokenVectors] = encoder.encode(texts)
         out = predict(head, vectors)
         for text, spans in zip(texts, out.decoded.spans, strict=True):
-            span_results(text, spans, "label", "text")
+            span_regions(config, text, spans)
 
     runners: dict[str, Any] = {"raw torch token embedding (6 layers)": raw}
     for runtime in args.runtimes.split(","):

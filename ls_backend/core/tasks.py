@@ -35,6 +35,8 @@ class NotEnoughLabels(Exception):
 class TaskKind(str, Enum):
     #: ``<Choices>`` on a text: one label, or several (``choice="multiple"``).
     CLASSIFICATION = "classification"
+    #: ``<Labels>`` on a text: spans of characters, one label each (named entities).
+    SPANS = "spans"
 
 
 class Model(Protocol):

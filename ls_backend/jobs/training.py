@@ -160,7 +160,8 @@ class TrainingLane(Lane):
             "promoted" if result.promoted else "kept",
             result.reason,
         )
-        return {**asdict(result), "labels": len(data), "skipped_annotations": skipped}
+        found = {"label_problems": project.problems} if project.problems else {}
+        return {**asdict(result), "labels": len(data), "skipped_annotations": skipped, **found}
 
     def train(
         self, project: Project, space: Any, data: LabeledData, progress: Progress

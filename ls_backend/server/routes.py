@@ -176,6 +176,9 @@ def status(request: Request) -> dict[str, Any]:
             "tasks": project.store.count("tasks"),
             "jobs": _jobs_of(request, project),
             "warnings": project_warnings(project),
+            # Regions and result items skipped in training, by kind (bad offsets, overlaps,
+            # unknown labels, relations), as the last read of the labels in this process found.
+            "label_problems": project.problems,
         }
     sync = (
         {"configured": True}

@@ -11,5 +11,6 @@
 - ``lora``: ``LoraSpanTagger``, LoRA token classification for the LoRA lane.
 - ``uncertainty``: sentence scores (``SPAN_MEASURES``), higher = less sure.
 - ``metrics``: entity-level F1, per type, and the per-sentence terms the promotion rule pairs.
-- ``predict``: the serving path after the encoder, and Label Studio's region format.
+- ``predict``: the serving path after the encoder.
+- ``task``: ``SPANS``, the task kind (``core.tasks.Task``) the server trains and serves.
 """

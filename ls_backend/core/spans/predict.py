@@ -1,19 +1,19 @@
 """From token vectors to what a span project serves: spans with scores, and uncertainty.
 
 ``predict`` is the whole serving path after the encoder (the light head, constrained
-decoding, the sentence figures); ``span_results`` writes Label Studio's region format.
+decoding, the sentence figures); Label Studio's region format lives in
+``labelstudio.predictions``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ls_backend.core.spans.alignment import Decoded, SpanScore, decode_spans
 from ls_backend.core.spans.head import SpanHead
 from ls_backend.core.spans.tokens import TokenVectors
-from ls_backend.core.spans.types import Span, TokenProbs
+from ls_backend.core.spans.types import TokenProbs
 from ls_backend.core.spans.uncertainty import Scores, span_uncertainty_figures
 
 
@@ -30,27 +30,3 @@ def predict(
     probs = head.predict_proba(vectors)
     decoded = decode_spans(probs, [v.tokens.units for v in vectors], head.space, score=score)
     return SpanPrediction(probs, decoded, span_uncertainty_figures(probs, decoded))
-
-
-def span_results(
-    text: str, spans: Sequence[Span], from_name: str, to_name: str
-) -> list[dict[str, Any]]:
-    """Label Studio ``labels`` results: one region per span, its text cut from ``text`` at
-    the span's offsets (so it always matches them), its score when it has one."""
-    results = []
-    for span in spans:
-        result: dict[str, Any] = {
-            "from_name": from_name,
-            "to_name": to_name,
-            "type": "labels",
-            "value": {
-                "start": span.start,
-                "end": span.end,
-                "text": text[span.start : span.end],
-                "labels": [span.label],
-            },
-        }
-        if span.score is not None:
-            result["score"] = span.score
-        results.append(result)
-    return results

@@ -128,20 +128,16 @@ def test_shape_features_see_what_an_uncased_encoder_cannot() -> None:
     assert shape_features("", np.zeros((0, 2), dtype=np.int64)).shape == (0, len(SHAPE_FEATURES))
 
 
-def test_predict_serves_spans_and_uncertainty_and_results_in_label_studio_format() -> None:
-    from ls_backend.core.spans.predict import predict, span_results
+def test_predict_serves_spans_and_uncertainty() -> None:
+    from ls_backend.core.spans.predict import predict
     from ls_backend.core.spans.uncertainty import SPAN_MEASURES
-    from ls_backend.core.spans.validation import check_regions
 
     vectors, spans = corpus(30)
     test_vectors, _ = corpus(5, seed=2)
     out = predict(SpanHead.fit(SPACE, vectors, spans), test_vectors)
     assert set(out.uncertainty) == set(SPAN_MEASURES)
     assert all(v.shape == (5,) for v in out.uncertainty.values())
-    text = test_vectors[0].tokens.text
-    results = span_results(text, out.decoded.spans[0], "label", "text")
-    assert results and all(r["type"] == "labels" and 0 < r["score"] <= 1 for r in results)
-    # What we send is what Label Studio sends back: it passes our own validation.
-    good, problems = check_regions(text, [r["value"] for r in results], SPACE.labels)
-    assert problems == [] and [s.key() for s in good] == [s.key() for s in out.decoded.spans[0]]
+    assert any(out.decoded.spans) and all(
+        0 < s.score <= 1 for row in out.decoded.spans for s in row if s.score is not None
+    )
     assert predict(SpanHead.empty(SPACE), test_vectors).decoded.spans == [[]] * 5
