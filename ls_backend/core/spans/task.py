@@ -65,8 +65,11 @@ class SpanItem:
 class TokenVectorSource:
     """One token encoder per process, loaded on first use, and the vectors of recent texts."""
 
-    def __init__(self, make: Callable[[], TokenEncoder] = TokenEncoder) -> None:
+    def __init__(
+        self, make: Callable[[], TokenEncoder] = TokenEncoder, capacity: int | None = VECTOR_CACHE
+    ) -> None:
         self._make = make
+        self.capacity = capacity  # texts kept (None: all, as the bench keeps its data)
         self._encoder: TokenEncoder | None = None
         self._cache: OrderedDict[str, TokenVectors] = OrderedDict()
         self._lock = threading.Lock()
@@ -86,7 +89,7 @@ class TokenVectorSource:
             with self._lock:
                 for text in missing:
                     self._cache[text] = found[text]
-                while len(self._cache) > VECTOR_CACHE:
+                while self.capacity is not None and len(self._cache) > self.capacity:
                     self._cache.popitem(last=False)
         return [found[t] for t in texts]
 
