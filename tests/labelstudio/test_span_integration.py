@@ -1,0 +1,95 @@
+"""A span project (Label Studio's NER template) end to end against a real Label Studio 1.23
+and `ls-backend serve` on loopback: span annotations through its API train a new version,
+and the pre-annotated regions come back from its API with their offsets intact."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from backend_server import BackendServer
+from fakes import wait_for
+from test_integration import api, connect, lanes_idle, predictions_of, setup_version
+
+pytestmark = pytest.mark.integration
+
+NER = """<View>
+  <Labels name="label" toName="text">
+    <Label value="PER" background="red"/>
+    <Label value="LOC" background="darkorange"/>
+  </Labels>
+  <Text name="text" value="$text"/>
+</View>"""
+PEOPLE = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Ivan", "Julia"]
+PLACES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Dublin", "Prague", "Oslo"]
+
+
+def sentence(i: int) -> tuple[str, list[tuple[int, int, str]]]:
+    person, place = PEOPLE[i % len(PEOPLE)], PLACES[(7 * i + 2) % len(PLACES)]
+    # Repeated spaces and a non-ASCII word before the place: offsets are code points.
+    text = f"{person}  flew to {place} via Zürich on day {i} ."
+    at = text.index(place)
+    return text, [(0, len(person), "PER"), (at, at + len(place), "LOC")]
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    env = {"LORA_ENABLED": "false", "EVAL_MIN_LABELS": "100"}
+    server = BackendServer(tmp_path_factory.mktemp("backend") / "models", env=env).start()
+    yield server
+    server.stop()
+
+
+def test_span_annotations_train_and_regions_come_back_with_their_offsets(label_studio, backend):
+    sdk = label_studio.client
+    project = sdk.projects.create(title="spans end to end", label_config=NER)
+    texts = [sentence(i)[0] for i in range(40)]
+    imported = sdk.projects.import_tasks(
+        id=project.id, request=[{"text": t} for t in texts], return_task_ids=True
+    )
+    task_ids = list(imported.task_ids or [])
+    connect(label_studio, project.id, backend)
+    client = api(label_studio)
+    config = client.get(f"/api/projects/{project.id}").json()["label_config"]
+    first = setup_version(backend, project.id, config)
+    assert first.endswith("-prototype")
+
+    for n, task_id in enumerate(task_ids[:12]):
+        text, spans = sentence(n)
+        result = [
+            {
+                "id": f"r{n}-{k}",
+                "from_name": "label",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
+            }
+            for k, (s, e, label) in enumerate(spans)
+        ]
+        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+        assert created.status_code == 201, created.text
+    # "No entity here" is a label too.
+    empty = client.post(f"/api/tasks/{task_ids[12]}/annotations", json={"result": []})
+    assert empty.status_code == 201, empty.text
+
+    wait_for(lambda: setup_version(backend, project.id, config).endswith("-head"))
+    wait_for(lambda: lanes_idle(backend, project.id))
+    version = setup_version(backend, project.id, config)
+    status = httpx.get(f"{backend.url}/status").json()["projects"][str(project.id)]
+    assert status["annotations"] == 13 and status["label_problems"] == {}
+    head = status["jobs"]["head"]["last_result"]
+    assert head["labels"] == 13 and "entity_f1" in head["metrics"]
+
+    # Label Studio asks for the next task's prediction with the new version: the regions it
+    # stores are ours, offsets and text intact.
+    served = client.get(f"/api/projects/{project.id}/next").json()
+    predictions = [p for p in predictions_of(client, served["id"]) if p["model_version"] == version]
+    assert predictions, predictions_of(client, served["id"])
+    text = texts[task_ids.index(served["id"])]
+    regions = predictions[0]["result"]
+    assert regions, "the head finds the entities of a sentence like those it learned"
+    for region in regions:
+        assert region["type"] == "labels" and region["from_name"] == "label"
+        value = region["value"]
+        assert text[value["start"] : value["end"]] == value["text"]
+        assert value["labels"][0] in {"PER", "LOC"} and 0 < region["score"] <= 1
+    assert 0 <= predictions[0]["score"] <= 1
