@@ -127,3 +127,17 @@ def test_bad_spans_are_stored_skipped_counted_and_never_fail_a_round(make_client
         "other_result": 1,
     }
     assert client.get("/status").json()["projects"]["9"]["annotations"] == 12
+
+
+def test_the_dashboard_shows_a_span_project(make_client):
+    client = make_client()
+    client.post("/setup", json={"project": "9.1700000000", "schema": NER})
+    for i in range(8):
+        text, spans = sentence(i)
+        client.post(
+            "/webhook", json=event(100 + i, 10 + i, text, [region(text, *s) for s in spans])
+        )
+    head_status(client)
+    for page in ("/ui", "/ui/projects/9"):
+        reply = client.get(page)
+        assert reply.status_code == 200, (page, reply.text[-2000:])
