@@ -635,7 +635,7 @@ def lora_command(args: argparse.Namespace) -> None:
     ``--test`` sentences, beside the light head on the same labels."""
     import torch
 
-    from ls_backend.core.lora import LoraTrainConfig
+    from ls_backend.core.configs import LoraTrainConfig
     from ls_backend.core.spans.lora import LoraSpanTagger
 
     torch.set_num_threads(args.threads)
