@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
+
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings
@@ -305,7 +307,10 @@ class Project:
             )  # fmt: skip
         # A big batch (Retrieve predictions) yields the encoder to live single-task requests.
         live = len(texts) <= BACKGROUND_BATCH
-        embeddings = self.encoder.encode(list(texts.values()), background=not live)
+        if task_of(config.kind).uses_embeddings:
+            embeddings = self.encoder.encode(list(texts.values()), background=not live)
+        else:
+            embeddings = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
         scored = self.score(list(texts.values()), embeddings)
         by_row = dict(zip(texts, predictions.predictions(config, scored), strict=True))
         empty = predictions.empty(scored.model.version)

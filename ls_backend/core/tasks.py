@@ -132,6 +132,9 @@ class Task(Protocol):
     kind: TaskKind
     #: The metric the paired promotion rule's per-item figures add up to (for its reason).
     metric: str
+    #: ``score`` reads the texts' sentence embeddings (else a prediction need not compute
+    #: them; the queue's diversity still does).
+    uses_embeddings: bool
 
     # --- the model family ------------------------------------------------------------------
 

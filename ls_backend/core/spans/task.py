@@ -171,6 +171,7 @@ def _gold(data: LabeledLike) -> list[list[Span]]:
 class Spans:
     kind = TaskKind.SPANS
     metric = "entity F1"
+    uses_embeddings = False  # token vectors of its own: /predict skips the sentence encoder
 
     def __init__(self, source: TokenVectorSource | None = None) -> None:
         self.source = source or TokenVectorSource()
