@@ -8,7 +8,6 @@ import httpx
 import pytest
 from backend_server import BackendServer
 from fakes import wait_for
-from test_integration import api, connect, lanes_idle, predictions_of, setup_version
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +28,33 @@ def sentence(i: int) -> tuple[str, list[tuple[int, int, str]]]:
     text = f"{person}  flew to {place} via Zürich on day {i} ."
     at = text.index(place)
     return text, [(0, len(person), "PER"), (at, at + len(place), "LOC")]
+
+
+def api(label_studio) -> httpx.Client:
+    return httpx.Client(
+        base_url=label_studio.url,
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=120,
+    )
+
+
+def connect(label_studio, project_id: int, backend: BackendServer) -> None:
+    ml = label_studio.client.ml.create(project=project_id, url=backend.url, title="ls-backend")
+    assert ml.state == "CO", ml  # Connected: /health and /setup answered
+
+
+def predictions_of(client: httpx.Client, task_id: int) -> list[dict]:
+    return client.get(f"/api/tasks/{task_id}").json()["predictions"]
+
+
+def setup_version(backend: BackendServer, project_id: int, config: str) -> str:
+    reply = httpx.post(f"{backend.url}/setup", json={"project": str(project_id), "schema": config})
+    return reply.json()["model_version"]
+
+
+def lanes_idle(backend: BackendServer, project_id: int) -> bool:
+    jobs = httpx.get(f"{backend.url}/status").json()["projects"][str(project_id)]["jobs"]
+    return all(job["state"] not in {"queued", "running"} for job in jobs.values())
 
 
 @pytest.fixture(scope="module")
