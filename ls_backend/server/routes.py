@@ -170,15 +170,18 @@ def status(request: Request) -> dict[str, Any]:
     shown = {}
     for key in projects.known_projects():
         project = projects.project(key)
+        jobs = _jobs_of(request, project)
+        last = (jobs.get("head") or {}).get("last_result") or {}
         shown[key] = {
             "model_version": project.registry.current(),
             "annotations": project.store.count("annotations"),
             "tasks": project.store.count("tasks"),
-            "jobs": _jobs_of(request, project),
+            "jobs": jobs,
             "warnings": project_warnings(project),
             # Regions and result items skipped in training, by kind (bad offsets, overlaps,
-            # unknown labels, relations), as the last read of the labels in this process found.
-            "label_problems": project.problems,
+            # unknown labels, relations): as this process last read the labels, else as the
+            # head lane's last run (in a worker process) did.
+            "label_problems": project.problems or last.get("label_problems", {}),
         }
     sync = (
         {"configured": True}
