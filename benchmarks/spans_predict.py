@@ -120,8 +120,9 @@ def main() -> None:
                 if head["state"] == "done" and done.get("labels") == args.labels:
                     break
                 time.sleep(0.5)
+            info = projects.project(1).registry.info(done["version"]) if done else {}
             print(
-                f"head round at {done.get('labels')} labels: {done.get('train_seconds')} s, "
+                f"head round at {done.get('labels')} labels: {info.get('train_seconds')} s, "
                 f"held-out entity F1 {done.get('metrics', {}).get('entity_f1', float('nan')):.3f}"
             )
             client.post("/predict", json=body(["Warm-up sentence in Paris ."], 10**6))
