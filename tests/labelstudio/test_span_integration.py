@@ -119,3 +119,95 @@ def test_span_annotations_train_and_regions_come_back_with_their_offsets(label_s
         assert text[value["start"] : value["end"]] == value["text"]
         assert value["labels"][0] in {"PER", "LOC"} and 0 < region["score"] <= 1
     assert 0 <= predictions[0]["score"] <= 1
+
+
+@pytest.fixture(scope="module")
+def synced(label_studio, tmp_path_factory):
+    env = {
+        "LORA_ENABLED": "false",
+        "EVAL_MIN_LABELS": "100",
+        "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token,
+        "SYNC_EVERY": "2",
+        "SYNC_TOP_K": "100",
+        "SYNC_MIN_INTERVAL_S": "0.5",
+        "SYNC_QUIET_S": "1",
+    }
+    server = BackendServer(tmp_path_factory.mktemp("synced") / "models", env=env).start()
+    yield server
+    server.stop()
+
+
+def sync_runs(backend: BackendServer, project_id: int) -> int:
+    projects = httpx.get(f"{backend.url}/status").json()["projects"]
+    job = projects.get(str(project_id), {}).get("jobs", {}).get("sync", {})
+    return job.get("runs", 0) if job.get("state") == "done" else -1
+
+
+def test_next_follows_the_span_uncertainty_ranking_pushed_with_regions(label_studio, synced):
+    sdk = label_studio.client
+    project = sdk.projects.create(title="spans synced", label_config=NER)
+    texts = [sentence(i)[0] for i in range(30)] + [
+        f"Qzx{i} wrote from Vrrk about Plon{i} ." for i in range(6)
+    ]
+    imported = sdk.projects.import_tasks(
+        id=project.id, request=[{"text": t} for t in texts], return_task_ids=True
+    )
+    task_ids = list(imported.task_ids or [])
+    sdk.ml.create(project=project.id, url=synced.url, title="ls-backend")
+    client = api(label_studio)
+    for n, task_id in enumerate(task_ids[:10]):
+        text, spans = sentence(n)
+        result = [
+            {
+                "id": f"r{n}-{k}",
+                "from_name": "label",
+                "to_name": "text",
+                "type": "labels",
+                "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
+            }
+            for k, (s, e, label) in enumerate(spans)
+        ]
+        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+        assert created.status_code == 201, created.text
+    config = client.get(f"/api/projects/{project.id}").json()["label_config"]
+    wait_for(lambda: setup_version(synced, project.id, config).endswith("-head"))
+    runs = max(sync_runs(synced, project.id), 0)
+    assert httpx.post(f"{synced.url}/sync/{project.id}").status_code == 202
+    wait_for(
+        lambda: sync_runs(synced, project.id) > runs and lanes_idle(synced, project.id),
+        what="a sync to finish",
+    )
+
+    # Label Studio serves the unlabeled tasks in the pushed order (its scores, lowest first).
+    version = client.get(f"/api/projects/{project.id}").json()["model_version"]
+    tasks = client.get(
+        "/api/tasks", params={"project": project.id, "fields": "all", "page_size": 1000}
+    ).json()["tasks"]
+    ranked = sorted(
+        (p["score"], t["id"])
+        for t in tasks
+        if not t["annotations"]
+        for p in t["predictions"]
+        if p["model_version"] == version
+    )
+    expected = [task_id for _, task_id in ranked]
+    assert sorted(expected) == sorted(task_ids[10:])
+    served = []
+    for _ in range(3):
+        task = client.get(f"/api/projects/{project.id}/next").json()
+        served.append(task["id"])
+        skipped = client.post(
+            f"/api/tasks/{task['id']}/annotations", json={"result": [], "was_cancelled": True}
+        )
+        assert skipped.status_code == 201
+    assert served == expected[:3]
+    # The pushed pre-annotations are regions whose offsets point at their text.
+    by_id = {t["id"]: t for t in tasks}
+    for task_id in expected:
+        text = by_id[task_id]["data"]["text"]
+        for p in by_id[task_id]["predictions"]:
+            for region in p["result"] if p["model_version"] == version else []:
+                value = region["value"]
+                assert region["type"] == "labels"
+                assert text[value["start"] : value["end"]] == value["text"]
