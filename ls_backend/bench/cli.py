@@ -226,7 +226,7 @@ def _served(
 
     with tempfile.TemporaryDirectory() as registries:
         served = loop(partial(served_fit, registries), o.model)
-    report = summarise(served, full_pool, o.budget, o.model)
+    report = summarise(served, full_pool, o.budget, o.model, data.space.size)
     title += ": the served model (the server's head lane"
     if o.model == "served-lora":
         mix = "STAR's mix" if o.star_mix else "the adapter's margin"

@@ -14,6 +14,7 @@ import numpy as np
 from ls_backend.bench.curves import plot
 from ls_backend.bench.simulate import Run
 from ls_backend.core import learning_curves as lc
+from ls_backend.core import stopping
 from ls_backend.core.report import STOP_KAPPA, STOP_WINDOW, first_stop
 
 #: What the server ranks with unless STRATEGY says otherwise (Settings.strategy's default).
@@ -27,6 +28,7 @@ def summarise(
     full_pool_accuracy: float,
     budget: int,
     model: str = "head",
+    classes: int | None = None,
     metric: str = "accuracy",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in % and its
@@ -85,7 +87,8 @@ def summarise(
             "seconds_per_round": float(np.mean([np.mean(r.seconds) for r in rs])),
             "seconds_total": float(np.mean([np.sum(r.seconds) for r in rs])),
         }
-        details["strategies"][name]["stop"] = stop_figures(rs)
+        details["strategies"][name]["stop"] = plateau_stop_figures(rs, stopping.POINT, classes)
+        details["strategies"][name]["stop_stabilizing"] = stop_figures(rs)
         if any(r.promotions for r in rs):  # summed over seeds
             details["strategies"][name]["promotions"] = {
                 key: sum(r.promotions.get(key, 0) for r in rs) for key in rs[0].promotions
@@ -110,6 +113,47 @@ def stop_figures(runs: Sequence[Run]) -> dict[str, Any]:
         "accuracy_left": left,
         "mean_labels": float(np.mean(labels)) if labels else None,
         "mean_accuracy_left": float(np.mean(left)) if left else None,
+    }
+
+
+def within(labels: Sequence[int], accuracy: Sequence[float], point: float) -> int:
+    """Labels at which a curve first comes within ``point`` of its accuracy at the budget."""
+    return next(n for n, a in zip(labels, accuracy, strict=True) if a >= accuracy[-1] - point)
+
+
+def plateau_stop_figures(
+    runs: Sequence[Run], point: float, classes: int | None = None
+) -> dict[str, Any]:
+    """Where the plateau signal (core.stopping) first says stop, per seed (the budget where it
+    never does): labels then, accuracy left on the table (at the budget minus at the stop),
+    labels saved; and where the curve first comes within ``point`` of its budget accuracy,
+    per seed and for the mean curve (the goal: stop near there, leaving under ``point``)."""
+    labels, left, stopped = [], [], []
+    for run in runs:
+        at = next((i for i, s in enumerate(run.plateau_stop) if s), len(run.labels) - 1)
+        stopped.append(at < len(run.labels) - 1)
+        labels.append(run.labels[at])
+        left.append(run.accuracy[-1] - run.accuracy[at])
+    budget = runs[0].labels[-1]
+    curve = np.mean([r.accuracy for r in runs], axis=0).tolist()
+    return {
+        "rule": stopping.RULE,
+        "classes": classes,  # of the label config: the floor of the rule
+        "stopped_seeds": sum(stopped),
+        "stopped": stopped,
+        "labels": labels,
+        "accuracy_left": left,
+        "labels_saved": [budget - n for n in labels],
+        "mean_labels": float(np.mean(labels)),
+        "mean_accuracy_left": float(np.mean(left)),
+        "mean_labels_saved": float(budget - np.mean(labels)),
+        "within_point_labels": within(runs[0].labels, curve, point),
+        "within_point_per_seed": [within(r.labels, r.accuracy, point) for r in runs],
+        # Per round, for re-deciding without a rerun: the forecast, and the probability that
+        # the next label's class is new.
+        "gain_per_seed": [r.plateau_gain for r in runs],
+        "unseen_per_seed": [r.plateau_unseen for r in runs],
+        "counts_per_seed": [r.plateau_counts for r in runs],  # labels per class, per round
     }
 
 
@@ -153,14 +197,34 @@ def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> st
         "| strategy | seeds stopped | labels at the stop | accuracy left on the table |",
         "|---|---|---|---|",
     ]
+    seeds = details["seeds"]
     for name in summary["strategies"]:
-        stop = details["strategies"][name]["stop"]
-        seeds = details["seeds"]
+        stop = details["strategies"][name]["stop_stabilizing"]
         lines.append(
             f"| {name} | {stop['stopped_seeds']} of {seeds} "
             f"| {fmt(stop['mean_labels'], '.0f')} "
             f"| {fmt(stop['mean_accuracy_left'], '+.3f')} |"
         )
+    plateaus = {n: d["stop"] for n, d in details["strategies"].items()}
+    forecasts = [g for p in plateaus.values() for seed in p["gain_per_seed"] for g in seed]
+    if any(g is not None for g in forecasts):  # --model served: the server's plateau signal
+        lines += [
+            "",
+            f"Plateau signal (core.stopping; {next(iter(plateaus.values()))['rule']}); a seed "
+            "that never stops counts at the budget; 'within a point': where the mean curve "
+            "first comes within a point of its budget accuracy:",
+            "",
+            "| strategy | seeds stopped | labels at the stop | accuracy left | labels saved "
+            "| within a point at | stop / within |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, p in plateaus.items():
+            lines.append(
+                f"| {name} | {p['stopped_seeds']} of {seeds} | {p['mean_labels']:.0f} "
+                f"| {p['mean_accuracy_left']:+.3f} | {p['mean_labels_saved']:.0f} "
+                f"| {p['within_point_labels']} "
+                f"| {p['mean_labels'] / p['within_point_labels']:.2f}x |"
+            )
     tallies = {n: d["promotions"] for n, d in details["strategies"].items() if "promotions" in d}
     if tallies:
         lines += [

@@ -29,7 +29,7 @@ from sklearn.metrics import f1_score
 from tqdm import tqdm
 
 from ls_backend.bench.data import BenchData
-from ls_backend.core import uncertainty
+from ls_backend.core import stopping, uncertainty
 from ls_backend.core.classification import CLASSIFICATION
 from ls_backend.core.configs import LoraTrainConfig, RoundConfig
 from ls_backend.core.evaluation import expected_calibration_error, paired_gain
@@ -38,7 +38,7 @@ from ls_backend.core.labels import Probs
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool
 from ls_backend.core.registry import Registry
-from ls_backend.core.report import cohen_kappa
+from ls_backend.core.report import cohen_kappa, out_of_fold_probs
 from ls_backend.core.tasks import NotEnoughLabels
 from ls_backend.core.training import LabeledData, RoundResult, run_round, save_prototype
 
@@ -60,6 +60,13 @@ class Run:
     # before (the test texts serve as the stop set: predicted, never trained on).
     kappas: list[float] = field(default_factory=list)
     ece: list[float] = field(default_factory=list)  # of the test probabilities, each round
+    # The plateau signal (core.stopping) after each round, --model served: its forecast gain
+    # of the next 100 labels (None: no verdict yet), whether it said stop, and the
+    # Good-Turing probability that the next label's class is new.
+    plateau_gain: list[float | None] = field(default_factory=list)
+    plateau_stop: list[bool] = field(default_factory=list)
+    plateau_unseen: list[float | None] = field(default_factory=list)
+    plateau_counts: list[list[int]] = field(default_factory=list)  # labels per class, per round
 
 
 @dataclass
@@ -155,10 +162,36 @@ class ServedFit:
         self.task = CLASSIFICATION
         self.serving = self.task.prototype(data.space, data.label_x)  # what the registry serves
         self.serving.version = save_prototype(self.registry, self.serving, "bench", self.task.kind)
+        # The plateau signal as the server computes it: every head version's decisions on a
+        # fixed stop set of pool rows (never the test split), one signal per round.
+        size = min(stopping.STOP_SET, data.pool_y.size)
+        self.stop_rows = np.sort(np.random.default_rng(0).choice(data.pool_y.size, size, False))
+        self._versions: tuple[list[int], list[NDArray[np.int64]]] = ([], [])
+        self.plateau: list[stopping.PlateauSignal | None] = []
+        self.counts: list[list[int]] = []  # labels per class at each round
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
-        self.round("head", data, labeled, self.config)
+        self.head_round(data, labeled)
         return self.predict(data, labeled, pool)
+
+    def head_round(self, data: BenchData, labeled: NDArray[np.int64]) -> None:
+        """The head lane's round, then the plateau signal over every head version so far."""
+        result = self.round("head", data, labeled, self.config)
+        targets = data.pool_y[labeled]
+        classes = np.bincount(targets, minlength=data.space.size).tolist()
+        self.counts.append(classes)
+        if result is None:
+            self.plateau.append(None)
+            return
+        head = self.task.load(self.registry.path(result.version), result.version).head
+        probs = head.predict_proba(data.pool_x[self.stop_rows])[:, :, 0]
+        counts, decisions = self._versions
+        counts.append(int(labeled.size))
+        decisions.append(np.asarray(probs.argmax(axis=1), dtype=np.int64))
+        oof = out_of_fold_probs(data.space, data.pool_x[labeled], targets, self.config.head_c)
+        earlier = [(p.labels, p.gain) for p in self.plateau if p is not None]
+        signal = stopping.plateau_signal(counts, decisions, probs, oof, targets, earlier, classes)
+        self.plateau.append(signal)
 
     def round(
         self, kind: str, data: BenchData, labeled: NDArray[np.int64], config: RoundConfig
@@ -241,7 +274,7 @@ class ServedLoraFit(ServedFit):
         self._pool: tuple[str, Probs] | None = None  # the serving adapter's pool probabilities
 
     def __call__(self, data: BenchData, labeled: NDArray[np.int64], pool: bool = True) -> Predicted:
-        self.round("head", data, labeled, self.config)
+        self.head_round(data, labeled)
         due = labeled.size - self._lora_labels >= self.every
         if due and labeled.size >= self.min_labels:
             self._lora_labels = labeled.size
@@ -310,6 +343,11 @@ def simulate(
         if last:
             run.acquired = labeled.tolist()
             run.promotions = dict(getattr(fit, "promotions", {}))
+            signals: list[stopping.PlateauSignal | None] = getattr(fit, "plateau", [])
+            run.plateau_gain = [None if p is None else p.gain for p in signals]
+            run.plateau_stop = [p is not None and p.stop for p in signals]
+            run.plateau_unseen = [None if p is None else p.unseen for p in signals]
+            run.plateau_counts = list(getattr(fit, "counts", []))
             return run
 
 

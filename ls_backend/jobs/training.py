@@ -21,6 +21,7 @@ from ls_backend.core.labels import Embeddings
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
 from ls_backend.core.training import LabeledData, RoundResult, run_round
+from ls_backend.jobs import stopping
 from ls_backend.jobs.lanes import JobStatus, Lane, Lanes, read_status
 from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project
 from ls_backend.settings import Settings
@@ -160,8 +161,12 @@ class TrainingLane(Lane):
             "promoted" if result.promoted else "kept",
             result.reason,
         )
+        self.after(project, space, data)
         found = {"label_problems": project.problems} if project.problems else {}
         return {**asdict(result), "labels": len(data), "skipped_annotations": skipped, **found}
+
+    def after(self, project: Project, space: Any, data: LabeledData) -> None:
+        """What follows a round (the head lane's stopping signal)."""
 
     def train(
         self, project: Project, space: Any, data: LabeledData, progress: Progress
@@ -188,6 +193,16 @@ class HeadLane(TrainingLane):
 
     def hold(self, project: Project) -> float:
         return head_hold(read_status(project, self.name), time.time())
+
+    def after(self, project: Project, space: Any, data: LabeledData) -> None:
+        # The stopping signal over the head's versions; a failure costs the signal, never
+        # the round (the version is saved and may serve already).
+        try:
+            stopping.update(project, space, data)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            log.exception("project %s: the stopping signal failed", project.key)
 
 
 class LoraLane(TrainingLane):

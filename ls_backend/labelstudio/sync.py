@@ -20,6 +20,7 @@ What annotators feel is Label Studio's database, so a sync touches it as little 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -63,6 +64,9 @@ SYNC = "sync"
 #: Label Studio seconds of its database while people save (a 1,000-task import: 2 pushes
 #: of its own, 10,000: 4).
 FIRST_EMBED_S = 1.0
+#: Before the first ranking of a project, only its first FIRST_READ tasks are read (one page:
+#: 1-2 s of Label Studio); the next run reads them all.
+FIRST_READ = 1000
 GROWTH_SLICE_S = 8.0
 GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
@@ -339,7 +343,13 @@ class Syncer:
         label_seq = store.last_seq(LABEL_ACTIONS)
         project_id = target.project_id
         just_read = state.baseline is None
-        if just_read:
+        partial = False  # the mirror holds the first tasks only: the next run reads the rest
+        if just_read and serving is None:  # the first ranking: from the first tasks, at once
+            report(0.0, "reading the first tasks from Label Studio")
+            state.baseline = self._full_read(target, FIRST_READ)
+            partial = state.baseline is None
+            lap("read", 0.3)
+        elif just_read:
             report(0.0, "reading every task from Label Studio")
             state.baseline = self._full_read(target)
             lap("read", 0.3)
@@ -364,6 +374,8 @@ class Syncer:
 
         # The project's size, not the ranked sample's: what Label Studio's writes cost.
         project_tasks = store.mirror_counts()[0]
+        if partial:
+            project_tasks = max(project_tasks, self.client.counts(project_id).task_number)
         cap = stale_cap(settings.sync_top_k, project_tasks)
         held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
@@ -391,7 +403,7 @@ class Syncer:
                 lap("heal", 0.7)
             version = self._push(project_id, state, front, store, project_tasks)
             state.label_seq, state.forced_seq = label_seq, forced_seq
-            state.complete, state.ranked = waiting == 0, len(pool.ids)
+            state.complete, state.ranked = waiting == 0 and not partial, len(pool.ids)
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
@@ -399,7 +411,12 @@ class Syncer:
         lap("forget", 1.0)
         # The rest of a large import or of the old predictions, or a push the backlog held
         # back that may go now: the next run looks again.
-        if waiting or more or (reason is None and held_back and state.backlog(store) <= cap):
+        if (
+            partial
+            or waiting
+            or more
+            or (reason is None and held_back and state.backlog(store) <= cap)
+        ):
             store.want_lane(SYNC)
         if look_again is not None:  # the first connect: the webhook has had time to appear
             time.sleep(max(0.0, look_again - time.time()))
@@ -470,16 +487,32 @@ class Syncer:
 
     # --- Label Studio, read --------------------------------------------------------------------
 
-    def _full_read(self, target: SyncTarget) -> dict[str, int]:
+    def _full_read(self, target: SyncTarget, limit: int | None = None) -> dict[str, int] | None:
         """Fill the mirror from every task in Label Studio; returns the counts to compare
-        later ones with (each side's own, so a counter that counts differently is no alarm)."""
-        project_id = target.project_id
+        later ones with (each side's own, so a counter that counts differently is no alarm).
+        With ``limit``, a project of more tasks gets only its first ``limit`` (None returned:
+        the read is not whole). While people label, each page is followed by a pause as long
+        as Label Studio took for it: half its time stays with their saves."""
+        project_id, store = target.project_id, target.store
         label_config = self.client.get_project(project_id).get("label_config")
         if label_config:
             target.adopt_config(label_config)
-        read = target.store.replace_tasks(
-            (task["id"], task["data"], bool(task["annotations"]))
-            for task in self.client.iter_tasks(project_id)
+
+        def pace(took: float) -> None:
+            if labeling(store):
+                time.sleep(took)
+
+        tasks = self.client.iter_tasks(project_id, after_page=pace)
+        if limit is not None:
+            first = list(itertools.islice(tasks, limit + 1))
+            if len(first) > limit:
+                # Tasks come in id order: a prefix, whole up to its last id.
+                store.replace_tasks((t["id"], t["data"], bool(t["annotations"])) for t in first)
+                log.info("project %s: read its first %d tasks", project_id, len(first))
+                return None
+            tasks = iter(first)
+        read = store.replace_tasks(
+            (task["id"], task["data"], bool(task["annotations"])) for task in tasks
         )
         counts = self.client.counts(project_id)
         log.info("project %s: read %d tasks from Label Studio into the mirror", project_id, read)

@@ -134,11 +134,11 @@ def overview(projects: dict[str, dict[str, Any]], sync: dict[str, Any]) -> str:
             f'<tr><td><a href="/ui/projects/{escape(key)}">project {escape(key)}</a></td>'
             f'<td data-project="{escape(key)}" data-serving>{escape(p["model_version"] or "-")}'
             f"</td><td class=num>{p['annotations']}</td><td class=num>{p['tasks']}</td>"
-            f"{cells}</tr>"
+            f"{cells}<td>{escape(_verdict(p.get('stopping') or {}))}</td></tr>"
         )
     table = (
         "<table><tr><th>project</th><th>serving version</th><th class=num>annotations</th>"
-        f"<th class=num>tasks</th>{head}</tr>{''.join(rows)}</table>"
+        f"<th class=num>tasks</th>{head}<th>stopping</th></tr>{''.join(rows)}</table>"
         if rows
         else "<p class=muted>No project yet: connect this backend in a Label Studio project "
         "(Settings -> Model).</p>"
@@ -151,6 +151,13 @@ def overview(projects: dict[str, dict[str, Any]], sync: dict[str, Any]) -> str:
     )
     body = f"<section><h2>Projects</h2>{warnings}{table}{note}</section>"
     return _page("ls-backend: projects", body, None)
+
+
+def _verdict(stopping: dict[str, Any]) -> str:
+    if stopping.get("verdict") is None:
+        return "-"
+    gain = stopping["gain_per_100_labels"]
+    return f"{stopping['verdict']} ({100 * gain:+.1f} points per 100 labels expected)"
 
 
 def _axis(x0: int, y0: int, w: int, h: int, xmax: float, ymin: float, ymax: float) -> str:
@@ -254,6 +261,59 @@ def kappa_svg(signal: StopSignal) -> str:
     )
 
 
+def plateau_html(plateau: dict[str, Any]) -> str:
+    """The stopping signal: its verdict, the expected gain of the next 100 labels and how sure,
+    and each version's estimated accuracy with the fitted curve."""
+    if plateau.get("verdict") is None:
+        return f"<p id=plateau class=muted>{escape(plateau.get('note') or '')}</p>"
+    metric = plateau.get("metric", "accuracy")
+    low, high = plateau["gain_80_percent"]
+    figures = (
+        f"Expected gain of the next 100 labels: {100 * plateau['gain_per_100_labels']:.1f} "
+        f"points of {metric} (80%: {100 * low:.1f}-{100 * high:.1f}); probability that they "
+        f"buy more than a point: {100 * plateau['p_gain_over_a_point']:.0f}%."
+    )
+    verdict = "yes" if plateau.get("stop") else "no"
+    return (
+        f'<p id=plateau class="stop {verdict}">{escape(plateau["verdict"])}</p>'
+        f"<p id=plateau-gain>{escape(figures)}</p>{plateau_svg(plateau)}"
+        f"<p class=muted>{escape(plateau['note'])}. Rule: {escape(plateau['rule'])} "
+        "(a learning curve fitted to the versions' accuracy on the project's tasks, judged "
+        "by the newest version: README, 'When to stop').</p>"
+    )
+
+
+def plateau_svg(plateau: dict[str, Any]) -> str:
+    """Each light-head version's estimated accuracy (dots) and the fitted curve (line)."""
+    xs, ys = plateau.get("curve_labels") or [], plateau.get("curve_accuracy") or []
+    fx, fy = plateau.get("fit_labels") or [], plateau.get("fit_accuracy") or []
+    if not xs:
+        return ""
+    w, h, x0, y0 = 560, 140, 44, 10
+    xmax = max(max(xs + fx), 1) * 1.05
+    values = ys + fy
+    ymin = max(0.0, min(values) - 0.02)
+    ymax = min(1.0, max(values) + 0.02)
+    span = max(ymax - ymin, 1e-6)
+
+    def at(labels: float, value: float) -> tuple[float, float]:
+        return x0 + w * labels / xmax, y0 + h - h * (value - ymin) / span
+
+    dots = "".join(
+        f'<circle cx={x:.1f} cy={y:.1f} r=2.5 fill="#3b6fd4"><title>{n} labels: estimated '
+        f"{a:.3f}</title></circle>"
+        for n, a in zip(xs, ys, strict=True)
+        for x, y in (at(n, a),)
+    )
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(n, a) for n, a in zip(fx, fy, strict=True)))
+    line = f'<polyline points="{path}" fill=none stroke="#1e7d32"/>' if path else ""
+    return (
+        f'<svg id=plateau-plot viewBox="0 0 {x0 + w + 60} {y0 + h + 24}" width="100%" role=img '
+        f'aria-label="estimated accuracy of each version and the fitted curve">'
+        f"{_axis(x0, y0, w, h, xmax, ymin, ymax)}{line}{dots}</svg>"
+    )
+
+
 def _warning(text: str, project: str) -> str:
     return f'<p class=warning data-project="{escape(project)}">{escape(text)}</p>'
 
@@ -305,7 +365,8 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
         stop_plot = kappa_svg(report.stopping)
     else:
         verdict, stop_plot = "no", ""
-    stopping = f"""<section><h2>Is more labeling still worth it?</h2>
+    stopping = f"""<section><h2>Is more labeling still worth it?</h2>{plateau_html(report.plateau)}
+<h3>Stabilizing predictions</h3>
 <p id=stop-note class="stop {verdict}">{escape(report.stopping_note)}</p>{stop_plot}
 <p class=muted>Rule: stabilizing predictions (Bloodgood &amp; Vijay-Shanker 2009).</p></section>"""
 

@@ -5,7 +5,6 @@ and hands the maths to ``core.report``.
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,12 @@ from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.tasks import TaskKind
+from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
+from ls_backend.jobs.stopping import details as plateau_details
 from ls_backend.labelstudio.config import TaskError
 from ls_backend.labelstudio.queue import QueueState
 from ls_backend.projects import Project
 
-#: Tasks of the mirror the stopping signal compares successive models on (B&V used a few
-#: thousand): chosen by a hash of the task id, so the set stays put as tasks come and go.
-STOP_SET = 2000
-#: Successive head versions the stopping signal covers (each is one small matrix product).
-STOP_VERSIONS = 200
 #: Tasks of the queue, and suspected mislabels, the report lists; characters of text shown.
 QUEUE_SHOWN = 20
 SUSPECTS_SHOWN = 20
@@ -87,7 +83,13 @@ class ProjectReport(BaseModel):
     queue: list[QueueItem]
     queue_version: str | None = Field(description="the ranking version Label Studio serves")
     queue_note: str
-    stopping: core.StopSignal | None
+    plateau: dict[str, Any] = Field(
+        description="the stopping signal (after each head round): 'verdict' (stop: more "
+        "labels are unlikely to buy more than a point / keep labeling), the expected gain "
+        "of the next 100 labels with its 80% interval, the probability that they buy more "
+        "than a point, each version's estimated accuracy and the fitted curve"
+    )
+    stopping: core.StopSignal | None = Field(description="stabilizing predictions (kappa)")
     stopping_note: str
     label_studio_url: str | None
     warnings: list[str] = Field(
@@ -180,6 +182,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         queue=queue,
         queue_version=queue_version,
         queue_note=queue_note,
+        plateau=plateau_details(project.store.plateau()),
         stopping=stopping,
         stopping_note=stopping_note,
         label_studio_url=base,
@@ -240,20 +243,6 @@ def _queue(project: Project, base: str | None) -> tuple[list[QueueItem], str | N
     return items, ranking.version, note
 
 
-def _stop_set(project: Project, config: Any) -> list[str]:
-    ids, _labeled = project.store.task_states()
-    key = [hashlib.blake2b(str(int(t)).encode(), digest_size=8).digest() for t in ids]
-    chosen = [int(ids[i]) for i in sorted(range(len(ids)), key=key.__getitem__)[:STOP_SET]]
-    data = project.store.task_data(chosen)
-    texts = []
-    for task_id in chosen:
-        try:
-            texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
-        except TaskError:
-            continue
-    return texts
-
-
 @lru_cache(maxsize=64)
 def _load(path: Path, version: str) -> ModelVersion:
     """A saved version (never changed once written), loaded once per process."""
@@ -270,7 +259,7 @@ def _stopping(
         return None, "needs at least two trained versions of the light head"
     # Only tasks already embedded (a sync embeds them all): the report never waits for the
     # encoder, which training and syncs keep busy.
-    rows, embeddings = project.encoder.cached(_stop_set(project, config))
+    rows, embeddings = project.encoder.cached(stop_set(project, config))
     if not rows:
         return None, "no stop set yet: the sync has not embedded the project's tasks"
     versions, labels, decisions = [], [], []

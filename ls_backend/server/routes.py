@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ls_backend import __version__, metrics
 from ls_backend.core.registry import version_number
+from ls_backend.jobs import stopping
 from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
@@ -177,6 +178,7 @@ def status(request: Request) -> dict[str, Any]:
             "annotations": project.store.count("annotations"),
             "tasks": project.store.count("tasks"),
             "jobs": jobs,
+            "stopping": stopping.summary(project.store.plateau()),
             "warnings": project_warnings(project),
             # Regions and result items skipped in training, by kind (bad offsets, overlaps,
             # unknown labels, relations): as this process last read the labels, else as the

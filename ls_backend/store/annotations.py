@@ -62,6 +62,7 @@ _SERVING = "serving_version"
 _LABEL_STUDIO = "label_studio"  # which Label Studio project the store holds (``meet``)
 _REPLACED = "label_studio_replaced"  # the ones it held before, by creation time
 _PINNED = "serving_pinned"  # "1" while a rollback pins the serving version
+_PLATEAU = "plateau_signal"  # the stopping signal after the last head round (``jobs.stopping``)
 
 #: The store's schema, one step per version; a database applies the steps it has not seen.
 MIGRATIONS: list[list[str]] = [
@@ -735,3 +736,12 @@ class AnnotationStore:
         with self._tx() as db:  # the name and the pin at once
             self._set_meta(db, _SERVING, version)
             self._set_meta(db, _PINNED, "1" if pinned else "0")
+
+    def plateau(self) -> dict[str, Any] | None:
+        """The stopping signal as the last head round left it (``jobs.stopping.update``): the
+        verdict, the forecasts of the earlier rounds, its cost; None before the first."""
+        raw = self._meta(_PLATEAU)
+        return None if raw is None else dict(json.loads(raw))
+
+    def set_plateau(self, signal: dict[str, Any]) -> None:
+        self._put_meta(_PLATEAU, json.dumps(signal))

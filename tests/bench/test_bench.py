@@ -57,6 +57,44 @@ def test_the_served_mode_runs_the_server_lane_and_serves_a_fit_on_every_label(
     assert tally["rounds"] == len(run.labels) and tally["promoted"] >= 1
 
 
+def test_the_served_mode_records_the_plateau_signal_on_pool_rows(tmp_path: Path) -> None:
+    from ls_backend.core.configs import RoundConfig
+    from ls_backend.core.stopping import MIN_STOP_COVERED
+
+    data = toy_data()
+    data.label_x = np.eye(16, dtype=np.float32)[:3]
+    fit = simulate.ServedFit(tmp_path, data, RoundConfig(eval_min_labels=30))
+    run = simulate.simulate(data, "random", seed=0, init=6, batch=10, budget=86, fit=fit)
+    assert len(run.plateau_gain) == len(run.plateau_stop) == len(run.plateau_unseen)
+    assert len(run.plateau_gain) == len(run.labels)
+    assert run.plateau_unseen[-1] == 0.0  # every class has many labels: nothing new to meet
+    assert set(fit.stop_rows) <= set(range(data.pool_y.size))  # pool rows, never the test split
+    # Separable classes learnt by 86 labels: a forecast under a point, but too few labels.
+    assert run.plateau_gain[-1] is not None and run.plateau_gain[-1] < 0.01
+    assert run.labels[-1] < MIN_STOP_COVERED and not any(run.plateau_stop)
+    # Labels per class each round, for re-deciding the floor without a rerun.
+    assert [sum(c) for c in run.plateau_counts] == run.labels
+    assert len(run.plateau_counts[-1]) == data.space.size
+
+
+def test_the_stop_figures_count_labels_left_and_saved_at_the_first_stop() -> None:
+    run = simulate.Run([100, 200, 300, 400], [0.7, 0.8, 0.85, 0.86], [0.6] * 4, [0.1] * 4)
+    run.plateau_stop = [False, False, True, True]
+    stop = report.plateau_stop_figures([run], 0.01)
+    assert stop["labels"] == [300] and stop["stopped_seeds"] == 1
+    assert stop["labels_saved"] == [100]
+    assert stop["accuracy_left"] == [pytest.approx(0.01)]
+    assert stop["within_point_labels"] == 300
+
+
+def test_a_run_that_never_stops_counts_at_the_budget() -> None:
+    run = simulate.Run([10, 20, 30], [0.5, 0.6, 0.7], [0.4, 0.5, 0.6], [0.1] * 3)
+    run.plateau_stop = [False] * 3
+    stop = report.plateau_stop_figures([run], 0.01)
+    assert stop["stopped_seeds"] == 0 and stop["labels"] == [30] and stop["labels_saved"] == [0]
+    assert stop["accuracy_left"] == [0.0] and stop["within_point_labels"] == 30
+
+
 def test_one_seen_class_predicts_that_class() -> None:
     data = toy_data()
     predicted = simulate.fit_predict(data, np.flatnonzero(data.pool_y == 1)[:4])

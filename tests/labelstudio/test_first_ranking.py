@@ -83,3 +83,31 @@ def test_a_first_ranking_comes_from_a_sample_within_seconds_and_grows(tmp_path, 
             assert run["reason"] == "more tasks ranked"
             at_push = run["tasks"]
     assert runs[-1]["tasks"] == TASKS and len(client.pushed) < len(runs)
+
+
+def test_a_large_project_is_ranked_from_its_first_tasks_then_read_whole(tmp_path):
+    """10,000 tasks take Label Studio 10-20 s to page through: the first ranking does not wait
+    for them; the run after it reads every task, and the next ranked sample comes from all."""
+    from fake_label_studio import TOKEN, FakeLabelStudio
+
+    from ls_backend.labelstudio.client import LabelStudioClient, RetryPolicy
+
+    retry = RetryPolicy(attempts=2, backoff_s=0.001, max_backoff_s=0.01)
+    settings = Settings(model_dir=tmp_path, lora_enabled=False, sync_min_interval_s=0)
+    project = Projects(settings, encoder=HashEncoder()).project(1)
+    project.setup(CONFIG)
+    with FakeLabelStudio() as ls:
+        ids = [t["id"] for t in ls.add_project(1, CONFIG, [f"a{i}" for i in range(2500)]).tasks]
+        syncer = sync.Syncer(LabelStudioClient(ls.url, TOKEN, retry=retry), settings)
+        wanted = project.store.lane_wanted(sync.SYNC)
+        first = syncer(sync_target(project))
+        pages = [p for m, p in ls.requests if m == "GET" and p == "/api/tasks"]
+        assert len(pages) == 2  # pages of 1,000: the first, and one task more to know
+        assert project.store.mirror_counts()[0] == sync.FIRST_READ + 1
+        assert first["pushed"]
+        ranked = QueueState.load(project.store).serving
+        assert ranked is not None and set(ranked.tasks) <= set(ids[: sync.FIRST_READ + 1])
+        assert project.store.lane_wanted(sync.SYNC) > wanted  # the rest is read next
+        syncer(sync_target(project))
+        assert project.store.mirror_counts()[0] == len(ids)
+        assert QueueState.load(project.store).baseline is not None
