@@ -13,11 +13,13 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
+
+import numpy as np
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
@@ -110,6 +112,9 @@ class Project:
         self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
         self._saved_config: str | None = None  # the label config the store is known to hold
         self._setup_urls: set[str] = set()  # recorded in the store already
+        self._told: set[tuple[int, str]] = set()  # (annotation, problem) logged already
+        #: What the last read of the labels found wrong inside annotations, by kind.
+        self.problems: dict[str, int] = {}
 
     # --- label config ---------------------------------------------------------------------
 
@@ -302,7 +307,10 @@ class Project:
             )  # fmt: skip
         # A big batch (Retrieve predictions) yields the encoder to live single-task requests.
         live = len(texts) <= BACKGROUND_BATCH
-        embeddings = self.encoder.encode(list(texts.values()), background=not live)
+        if task_of(config.kind).uses_embeddings:
+            embeddings = self.encoder.encode(list(texts.values()), background=not live)
+        else:
+            embeddings = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
         scored = self.score(list(texts.values()), embeddings)
         by_row = dict(zip(texts, predictions.predictions(config, scored), strict=True))
         empty = predictions.empty(scored.model.version)
@@ -313,10 +321,13 @@ class Project:
 
     def labeled_data(self) -> tuple[Any, LabeledData, int]:
         """Every usable label in the store, embedded (cached): what a training round sees;
-        and how many annotations were skipped (nothing for our tag, malformed, no text)."""
+        and how many annotations were skipped (nothing for our tag, malformed, no text, a bad
+        span). What is wrong inside an annotation is logged once per process and counted in
+        ``problems`` (by kind); the annotation stays stored as it came."""
         config = self.config()
         keys, tasks, texts, chosen = [], [], [], []
         skipped = 0
+        problems: Counter[str] = Counter()
         for item in self.store.labeled():
             labels = config.labels_of(item.result)
             if labels is None:
@@ -327,10 +338,23 @@ class Project:
             except TaskError:
                 skipped += 1
                 continue
+            labels, found = config.check(text, labels)
+            for line in found:
+                problems[line.split(":", 1)[0]] += 1
+                if (item.annotation_id, line) not in self._told:
+                    self._told.add((item.annotation_id, line))
+                    log.warning(
+                        "project %s: annotation %s of task %s: %s",
+                        self.key, item.annotation_id, item.task_id, line,
+                    )  # fmt: skip
+            if labels is None:
+                skipped += 1
+                continue
             keys.append(item.annotation_id)
             tasks.append(item.task_id)
             texts.append(text)
             chosen.append(labels)
+        self.problems = dict(problems)
         targets = task_of(config.kind).targets(config.space, chosen)
         embeddings = self.encoder.encode(texts, background=True)  # training: not live
         return config.space, LabeledData(keys, tasks, texts, targets, embeddings), skipped

@@ -31,8 +31,19 @@ from ls_backend.bench.simulate import (
     lora_once,
     run_strategies,
 )
+from ls_backend.bench.spans import (
+    SPAN_STRATEGIES,
+    HeadFit,
+    bench_source,
+    is_span_data,
+    load_span_data,
+    run_span_strategies,
+    served_fits,
+    span_ceiling,
+)
 from ls_backend.core.configs import LoraTrainConfig, help_of
 from ls_backend.core.ranking import STRATEGIES
+from ls_backend.core.spans.task import Spans
 from ls_backend.settings import Settings
 
 Model = Literal["head", "served", "served-lora", "lora", "prepal-then-lora"]
@@ -56,7 +67,9 @@ class BenchOptions:
     train: Path
     test: Path
     out: Path
-    strategies: Sequence[str] = ("random", "margin", DEFAULT_STRATEGY)
+    #: Default: random, margin and default for classification; random, entropy_sum and
+    #: default for span data.
+    strategies: Sequence[str] | None = None
     init: int = 10
     batch: int = 10
     budget: int = 300
@@ -80,12 +93,12 @@ class BenchOptions:
     #: The server's settings the bench runs with (rounds, LoRA, max length).
     settings: Settings = field(default_factory=Settings)
 
-    def check(self) -> None:
+    def check(self, known: Sequence[str] = tuple(STRATEGIES)) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known: {MODELS}")
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        unknown = [s for s in self.strategies or () if s not in known]
         if unknown:
-            raise ValueError(f"unknown strategies {unknown}; known: {sorted(STRATEGIES)}")
+            raise ValueError(f"unknown strategies {unknown}; known: {sorted(known)}")
         if not self.init < self.budget:
             raise ValueError("--init must be below --budget")
 
@@ -103,6 +116,10 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     ``compare_with`` names the folder of an earlier ``--model lora`` run.
     """
     o = options
+    o.check(known=[*STRATEGIES, *SPAN_STRATEGIES])  # before the data is read
+    if is_span_data(o.train):
+        return run_span_bench(o)
+    o = replace(o, strategies=o.strategies or ("random", "margin", DEFAULT_STRATEGY))
     o.check()
     o.out.mkdir(parents=True, exist_ok=True)
     runtime = o.embedding_backend or o.settings.resolved_embedding_backend()
@@ -150,6 +167,48 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     return report[0]
 
 
+#: The models a span bench runs (the LoRA ones are not wired for spans yet).
+SPAN_MODELS = ("head", "served")
+
+
+def run_span_bench(options: BenchOptions) -> dict[str, Any]:
+    """``run_bench`` on span data (``text`` + ``spans`` rows): entity F1 in place of accuracy,
+    the same files and keys."""
+    o = replace(options, strategies=options.strategies or ("random", "entropy_sum", "default"))
+    o.check(SPAN_STRATEGIES)
+    if o.model not in SPAN_MODELS:
+        raise ValueError(f"span data: --model one of {SPAN_MODELS}, not {o.model!r}")
+    o.out.mkdir(parents=True, exist_ok=True)
+    runtime = o.embedding_backend or o.settings.resolved_embedding_backend()
+    data = load_span_data(
+        o.train,
+        o.test,
+        o.pool_size,
+        o.cache or o.out / "embeddings.sqlite",
+        test_size=o.test_size,
+        runtime=runtime,
+        max_length=o.settings.max_length,
+        model=o.settings.embedding_model,
+    )
+    if o.init > len(data.pool_texts) or o.budget > len(data.pool_texts):
+        raise ValueError("--init and --budget must not exceed the pool")
+    task = Spans(bench_source(runtime, (o.cache or o.out / "embeddings.sqlite").parent / "onnx"))
+    full_pool = span_ceiling(data, task)
+    title = f"{o.train.parent.name or o.train.stem} (entity F1)"
+    assert o.strategies is not None
+    loop = partial(run_span_strategies, data, o.strategies, o.seeds, o.init, o.batch, o.budget)
+    if o.model == "served":
+        with tempfile.TemporaryDirectory() as root:
+            runs = loop(served_fits(data, task, o.settings.round_config(), root))
+        title += ": the served model (the server's head lane)"
+    else:
+        fit = HeadFit(task)
+        runs = loop(lambda _seed: fit)
+    report = summarise(runs, full_pool, o.budget, o.model, metric="entity_f1")
+    write(o.out, title, report)
+    return report[0]
+
+
 def _served(
     o: BenchOptions, data: BenchData, full_pool: float, title: str, loop: Any
 ) -> dict[str, Any]:
@@ -193,7 +252,9 @@ def _main(args: argparse.Namespace) -> None:
         train=args.train,
         test=args.test,
         out=args.out,
-        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()],
+        strategies=[s.strip() for s in args.strategies.split(",") if s.strip()]
+        if args.strategies
+        else None,
         init=args.init,
         batch=args.batch,
         budget=args.budget,
@@ -218,13 +279,20 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "bench", help="simulate an annotator on a labeled dataset and compare strategies"
     )
-    p.add_argument("--train", type=Path, required=True, help="JSONL(.gz) of {text, label}: pool")
-    p.add_argument("--test", type=Path, required=True, help="JSONL(.gz) of {text, label}: test")
+    p.add_argument(
+        "--train",
+        type=Path,
+        required=True,
+        help="JSONL(.gz) of {text, label}, or of {text, spans} for span labeling: the pool",
+    )
+    p.add_argument("--test", type=Path, required=True, help="JSONL(.gz), as --train: test")
     p.add_argument("--out", type=Path, required=True, help="directory for the results")
     p.add_argument(
         "--strategies",
-        default=f"random,margin,{DEFAULT_STRATEGY}",
-        help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))}",
+        default=None,
+        help=f"comma-separated, from: {', '.join(sorted(STRATEGIES))} (default: random,margin,"
+        f"{DEFAULT_STRATEGY}); span data: {', '.join(SPAN_STRATEGIES)} (default: random,"
+        "entropy_sum,default)",
     )
     p.add_argument("--init", type=int, default=10, help="random labels to start from")
     p.add_argument("--batch", type=int, default=10, help="labels added per round")

@@ -31,11 +31,31 @@ class BenchData:
     label_x: Embeddings | None = None  # label-name prototypes: what serves before a label
 
 
-def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL(.gz) file (the first ``limit`` of them)."""
     opener: Any = gzip.open if path.suffix == ".gz" else open
+    rows = []
     with opener(path, "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    rows = read_rows(path)
     return [r["text"] for r in rows], [str(r["label"]) for r in rows]
+
+
+def subsample_rows(rows: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """A random subsample in file order (rows with several labels have no one stratum); fixed
+    seed: it is part of the dataset, not of the experiment."""
+    if len(rows) <= size:
+        return rows
+    keep = np.sort(np.random.default_rng(0).choice(len(rows), size, replace=False))
+    return [rows[i] for i in keep]
 
 
 def subsample(texts: list[str], labels: list[str], size: int) -> tuple[list[str], list[str]]:

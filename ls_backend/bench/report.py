@@ -29,13 +29,25 @@ def summarise(
     budget: int,
     model: str = "head",
     classes: int | None = None,
+    metric: str = "accuracy",
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(results, details). results: per strategy AUC (mean, std over seeds), RIPL in % and its
     standard error over paired seeds, labels to reach 95% of the ceiling, savings against
     random there, and the mean curve. details: std bands, macro-F1, labels to match random's
     final accuracy, time per round."""
-    out: dict[str, Any] = {"default": DEFAULT_STRATEGY, "model": model, "strategies": {}}
-    details: dict[str, Any] = {"ceiling": full_pool_accuracy, "model": model, "strategies": {}}
+    # ``metric``: what the curves measure (entity F1 for spans) under the same keys.
+    out: dict[str, Any] = {
+        "default": DEFAULT_STRATEGY,
+        "model": model,
+        "metric": metric,
+        "strategies": {},
+    }
+    details: dict[str, Any] = {
+        "ceiling": full_pool_accuracy,
+        "model": model,
+        "metric": metric,
+        "strategies": {},
+    }
     target = TARGET_SHARE * full_pool_accuracy
     aucs = {name: [lc.curve_auc(r.accuracy) for r in rs] for name, rs in runs.items()}
     random_auc = float(np.mean(aucs["random"])) if "random" in runs else None
@@ -151,11 +163,13 @@ def _percent(share: float | None) -> float | None:
 
 def markdown(title: str, summary: dict[str, Any], details: dict[str, Any]) -> str:
     budget = details["budget"]
+    metric = details.get("metric", "accuracy")
     ceiling_of = ": the head on the full pool" if details.get("model") == "lora" else ""
     lines = [
         f"### {title} (ceiling {details['ceiling']:.3f}{ceiling_of})",
         "",
-        "| strategy | AUC | RIPL % (± SE) | final acc. | final macro-F1 | final ECE | mean ECE "
+        f"| strategy | AUC | RIPL % (± SE) | final {'acc.' if metric == 'accuracy' else metric} "
+        "| final macro-F1 | final ECE | mean ECE "
         "| labels to 95% ceiling | savings vs random | labels to random@budget | s / round |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -39,6 +39,7 @@ def _figures(space: LabelSpace, probs: Probs, targets: NDArray[np.int64]) -> Eva
 class Classification:
     kind = TaskKind.CLASSIFICATION
     metric = "accuracy"
+    uses_embeddings = True
 
     def prototype(self, space: LabelSpace, label_embeddings: Embeddings) -> ModelVersion:
         return ModelVersion("", space, PrototypeHead(space, label_embeddings))

@@ -44,6 +44,9 @@ class Pool:
     multi_label: bool
     rng: np.random.Generator
     scores: NDArray[np.float64] | None = None  # precomputed uncertainty [N], e.g. STAR's
+    # Classes the default's exploration share counts when it ranks by ``scores`` alone
+    # (``probs`` None, as for spans); with ``probs`` it is their number of classes.
+    classes: int | None = None
 
 
 Strategy = Callable[[Pool], Order]
@@ -127,15 +130,19 @@ def uncertain_spread_explained(
     more leaves the head. Without predictions, or when every score is equal (one class seen),
     the order is pure diversity.
     """
-    if pool.probs is None:
+    if pool.probs is not None:
+        classes = pool.probs.shape[1]
+        scores = pool.scores
+        if scores is None:
+            scores = uncertainty.scores(pool.probs, measure, pool.multi_label)
+    elif pool.scores is not None:  # scores alone (spans): no class probabilities to count
+        classes, scores = pool.classes or 2, pool.scores
+    else:
         return k_center_explained(pool, head)
-    scores = pool.scores
-    if scores is None:
-        scores = uncertainty.scores(pool.probs, measure, pool.multi_label)
     if np.ptp(scores[pool.unlabeled]) < 1e-9:
         return k_center_explained(pool, head)
     order = _by_score(pool, scores)
-    share = 0.5 ** (pool.labeled.size / (explore_halflife * pool.probs.shape[1]))
+    share = 0.5 ** (pool.labeled.size / (explore_halflife * classes))
     per_window = round(window * share)
     windows = -(-head // window)
     sample = pool.rng.choice(pool.unlabeled, min(TYPICAL_SAMPLE, pool.unlabeled.size), False)
@@ -198,16 +205,19 @@ def rank_pool(
     multi_label: bool = False,
     rng: np.random.Generator | None = None,
     scores: NDArray[np.float64] | None = None,
+    classes: int | None = None,
 ) -> Order:
     """The full order of the unlabeled rows of ``embeddings``, most useful first.
 
     ``probs`` ``[N, C, T]`` covers the same N rows as ``embeddings`` (None before any model:
     then the order is pure diversity). ``scores`` ``[N]``, if given, is the uncertainty the
     ``default`` strategy ranks by instead of margin (e.g. STAR's dynamic uncertainty); the
-    single-measure strategies always use their own measure.
+    single-measure strategies always use their own measure. ``default`` also ranks by
+    ``scores`` without ``probs`` (span uncertainty), its exploration share counting
+    ``classes``.
     """
     return rank_pool_explained(
-        strategy, probs, embeddings, labeled_idx, multi_label, rng, scores
+        strategy, probs, embeddings, labeled_idx, multi_label, rng, scores, classes
     ).order
 
 
@@ -219,6 +229,7 @@ def rank_pool_explained(
     multi_label: bool = False,
     rng: np.random.Generator | None = None,
     scores: NDArray[np.float64] | None = None,
+    classes: int | None = None,
 ) -> Ranked:
     """``rank_pool`` with the reason for each position of the order."""
     if strategy not in STRATEGIES:
@@ -230,7 +241,7 @@ def rank_pool_explained(
     labeled = np.unique(np.asarray(labeled_idx, dtype=np.int64))
     unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), labeled, assume_unique=True)
     rng = rng or np.random.default_rng(0)
-    pool = Pool(embeddings, labeled, unlabeled, probs, multi_label, rng, scores)
+    pool = Pool(embeddings, labeled, unlabeled, probs, multi_label, rng, scores, classes)
     # Many small products: BLAS threads only spin against torch and each other here.
     with threadpool_limits(limits=1):
         if strategy in EXPLAINED:

@@ -54,7 +54,8 @@ def learning_curve(infos: Sequence[Mapping[str, Any]], serving: str | None) -> l
                 version=str(info["version"]),
                 kind=str(info.get("kind", "")),
                 labels=int(info.get("labels", 0)),
-                accuracy=metrics.get("accuracy"),
+                # A span project's headline figure is entity F1, in accuracy's place.
+                accuracy=metrics.get("accuracy", metrics.get("entity_f1")),
                 macro_f1=metrics.get("macro_f1"),
                 evaluation=info.get("evaluation"),
                 promoted=bool(info.get("promoted")),

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from ls_backend.core.classification import CLASSIFICATION
+from ls_backend.core.spans.task import SPANS
 from ls_backend.core.tasks import Task, TaskKind
 
-TASKS: dict[TaskKind, Task] = {CLASSIFICATION.kind: CLASSIFICATION}
+TASKS: dict[TaskKind, Task] = {CLASSIFICATION.kind: CLASSIFICATION, SPANS.kind: SPANS}
 
 
 def task_of(kind: TaskKind | str) -> Task:

@@ -35,6 +35,8 @@ class NotEnoughLabels(Exception):
 class TaskKind(str, Enum):
     #: ``<Choices>`` on a text: one label, or several (``choice="multiple"``).
     CLASSIFICATION = "classification"
+    #: ``<Labels>`` on a text: spans of characters, one label each (named entities).
+    SPANS = "spans"
 
 
 class Model(Protocol):
@@ -130,6 +132,9 @@ class Task(Protocol):
     kind: TaskKind
     #: The metric the paired promotion rule's per-item figures add up to (for its reason).
     metric: str
+    #: ``score`` reads the texts' sentence embeddings (else a prediction need not compute
+    #: them; the queue's diversity still does).
+    uses_embeddings: bool
 
     # --- the model family ------------------------------------------------------------------
 

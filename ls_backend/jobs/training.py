@@ -162,7 +162,8 @@ class TrainingLane(Lane):
             result.reason,
         )
         self.after(project, space, data)
-        return {**asdict(result), "labels": len(data), "skipped_annotations": skipped}
+        found = {"label_problems": project.problems} if project.problems else {}
+        return {**asdict(result), "labels": len(data), "skipped_annotations": skipped, **found}
 
     def after(self, project: Project, space: Any, data: LabeledData) -> None:
         """What follows a round (the head lane's stopping signal)."""

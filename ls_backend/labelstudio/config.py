@@ -17,6 +17,8 @@ from typing import Any, Protocol
 from label_studio_sdk.label_interface import LabelInterface
 
 from ls_backend.core.labels import LabelSpace
+from ls_backend.core.spans.types import Span, SpanLabelSpace
+from ls_backend.core.spans.validation import check_regions
 from ls_backend.core.tasks import TaskKind
 
 TEXT_TAGS = {"text", "hypertext"}
@@ -50,6 +52,11 @@ class LabelConfig(Protocol):
     def labels_of(self, result: Any) -> Any | None:
         """What an annotation's result says for this control; None when it is not a label
         (nothing for our tag, or malformed)."""
+        ...
+
+    def check(self, text: str, labels: Any) -> tuple[Any | None, list[str]]:
+        """What of ``labels_of``'s answer trains on ``text`` (None: nothing, the annotation is
+        skipped) and what is wrong in it, one line each (stored anyway; never an error)."""
         ...
 
     def result_item(self, value: Any, **extra: Any) -> dict[str, Any]:
@@ -135,6 +142,9 @@ class ClassificationConfig:
         known = [c for c in chosen if c in self.space.labels]
         return known if known or self.space.multi_label else None
 
+    def check(self, text: str, labels: list[str]) -> tuple[list[str] | None, list[str]]:
+        return labels, []  # ``labels_of`` kept the known choices already
+
     def result_item(self, value: list[str], **extra: Any) -> dict[str, Any]:
         return {
             "from_name": self.from_name,
@@ -145,25 +155,97 @@ class ClassificationConfig:
         }
 
 
+@dataclass(frozen=True)
+class Regions:
+    """One annotation's ``labels`` regions for a ``<Labels>`` control (their ``value``s),
+    and what else it holds that is no region of ours (relations, other result types)."""
+
+    values: list[dict[str, Any]]
+    others: list[str]
+
+
+@dataclass(frozen=True)
+class SpanConfig:
+    """``<Labels>`` bound to a ``<Text>``: character spans, one label each."""
+
+    from_name: str
+    to_name: str
+    field: TextField
+    space: SpanLabelSpace
+    kind: TaskKind = TaskKind.SPANS
+
+    @classmethod
+    def read(cls, control: Any, obj: Any, field: TextField) -> SpanConfig:
+        if field.is_html:  # HyperText regions are XPath ranges, not offsets into a text
+            raise NotServed(f"Labels '{control.name}' on HyperText: only <Text> is served")
+        try:
+            space = SpanLabelSpace(tuple(control.labels))
+        except ValueError as exc:
+            raise ConfigError(f"Labels '{control.name}': {exc}") from exc
+        return cls(control.name, obj.name, field, space)
+
+    def text_of(self, task: dict[str, Any]) -> str:
+        return self.field.text_of(task)
+
+    def labels_of(self, result: Any) -> Regions | None:
+        """Our regions (none: "no entity here" is a label too); None for a result that is no
+        list. Items of other controls that label our text (relations, other types) are kept
+        aside, to be said once."""
+        if not isinstance(result, list):
+            return None
+        values, others = [], []
+        for item in result:
+            if not isinstance(item, dict):
+                others.append("a result item that is not an object")
+            elif item.get("from_name") == self.from_name and item.get("type") == "labels":
+                value = item.get("value")
+                values.append(value if isinstance(value, dict) else {})
+            elif item.get("type") == "relation" or item.get("to_name") == self.to_name:
+                others.append(f"a {item.get('type')!r} result ({item.get('from_name')!r})")
+        return Regions(values, others)
+
+    def check(self, text: str, labels: Regions) -> tuple[list[Span] | None, list[str]]:
+        """The annotation's spans, or None when any region is bad (dropping that region alone
+        would teach "no entity here" where the annotator marked one); other items are
+        skipped alone."""
+        spans, problems = check_regions(text, labels.values, self.space.labels)
+        lines = [f"{p.problem}: region {p.index}: {p.detail}" for p in problems]
+        lines += [f"other_result: {other} skipped" for other in labels.others]
+        return (None if problems else spans), lines
+
+    def result_item(self, value: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {
+            "from_name": self.from_name,
+            "to_name": self.to_name,
+            "type": "labels",
+            "value": value,
+            **extra,
+        }
+
+
 #: Control tag (lower case) -> how to read it, for the object tags it may be bound to
 #: (``NotServed`` when this control, as configured, is not one the reader serves).
 Reader = Callable[[Any, Any, TextField], LabelConfig]
-READERS: dict[str, Reader] = {"choices": ClassificationConfig.read}
+READERS: dict[str, Reader] = {"choices": ClassificationConfig.read, "labels": SpanConfig.read}
 
 
 @lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
 def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig:
-    """The first control of ``label_config`` the backend serves (in the config's order)."""
+    """The first control of ``label_config`` the backend serves: by ``READERS``' order of tags,
+    then the config's order. ``<Choices>`` comes first, so a config that also has
+    ``<Labels>`` (served alone since spans came) keeps the model it had."""
     try:
         interface = LabelInterface(label_config)
     except Exception as exc:  # the SDK raises assorted errors on bad XML
         raise ConfigError(f"label config could not be parsed: {exc}") from exc
     objects = {obj.name: obj for obj in interface.objects}
     passed: list[str] = []  # why the controls that might have been ours are not
-    for control in interface.controls:
-        reader = READERS.get(control.tag.lower())
-        if reader is None:
-            continue
+    controls = sorted(
+        (c for c in interface.controls if c.tag.lower() in READERS),
+        key=lambda c: list(READERS).index(c.tag.lower()),
+    )  # stable: the config's order within a tag
+    for control in controls:
+        reader = READERS[control.tag.lower()]
         for target in control.to_name or []:
             obj = objects.get(target)
             if obj is None or obj.tag.lower() not in TEXT_TAGS:
@@ -172,5 +254,8 @@ def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig
                 return reader(control, obj, TextField.of(obj, max_chars))
             except NotServed as exc:
                 passed.append(str(exc))
-    problem = "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag"
+    problem = (
+        "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag, "
+        "or a <Labels> tag bound to a <Text> tag"
+    )
     raise ConfigError(f"{problem} ({'; '.join(dict.fromkeys(passed))})" if passed else problem)

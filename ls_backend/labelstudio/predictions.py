@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ls_backend.core.model import decided_labels
+from ls_backend.core.spans.types import Span
 from ls_backend.core.tasks import Scored, TaskKind
 from ls_backend.labelstudio.config import LabelConfig
 
@@ -84,7 +85,53 @@ class ChoicesFormat:
         return ", ".join(result[0]["value"]["choices"]) if result else ""
 
 
-FORMATS: dict[TaskKind, Format] = {TaskKind.CLASSIFICATION: ChoicesFormat()}
+def span_regions(
+    config: LabelConfig, text: str, spans: Sequence[Span], **extra: Any
+) -> list[dict[str, Any]]:
+    """``labels`` results: one region per span, its text cut from ``text`` at the span's
+    offsets (so it always matches them), its score when it has one; ``extra`` on the first."""
+    results = []
+    for i, span in enumerate(spans):
+        value = {
+            "start": span.start,
+            "end": span.end,
+            "text": text[span.start : span.end],
+            "labels": [span.label],
+        }
+        score = {} if span.score is None else {"score": round(float(span.score), 6)}
+        results.append(config.result_item(value, **score, **(extra if i == 0 else {})))
+    return results
+
+
+class SpansFormat:
+    """``labels`` regions (character offsets into the task's text, a score each); the task's
+    ``score`` is its least confident decision (a span, or a word left outside), and its
+    uncertainty figures ride on the first region (Label Studio keeps extra keys there)."""
+
+    def predictions(
+        self, config: LabelConfig, scored: Scored, rows: NDArray[np.int64]
+    ) -> list[Prediction]:
+        results = []
+        for row in rows:
+            item = scored.predictions[row]
+            figures = {name: round(float(v[row]), 6) for name, v in scored.figures.items()}
+            score = round(1.0 - figures.get("least_confident_span", 0.0), 6)
+            regions = span_regions(config, item.text, item.spans, uncertainty=figures)
+            results.append(
+                {"result": regions, "score": score, "model_version": scored.model.version}
+            )
+        return results
+
+    def summary(self, prediction: Prediction) -> str:
+        return ", ".join(
+            f"{r['value']['text']} ({r['value']['labels'][0]})" for r in prediction["result"]
+        )
+
+
+FORMATS: dict[TaskKind, Format] = {
+    TaskKind.CLASSIFICATION: ChoicesFormat(),
+    TaskKind.SPANS: SpansFormat(),
+}
 
 
 def predictions(

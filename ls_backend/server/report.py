@@ -16,6 +16,7 @@ from ls_backend.core import report as core
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
+from ls_backend.core.tasks import TaskKind
 from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
 from ls_backend.jobs.stopping import details as plateau_details
 from ls_backend.labelstudio.config import TaskError
@@ -124,7 +125,10 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
 
     confusions: list[core.Confusion] = []
     suspects: list[SuspectItem] = []
-    if space.multi_label:
+    spans = config.kind is TaskKind.SPANS
+    if spans:
+        suspects_note = "not computed for span projects yet"
+    elif space.multi_label:
         suspects_note = "not computed for multi-label projects"
     elif len(data) < SUSPECT_MIN_LABELS or np.unique(data.targets).size < 2:
         suspects_note = f"needs {SUSPECT_MIN_LABELS} labels of at least 2 classes"
@@ -152,7 +156,11 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         )
 
     queue, queue_version, queue_note = _queue(project, base)
-    stopping, stopping_note = _stopping(project, space, infos, config)
+    stopping, stopping_note = (
+        (None, "not computed for span projects yet")
+        if spans
+        else _stopping(project, space, infos, config)
+    )
     return ProjectReport(
         project=project.key,
         model_version=serving,
@@ -163,7 +171,9 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         jobs=jobs,
         learning_curve=curve,
         gain_per_100_labels=core.gain_per_100_labels(curve),
-        label_distribution=core.label_distribution(space, data.targets)
+        label_distribution=_span_counts(space.labels, data.targets)
+        if spans
+        else core.label_distribution(space, data.targets)
         if len(data)
         else dict.fromkeys(space.labels, 0),
         confusions=confusions,
@@ -178,6 +188,15 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         label_studio_url=base,
         warnings=project_warnings(project),
     )
+
+
+def _span_counts(labels: tuple[str, ...], targets: list[list[Any]]) -> dict[str, int]:
+    """Labeled spans per entity type."""
+    counts = dict.fromkeys(labels, 0)
+    for spans in targets:
+        for span in spans:
+            counts[span.label] = counts.get(span.label, 0) + 1
+    return counts
 
 
 def _queue(project: Project, base: str | None) -> tuple[list[QueueItem], str | None, str]:

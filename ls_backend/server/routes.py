@@ -171,13 +171,19 @@ def status(request: Request) -> dict[str, Any]:
     shown = {}
     for key in projects.known_projects():
         project = projects.project(key)
+        jobs = _jobs_of(request, project)
+        last = (jobs.get("head") or {}).get("last_result") or {}
         shown[key] = {
             "model_version": project.registry.current(),
             "annotations": project.store.count("annotations"),
             "tasks": project.store.count("tasks"),
-            "jobs": _jobs_of(request, project),
+            "jobs": jobs,
             "stopping": stopping.summary(project.store.plateau()),
             "warnings": project_warnings(project),
+            # Regions and result items skipped in training, by kind (bad offsets, overlaps,
+            # unknown labels, relations): as this process last read the labels, else as the
+            # head lane's last run (in a worker process) did.
+            "label_problems": project.problems or last.get("label_problems", {}),
         }
     sync = (
         {"configured": True}

@@ -36,7 +36,7 @@ def test_multiple_choice_hypertext_strips_tags():
         "not xml at all <",
     ],
 )
-def test_configs_without_choices_on_text_are_rejected(xml):
+def test_configs_without_choices_or_labels_on_text_are_rejected(xml):
     with pytest.raises(ConfigError):
         parse_config(xml)
 
