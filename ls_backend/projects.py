@@ -132,8 +132,9 @@ class Project:
 
     @property
     def connected(self) -> bool:
-        # A store from before /setup was recorded is connected if it ever had a model.
-        return self.store.connected_at() is not None or self.registry.current() is not None
+        """Label Studio called /setup for it (a prediction, even with a label config, does not
+        connect: the backend acts on a connected project with the admin's key)."""
+        return self.store.connected_at() is not None
 
     # --- the serving model ------------------------------------------------------------------
 

@@ -71,6 +71,13 @@ MIGRATIONS: list[list[str]] = [
     ],
     ["ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0"],  # the task mirror
     ["ALTER TABLE annotations ADD COLUMN updated_at TEXT"],  # out-of-order webhooks
+    # Only /setup connects a project. A store from before /setup was recorded that received
+    # webhooks was connected then (the backend refused none), so it stays connected.
+    [
+        "INSERT INTO meta (key, value)"
+        " SELECT 'connected', (SELECT CAST(MIN(received) AS TEXT) FROM events)"
+        " WHERE EXISTS (SELECT 1 FROM events) ON CONFLICT (key) DO NOTHING"
+    ],
 ]
 
 

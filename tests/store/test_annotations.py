@@ -1,6 +1,11 @@
 import pytest
 
-from ls_backend.store.annotations import MIGRATIONS, AnnotationStore, EventError
+from ls_backend.store.annotations import (
+    MIGRATIONS,
+    AnnotationStore,
+    EventError,
+    _legacy_version,
+)
 from ls_backend.store.sqlite import SqliteDatabase
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
@@ -255,3 +260,21 @@ def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tm
         "progress": 0.5,
     }
     assert store.lane_status("lora") is None
+
+
+def test_stores_that_received_webhooks_before_setup_was_recorded_stay_connected(make_database):
+    """Only /setup connects; a store from before it was recorded that took webhooks was
+    connected then (none were refused), one that only predicted was not."""
+    labeled, predicted = make_database("1"), make_database("2")
+    for database in (labeled, predicted):
+        database.migrate(MIGRATIONS[:3], _legacy_version)  # the schema before the step
+    with labeled.session(write=True) as db:
+        db.execute(
+            "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
+            ("ANNOTATION_CREATED", 1700000000.5, "{}"),
+        )
+    assert AnnotationStore(labeled).connected_at() == 1700000000.5
+    assert AnnotationStore(predicted).connected_at() is None
+    fresh = AnnotationStore(make_database("3"))
+    fresh.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    assert AnnotationStore(make_database("3")).connected_at() is None  # applied once, at first
