@@ -295,14 +295,19 @@ class Projects:
             self._open.move_to_end(key)
             return self._open[key]
 
-    def connected_project(self, raw_key: Any) -> Project | None:
-        """The project, if Label Studio connected it to this backend (else None, and nothing
-        is created on disk for it)."""
+    def existing_project(self, raw_key: Any) -> Project | None:
+        """The project, if this backend has state for it (else None, and nothing is created
+        on disk for it)."""
         key = project_key(raw_key)
         if key not in self._open and not (self.settings.model_dir / key).is_dir():
             return None
-        project = self.project(key)
-        return project if project.connected else None
+        return self.project(key)
+
+    def connected_project(self, raw_key: Any) -> Project | None:
+        """The project, if Label Studio connected it to this backend (else None, and nothing
+        is created on disk for it)."""
+        project = self.existing_project(raw_key)
+        return project if project is not None and project.connected else None
 
     def known_projects(self) -> list[str]:
         root: Path = self.settings.model_dir

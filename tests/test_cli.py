@@ -24,6 +24,7 @@ def trained(tmp_path, monkeypatch):
     for i in range(8):  # stored before the first model wakes the head lane: one run for all
         project.store.apply(annotation_event(i, i, ["AB"[i % 2]], config=CONFIG, project=5))
     project.setup(CONFIG)
+    project.connect()
     worker.request("5", "head")
     assert worker.wait_idle(30)
     worker.stop()

@@ -264,7 +264,7 @@ def _project(projects: Projects, raw: Any) -> Project:
 def _known(projects: Projects, raw: Any) -> Project:
     """A project this backend has state for; 404 otherwise (nothing is created for it)."""
     try:
-        project = projects.connected_project(raw)
+        project = projects.existing_project(raw)
     except ValueError as exc:
         raise ApiError(422, f"project: {exc}") from exc
     if project is None:
