@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         None, description="With BASIC_AUTH_PASS, require HTTP basic auth on all but /health."
     )
     basic_auth_pass: SecretStr | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Host names the backend answers to besides IP addresses and `localhost`, "
+        "comma-separated (`ls-backend.internal,ml.example.com`; `.example.com` takes every name "
+        "under it, `*` any name). Unset: none more while HOST is a loopback address, this "
+        "machine's host name otherwise. Other names get a 400, so a web page cannot reach the "
+        "backend through a name of its own (DNS rebinding).",
+    )
 
     # --- models ---------------------------------------------------------------------------
     embedding_model: str = Field(

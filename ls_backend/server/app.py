@@ -15,7 +15,14 @@ from ls_backend.jobs import start_scheduler
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.projects import Projects
 from ls_backend.server import errors
-from ls_backend.server.middleware import BasicAuthMiddleware, BodyLimitMiddleware
+from ls_backend.server.middleware import (
+    BasicAuthMiddleware,
+    BodyLimitMiddleware,
+    HostMiddleware,
+    HostPolicy,
+    JsonOnlyMiddleware,
+    NoFramingMiddleware,
+)
 from ls_backend.server.routes import Limits, router
 from ls_backend.settings import Settings
 
@@ -59,6 +66,12 @@ def create_app(
             password=settings.basic_auth_pass.get_secret_value(),
             open_paths={"/health"},
         )
+    # Outermost last: a foreign Host name is refused before anything else is looked at.
+    app.add_middleware(JsonOnlyMiddleware)
+    app.add_middleware(NoFramingMiddleware)
+    app.add_middleware(
+        HostMiddleware, policy=HostPolicy.for_server(settings.host, settings.allowed_hosts)
+    )
     errors.install(app)
     app.include_router(router)
     return app
