@@ -70,11 +70,14 @@ class Registry:
         pointer: Pointer | None = None,
         lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = root  # made by the first save: reading a registry creates nothing
         self.pointer = pointer or FilePointer(root / "current")
-        self._lock = lock or (lambda: flock(root / ".lock"))
+        self._lock = lock or self._file_lock
         self.moves = 0  # of the pointer, through this object
+
+    def _file_lock(self) -> AbstractContextManager[bool]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return flock(self.root / ".lock")
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -88,6 +91,8 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=version_number)
 

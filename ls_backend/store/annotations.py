@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,12 +137,31 @@ def _task_id(task: Any) -> int:
 
 
 class AnnotationStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, migrate: bool = True) -> None:
+        """``migrate``: bring the schema up to date first (a store opened only to read what is
+        there, for /status, is not)."""
         self.database = database
-        database.migrate(MIGRATIONS, _legacy_version)
+        self._pinned = threading.local()
+        if migrate:
+            database.migrate(MIGRATIONS, _legacy_version)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads in this block (in this thread) share one session: one connection, and with
+        PostgreSQL one transaction, instead of one each."""
+        if getattr(self._pinned, "session", None) is not None:
+            yield
+            return
+        with self.database.session() as session:
+            self._pinned.session = session
+            try:
+                yield
+            finally:
+                self._pinned.session = None
 
     def _read(self) -> Any:
-        return self.database.session()
+        pinned = getattr(self._pinned, "session", None)
+        return nullcontext(pinned) if pinned is not None else self.database.session()
 
     def _tx(self) -> Any:
         return self.database.session(write=True)
@@ -413,6 +434,14 @@ class AnnotationStore:
         for task_id, annotation_id, data, result in rows:
             latest[task_id] = Labeled(task_id, annotation_id, json.loads(data), json.loads(result))
         return list(latest.values())
+
+    def count_labeled(self) -> int:
+        """How many labeled tasks ``labeled`` returns, without reading them."""
+        row = self._one(
+            "SELECT COUNT(DISTINCT a.task_id) FROM annotations a"
+            " JOIN tasks t ON t.task_id = a.task_id WHERE a.was_cancelled = 0"
+        )
+        return int(row[0])
 
     def count(self, table: str) -> int:
         if table not in {"events", "tasks", "annotations"}:

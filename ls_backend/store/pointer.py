@@ -15,14 +15,15 @@ from ls_backend.store.databases import Databases
 
 class StorePointer:
     """The registry's pointer in the project's store, where every replica and worker reads
-    it. A store from before the pointer lived here adopts the registry's ``current`` file."""
+    it. A store from before the pointer lived here adopts the registry's ``current`` file
+    (``readonly``: reads it, and leaves the adoption to a writer)."""
 
-    def __init__(self, store: AnnotationStore, legacy: Path) -> None:
-        self.store, self.legacy = store, legacy
+    def __init__(self, store: AnnotationStore, legacy: Path, readonly: bool = False) -> None:
+        self.store, self.legacy, self.readonly = store, legacy, readonly
 
     def read(self) -> str | None:
         name = self.store.serving_version()
-        if name is None and (name := FilePointer(self.legacy).read()) is not None:
+        if name is None and (name := FilePointer(self.legacy).read()) and not self.readonly:
             self.store.set_serving_version(name)
         return name
 
@@ -30,11 +31,11 @@ class StorePointer:
         self.store.set_serving_version(version)
 
 
-def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
+def project_registry(project_dir: Path, store: AnnotationStore, readonly: bool = False) -> Registry:
     """The project's model registry: versions in ``models/``, the pointer and the writers' lock
-    in the store."""
+    in the store (``readonly``: for reading what serves, never writing)."""
     root = project_dir / "models"
-    pointer = StorePointer(store, root / "current")
+    pointer = StorePointer(store, root / "current", readonly)
     return Registry(root, pointer, lambda: store.database.lock("models"))
 
 
