@@ -10,18 +10,19 @@ subscribed (``Projects.subscribe``: the scheduler), so nothing here calls back u
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings
+from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Scored, Task
 from ls_backend.core.training import LabeledData, save_prototype
@@ -29,7 +30,7 @@ from ls_backend.labelstudio import predictions
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
-from ls_backend.store.base import StoreUnavailable
+from ls_backend.store.base import StoreMissing, StoreUnavailable
 from ls_backend.store.databases import Databases
 from ls_backend.store.pointer import StoreAddress, project_registry
 
@@ -59,6 +60,7 @@ POINTER_POLL_S = 0.5
 BACKGROUND_BATCH = 16
 
 Listener = Callable[["Project", str], None]
+T = TypeVar("T")
 
 
 def project_key(raw: Any) -> str:
@@ -76,16 +78,24 @@ class PredictionBatch:
     results: list[predictions.Prediction]
 
 
-class Project:
+class ProjectView:
+    """A project's stored state: its store and model registry. One from ``Projects.view`` only
+    reads (no migration, no write, no model load): what /status, /metrics and the schedulers'
+    sweeps look at, however many projects there are. A ``Project`` is one too."""
+
+    def __init__(self, key: str, store: AnnotationStore, registry: Registry) -> None:
+        self.key, self.store, self.registry = key, store, registry
+
+
+class Project(ProjectView):
     def __init__(self, projects: Projects, key: str) -> None:
-        self.key = key
         self.projects = projects
         self.settings = settings = projects.settings
         self.encoder = projects.encoder
         self.dir = settings.model_dir / key
         self.address = StoreAddress(settings.model_dir, settings.database_url_value, key)
-        self.store = AnnotationStore(projects.databases.project(key))
-        self.registry = project_registry(self.dir, self.store)
+        store = AnnotationStore(projects.databases.project(key))
+        super().__init__(key, store, project_registry(self.dir, store))
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._loaded: Model | None = None
@@ -273,6 +283,7 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._summaries: dict[str, dict[str, tuple[Any, Any]]] = {}  # name -> key -> (stamp, value)
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(project, event)`` for every event of every project from now on."""
@@ -309,6 +320,42 @@ class Projects:
         project = self.existing_project(raw_key)
         return project if project is not None and project.connected else None
 
+    def view(self, raw_key: Any) -> ProjectView:
+        """The project's stored state, read only: nothing is migrated, written, created or
+        loaded, and the open projects stay as they are."""
+        key = project_key(raw_key)
+        store = AnnotationStore(self.databases.project(key, readonly=True), migrate=False)
+        registry = project_registry(self.settings.model_dir / key, store, readonly=True)
+        return ProjectView(key, store, registry)
+
+    def summaries(self, name: str, compute: Callable[[ProjectView], T]) -> dict[str, T]:
+        """``compute(view)`` for every known project (its reads in one session), by key. A
+        store nobody committed to since the last call under ``name`` keeps that call's result
+        (SQLite: the files' stamps say so), so a thousand quiet projects cost a few thousand
+        file stats. A project folder without a store is left out. Results are shared: do not
+        change them."""
+        cache = self._summaries.setdefault(name, {})
+        shown: dict[str, T] = {}
+        for key in self.known_projects():
+            stamp = self.databases.stamp(key)
+            held = cache.get(key)
+            if stamp is not None and held is not None and held[0] == stamp:
+                shown[key] = held[1]
+                continue
+            view = self.view(key)
+            try:
+                with view.store.snapshot():
+                    value = compute(view)
+            except StoreMissing:
+                continue
+            if stamp is not None and self.databases.stamp(key) == stamp:  # none wrote meanwhile
+                cache[key] = (stamp, value)
+            shown[key] = value
+        for gone in set(cache) - set(shown):
+            cache.pop(gone, None)
+        return shown
+
     def known_projects(self) -> list[str]:
-        root: Path = self.settings.model_dir
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and _PROJECT.match(p.name))
+        with os.scandir(self.settings.model_dir) as entries:  # no stat per entry
+            found = [e.name for e in entries if _PROJECT.match(e.name) and e.is_dir()]
+        return sorted(found, key=int)

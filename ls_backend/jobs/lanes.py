@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from ls_backend import metrics
 from ls_backend.core.tasks import NotEnoughLabels, Progress
-from ls_backend.projects import Project
+from ls_backend.projects import Project, ProjectView
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.pointer import StoreAddress
 
@@ -49,14 +49,15 @@ class Lane:
         """Whether ``event`` gives this lane work; a lane may record what it wants durably."""
         return False
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         """What a run covers: a run marks everything up to this done."""
         raise NotImplementedError
 
-    def done(self, project: Project) -> int:
+    def done(self, project: ProjectView) -> int:
         return project.store.lane_done(self.name)
 
-    def pending(self, project: Project) -> bool:
+    def pending(self, project: ProjectView) -> bool:
+        """Whether a run has work; reads the store only (a read-only view will do)."""
         return self.marker(project) > self.done(project)
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
@@ -133,7 +134,7 @@ class ProgressRecord:
         return {**self.__dict__, "store": None}  # connections do not cross processes
 
 
-def read_status(project: Project, lane: str) -> JobStatus:
+def read_status(project: ProjectView, lane: str) -> JobStatus:
     stored = project.store.lane_status(lane)
     try:
         return JobStatus(**stored) if stored else JobStatus(project.key, lane)
@@ -141,7 +142,7 @@ def read_status(project: Project, lane: str) -> JobStatus:
         return JobStatus(project.key, lane)
 
 
-def shown_status(project: Project, lane: Lane) -> JobStatus:
+def shown_status(project: ProjectView, lane: Lane) -> JobStatus:
     """The lane's last run as /status shows it: ``queued`` when work waits and no run is in
     flight, unless the last run failed and is to be retried (the failure is the news)."""
     status = read_status(project, lane.name)

@@ -18,7 +18,7 @@ from ls_backend.labelstudio.client import (
     LabelStudioError,
 )
 from ls_backend.labelstudio.sync import SYNC, Syncer, SyncTarget, webhook_check_due
-from ls_backend.projects import CONNECTED, MODEL_TRAINED, SYNC_REQUESTED, Project
+from ls_backend.projects import CONNECTED, MODEL_TRAINED, SYNC_REQUESTED, Project, ProjectView
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED
 
@@ -76,7 +76,7 @@ class SyncLane(Lane):
         store.want_lane(self.name, forced)
         return True
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         return project.store.lane_wanted(self.name)
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
 from ls_backend.core.training import LabeledData, RoundResult, run_round
 from ls_backend.jobs.lanes import Lane, Lanes
-from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project
+from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project, ProjectView
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, START_TRAINING
 from ls_backend.store.base import StoreUnavailable
@@ -107,7 +107,7 @@ class TrainingLane(Lane):
     def wake(self, project: Project, event: str) -> bool:
         return event in TRAINING_EVENTS
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         return project.store.last_seq(LABEL_ACTIONS | {START_TRAINING})
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
@@ -167,13 +167,13 @@ class LoraLane(TrainingLane):
     def wake(self, project: Project, event: str) -> bool:
         return self.settings.lora_enabled and super().wake(project, event)
 
-    def pending(self, project: Project) -> bool:
+    def pending(self, project: ProjectView) -> bool:
         if not self.settings.lora_enabled:
             return False
         store, done = project.store, self.done(project)
         forced = store.training_requested() > done
         due = store.count_events(LABEL_ACTIONS, after=done) >= self.settings.lora_every
-        return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
+        return forced or (due and store.count_labeled() >= self.settings.lora_min_labels)
 
     def train(
         self, project: Project, space: Any, data: LabeledData, progress: Progress

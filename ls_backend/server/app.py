@@ -23,7 +23,7 @@ from ls_backend.server.middleware import (
     JsonOnlyMiddleware,
     NoFramingMiddleware,
 )
-from ls_backend.server.routes import Limits, router
+from ls_backend.server.routes import JsonParts, Limits, router
 from ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.limits = Limits(settings.threads)
+    app.state.status_parts = JsonParts()
     if projects is not None:
         app.state.projects = projects
         app.state.scheduler = scheduler or start_scheduler(projects)

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ls_backend import __version__, metrics
 from ls_backend.core.registry import version_number
-from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.projects import SYNC_REQUESTED, Project, Projects
@@ -53,6 +52,27 @@ class PredictRequest(BaseModel):
 
 class RollbackRequest(BaseModel):
     version: str = Field(description="The model version to serve, e.g. v0004-head.")
+
+
+class JsonParts:
+    """The JSON text of /status's per-project parts, each made once: a part is a new object
+    only when its store changed (``Scheduler.overview``), and serialising a thousand
+    projects' parts on every call took longer than reading them."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[object, str]] = {}
+
+    def text(self, key: str, part: object) -> str:
+        held = self._texts.get(key)
+        if held is not None and held[0] is part:
+            return held[1]
+        text = json.dumps(part)
+        self._texts[key] = (part, text)
+        return text
+
+    def forget_all_but(self, keys: set[str]) -> None:
+        for gone in set(self._texts) - keys:
+            self._texts.pop(gone, None)
 
 
 class Limits:
@@ -151,18 +171,7 @@ def _jobs_of(request: Request, project: Project) -> dict[str, dict[str, Any]]:
     return {lane: scheduler.status(project, lane) for lane in scheduler.lanes.names()}
 
 
-@router.get("/status", summary="Jobs per project and lane, sync configuration")
-def status(request: Request) -> dict[str, Any]:
-    projects = _projects(request)
-    shown = {}
-    for key in projects.known_projects():
-        project = projects.project(key)
-        shown[key] = {
-            "model_version": project.registry.current(),
-            "annotations": project.store.count("annotations"),
-            "tasks": project.store.count("tasks"),
-            "jobs": _jobs_of(request, project),
-        }
+def _status(request: Request) -> dict[str, Any]:
     sync = (
         {"configured": True}
         if _settings(request).sync_configured
@@ -172,23 +181,32 @@ def status(request: Request) -> dict[str, Any]:
             "Studio's queue and re-read annotations on START_TRAINING",
         }
     )
-    return {"projects": shown, "sync": sync}
+    return {"projects": _scheduler(request).overview(), "sync": sync}
+
+
+@router.get("/status", summary="Jobs per project and lane, sync configuration")
+def status(request: Request) -> Response:
+    # Read only, and again only from stores written since the last call; serialised here,
+    # each project's part once (FastAPI's encoder walks every value of every project).
+    body = _status(request)
+    parts: JsonParts = request.app.state.status_parts
+    shown = body["projects"]
+    parts.forget_all_but(set(shown))
+    projects = ",".join(f"{json.dumps(key)}:{parts.text(key, part)}" for key, part in shown.items())
+    text = f'{{"projects":{{{projects}}},"sync":{json.dumps(body["sync"])}}}'
+    return Response(text, media_type="application/json")
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 def prometheus(request: Request) -> Response:
-    projects, lanes = _projects(request), _scheduler(request).lanes
+    scheduler = _scheduler(request)
 
     def shared_figures() -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
-        for key in projects.known_projects():
-            project = projects.project(key)
-            serving = project.registry.current()
-            runs = {}
-            for lane in lanes.names():
-                last = read_status(project, lane)
-                runs[lane] = (last.runs, last.failures)
+        for key, shown in scheduler.overview().items():
+            serving = shown["model_version"]
+            runs = {lane: (job["runs"], job["failures"]) for lane, job in shown["jobs"].items()}
             number = version_number(serving) if serving else 0
-            yield key, project.store.count("annotations"), number, runs
+            yield key, shown["annotations"], number, runs
 
     payload, content_type = metrics.render(metrics.SharedState(shared_figures))
     return Response(payload, media_type=content_type)
@@ -242,7 +260,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui", response_class=HTMLResponse, summary="The admin's dashboard: every project")
 def ui(request: Request) -> HTMLResponse:
-    body = status(request)
+    body = _status(request)
     return HTMLResponse(dashboard.overview(body["projects"], body["sync"]))
 
 
