@@ -2,7 +2,7 @@
 MODEL_DIR, each a real process (`ls-backend serve`, `ls-backend worker`) on 127.0.0.1.
 
     .venv/bin/python benchmarks/scale.py [--part burst|worker-kill|redis-restart|
-                                          postgres-restart|all] [--quick]
+                                          postgres-restart|crash|all] [--quick]
 
 - burst: 1,000 ANNOTATION_CREATED webhooks (TREC texts) sent round-robin to the 2 replicas
   from 50 concurrent clients: acknowledged, stored (PostgreSQL) and lost; ack p50/p99; head
@@ -16,6 +16,13 @@ MODEL_DIR, each a real process (`ls-backend serve`, `ls-backend worker`) on 127.
 - postgres-restart: webhooks at ~20/s while PostgreSQL stops for 8 s (longer than a request
   waits for a connection): refused ones get 503 (Label Studio does not retry them: Start
   Training re-reads them); every acknowledged one is stored.
+- crash: kill -9 of a head worker while its job is queued (waiting out a 3 s quiet spell:
+  TRAIN_DEBOUNCE_S=3 in this case) or running (a round on 1,000+ labels), then the time until
+  the version serving is trained on every stored label: from a new worker's process start
+  (and from when it listens), or from the kill for the worker that survives (goal: 15 s);
+  the serving version must not move before. Then a serving replica killed with kill -9 while
+  webhooks stream in: every acknowledged label is stored, and the time from the kill until
+  every stored label serves.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ from typing import Any
 
 import httpx
 import psycopg
+from redis import Redis
+from rq import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -321,11 +330,155 @@ def postgres_restart(quick: bool) -> bool:
     return ok
 
 
+RECOVERY_GOAL_S = 15.0
+
+
+def _holder(c: Cluster, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes] | None:
+    """The worker process (of ``procs``) running a job now, per RQ's worker registry."""
+    by_pid = {proc.pid: proc for proc in procs if proc.poll() is None}
+    for worker in Worker.all(connection=Redis.from_url(c.env["REDIS_URL"])):
+        if worker.get_current_job_id() and worker.pid in by_pid:
+            return by_pid[worker.pid]
+    return None
+
+
+def _listening(c: Cluster, proc: subprocess.Popen[bytes]) -> bool:
+    workers = Worker.all(connection=Redis.from_url(c.env["REDIS_URL"]))
+    return any(worker.pid == proc.pid for worker in workers)
+
+
+def _serves_all(c: Cluster) -> bool:
+    return _labels(c, c.status()["model_version"]) == len(c.stored())
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _crash_case(moment: str, replacement: str, labels: int) -> dict[str, Any]:
+    """One kill -9 of a head worker holding a job, and the recovery timed."""
+    train = rows("train")
+    debounce = "3" if moment == "queued" else "0.3"
+    with cluster(TRAIN_DEBOUNCE_S=debounce) as c:
+        first = c.worker("head")
+        candidates = [first] + ([c.worker("head")] if replacement == "survivor" else [])
+        fire_round_robin(
+            c, [annotation_event(1 + i, 10_000 + i, train[i]) for i in range(labels)], 20
+        )
+        wait_for(lambda: _serves_all(c) and c.idle(), 600, f"a head on {labels} labels")
+        wait_for(lambda: all(_listening(c, p) for p in candidates), 120, "the workers")
+        more = [annotation_event(1 + i, 10_000 + i, train[i]) for i in range(labels, labels + 5)]
+        fire_round_robin(c, more, 2)
+        holder = wait_for(lambda: _holder(c, candidates), 60, "a worker holding the job")
+        if moment == "running":  # a round on 1,000 labels takes about a second: poll fast
+            deadline = time.monotonic() + 60
+            while jobs(c.replicas[0])["head"]["state"] != "running":
+                assert time.monotonic() < deadline, "no head run seen"
+                time.sleep(0.02)
+        serving = c.status()["model_version"]
+        _kill(holder)
+        killed = time.monotonic()
+        time.sleep(0.5)
+        untouched = c.status()["model_version"] == serving
+        started = listening = killed
+        if replacement == "new":
+            started = time.monotonic()
+            new = c.worker("head")
+            wait_for(lambda: _listening(c, new), 300, "the new worker")
+            listening = time.monotonic()
+        wait_for(lambda: _serves_all(c), 300, "a head on every label")
+        done = time.monotonic()
+    return {
+        "moment": moment,
+        "replacement": replacement,
+        "labels": labels + 5,
+        "from_start": done - started,
+        "from_listening": done - listening,
+        "start_up": listening - started,
+        "untouched": untouched,
+    }
+
+
+def _replica_crash(quick: bool) -> dict[str, Any]:
+    """Webhooks stream to 2 replicas; one is killed with kill -9 mid-stream."""
+    train = rows("train")
+    acked: list[int] = []
+    with cluster() as c:
+        c.worker("head")
+        stop = threading.Event()
+
+        def send(replica: int, first: int) -> None:
+            with httpx.Client(timeout=30) as http:
+                for i in range(first, first + 400, 2):
+                    if stop.is_set():
+                        return
+                    body = annotation_event(1 + i, 10_000 + i, train[i])
+                    try:
+                        if (
+                            http.post(f"{c.replicas[replica].url}/webhook", json=body).status_code
+                            == 200
+                        ):
+                            acked.append(1 + i)
+                    except httpx.HTTPError:
+                        pass  # the killed replica: not acknowledged
+                    time.sleep(0.02)
+
+        senders = [threading.Thread(target=send, args=(r, r)) for r in range(2)]
+        for sender in senders:
+            sender.start()
+        time.sleep(4.0)
+        c.replicas[1].stop(signal.SIGKILL)  # gunicorn and its worker, mid-stream
+        killed = time.monotonic()
+        stop.set()
+        for sender in senders:
+            sender.join()
+        wait_for(lambda: _serves_all(c), 300, "every stored label serving")
+        took = time.monotonic() - killed
+        stored = c.stored()
+    return {
+        "acked": len(acked),
+        "stored": len(stored),
+        "lost": len(set(acked) - stored),
+        "took": took,
+    }
+
+
+def crash(quick: bool) -> bool:
+    print("\n== crash: kill -9 of a head worker holding a job; of a replica mid-webhook")
+    labels = 200 if quick else 1000
+    ok = True
+    for moment in ("queued", "running"):
+        for replacement in ("new", "survivor"):
+            r = _crash_case(moment, replacement, labels)
+            if replacement == "new":
+                who, took = "a new worker", r["from_listening"]
+                timing = (
+                    f"{r['from_start']:.1f} s after its process started (start-up "
+                    f"{r['start_up']:.1f} s, then {took:.1f} s)"
+                )
+            else:
+                who, took = "the surviving worker", r["from_start"]
+                timing = f"{took:.1f} s after the kill"
+            print(f"  {moment}, {who}: {r['labels']} labels serving {timing}")
+            print(f"    serving version untouched until then: {r['untouched']}")
+            ok = ok and r["untouched"] and took <= RECOVERY_GOAL_S
+    r = _replica_crash(quick)
+    print(
+        f"  replica killed mid-stream: {r['acked']} acknowledged, {r['stored']} stored, "
+        f"{r['lost']} acknowledged lost; every stored label serving {r['took']:.1f} s later"
+    )
+    ok = ok and r["lost"] == 0 and r["took"] <= RECOVERY_GOAL_S
+    print(f"  -> {'OK' if ok else 'NOT OK'} (goal: {RECOVERY_GOAL_S:.0f} s)")
+    return ok
+
+
 PARTS = {
     "burst": burst,
     "worker-kill": worker_kill,
     "redis-restart": redis_restart,
     "postgres-restart": postgres_restart,
+    "crash": crash,
 }
 
 

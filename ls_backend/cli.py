@@ -1,4 +1,4 @@
-"""``ls-backend``: serve | models | sync | report | bench."""
+"""``ls-backend``: serve | models | sync | report | finetune | bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import shutil
 import sys
 from dataclasses import asdict
 from typing import Any
+
+from pydantic import ValidationError
 
 from ls_backend.settings import Settings, get_settings
 
@@ -66,28 +68,81 @@ def _registry(settings: Settings, project: str) -> Any:
     return project_registry(address.project_dir, address.open())
 
 
+def _table(rows: list[list[str]], right: set[int]) -> str:
+    """Rows as columns sized to their widest cell, two spaces apart (``right``: the columns
+    aligned right); the last column is left ragged."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
 def models(args: argparse.Namespace) -> None:
     registry = _registry(get_settings(), args.project)
     current = registry.current()
+    known = ", ".join(registry.versions()) or "none"
     if args.action == "list":
-        header = ("", "version", "promoted", "labels", "accuracy", "macro-F1", "reason")
-        print("{:2}{:<14}{:<10}{:>7}{:>10}{:>10}  {}".format(*header))
+        rows = [["version", "promoted", "labels", "accuracy", "macro-F1", "reason"]]
+        marks = ["  "]
         for version in registry.versions():
             info = registry.info(version)
             m = info.get("metrics") or {}
-            mark = "* " if version == current else "  "
-            acc = f"{m['accuracy']:.3f}" if "accuracy" in m else "-"
-            f1 = f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-"
-            print(
-                f"{mark}{version:<14}{str(bool(info.get('promoted'))):<10}"
-                f"{info.get('labels', 0):>7}{acc:>10}{f1:>10}  {info.get('reason', '')}"
+            marks.append("* " if version == current else "  ")
+            rows.append(
+                [
+                    version,
+                    "yes" if info.get("promoted") else "no",
+                    str(info.get("labels", 0)),
+                    f"{m['accuracy']:.3f}" if "accuracy" in m else "-",
+                    f"{m['macro_f1']:.3f}" if "macro_f1" in m else "-",
+                    str(info.get("reason", "")),
+                ]
             )
+        table = _table(rows, right={2, 3, 4}).splitlines()
+        print("\n".join(mark + line for mark, line in zip(marks, table, strict=True)))
+        if registry.pinned():
+            print(f"\n{_pinned(args.project, current)}")
     elif args.action == "show":
-        print(json.dumps(registry.info(args.version or current), indent=2))
+        version = args.version or current
+        if version is None:
+            sys.exit(
+                f"project {args.project}: no version serves; name one with --version ({known})"
+            )
+        try:
+            info = registry.info(version)
+        except KeyError:
+            sys.exit(f"project {args.project}: no model version {version!r} (known: {known})")
+        print(json.dumps(info, indent=2))
     elif args.action == "rollback":
+        try:
+            with registry.lock():
+                version = registry.rollback(args.version)
+        except KeyError as exc:
+            sys.exit(f"project {args.project}: {exc.args[0]} (known: {known})")
+        print(f"project {args.project} now serves {version}, {_pinned(args.project, version)}")
+    elif args.action == "unpin":
         with registry.lock():
-            version = registry.rollback(args.version)
-        print(f"project {args.project} now serves {version}")
+            was = registry.pinned()
+            version = registry.unpin()
+        if was is None:
+            print(f"project {args.project}: nothing is pinned ({version or 'no version'} serves)")
+        else:
+            print(
+                f"project {args.project}: the pin on {was} is lifted; it serves until a "
+                "training round promotes another version"
+            )
+
+
+def _pinned(project: str, version: str | None) -> str:
+    return (
+        f"pinned: {version} serves while new versions train, until "
+        f"`ls-backend models unpin --project {project}`"
+    )
 
 
 def sync(args: argparse.Namespace) -> None:
@@ -109,8 +164,8 @@ def sync(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from redis import Redis
-
+    from ls_backend import logs
+    from ls_backend.core.priority import lower_thread_priority
     from ls_backend.jobs import lanes_for
     from ls_backend.jobs.rq import work
     from ls_backend.projects import Projects
@@ -118,10 +173,14 @@ def worker(args: argparse.Namespace) -> None:
     settings = get_settings()
     if not settings.redis_url:
         sys.exit("ls-backend worker needs REDIS_URL (without it the server runs every lane)")
+    logs.configure(settings.log_level, settings.log_json)
+    # A worker only runs background work: at a lower priority, before any thread (the
+    # runtime's, BLAS's) starts, so they all inherit it.
+    lower_thread_priority()
     projects = Projects(settings)
     names = args.queues.split(",") if args.queues else None
     try:
-        work(projects, lanes_for(projects), Redis.from_url(settings.redis_url), names)
+        work(projects, lanes_for(projects), settings.redis_url, names)
     except ValueError as exc:
         sys.exit(str(exc))
 
@@ -140,6 +199,71 @@ def report(args: argparse.Namespace) -> None:
     print(build_report(project, jobs).model_dump_json(indent=2))
 
 
+def finetune(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    from ls_backend.core.finetune import FinetuneError
+    from ls_backend.jobs import finetune as jobs
+
+    settings = get_settings()
+    request = jobs.FinetuneRequest(
+        project=args.project,
+        train=args.train,
+        test=args.test,
+        out=args.out,
+        backbone=args.backbone,
+        method=args.method,
+        register=args.register,
+        evaluation=args.evaluation,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        min_per_class=args.min_per_class,
+    )
+    bar = tqdm(total=100, desc="finetune", unit="%", bar_format="{l_bar}{bar}| {postfix}")
+
+    def show(fraction: float, stage: str) -> None:
+        bar.update(round(100 * fraction) - bar.n)
+        bar.set_postfix_str(stage)
+
+    try:
+        if settings.redis_url and args.project is not None and not args.here:
+            result = _wait_for(jobs.enqueue(settings, request), show)
+        else:
+            result = jobs.run(settings, request, show, show_progress=True)
+    except FinetuneError as exc:
+        bar.close()
+        sys.exit(f"finetune: {exc}")
+    bar.close()
+    print(json.dumps(result, indent=2))
+
+
+def _wait_for(job: Any, show: Any) -> Any:
+    """Follow a fine-tune job on the LoRA queue to its end; Ctrl-C leaves it running."""
+    import re
+    import time
+
+    print(
+        f"queued as job {job.id} on {job.origin}: a worker with `--queues lora` (or every "
+        "lane) runs it; Ctrl-C stops waiting, not the job",
+        file=sys.stderr,
+    )
+    while True:
+        status = str(getattr(job.get_status(refresh=True), "value", ""))
+        meta = job.get_meta(refresh=True)
+        show(float(meta.get("progress", 0.0)), str(meta.get("stage", status)))
+        if status == "finished":
+            return job.return_value()
+        if status in ("failed", "stopped", "canceled"):
+            latest = job.latest_result()
+            lines = (latest.exc_string or "").strip().splitlines() if latest else []
+            error = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", lines[-1]) if lines else "no error kept"
+            sys.exit(f"finetune job {job.id} {status}: {error}")
+        time.sleep(1.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ls-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,10 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="default: PORT")
     p.set_defaults(func=serve)
 
-    p = sub.add_parser("models", help="list, show or roll back a project's model versions")
-    p.add_argument("action", choices=["list", "show", "rollback"])
+    p = sub.add_parser(
+        "models", help="list, show or roll back (pinned) a project's model versions; unpin"
+    )
+    p.add_argument("action", choices=["list", "show", "rollback", "unpin"])
     p.add_argument("--project", required=True)
-    p.add_argument("--version", help="show: that version; rollback: serve it")
+    p.add_argument(
+        "--version",
+        help="show: that version; rollback: serve it, pinned (default: the promoted one before)",
+    )
     p.set_defaults(func=models)
 
     p = sub.add_parser("worker", help="run background jobs from Redis (REDIS_URL) with RQ")
@@ -169,6 +298,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True)
     p.set_defaults(func=report)
 
+    p = sub.add_parser(
+        "finetune",
+        help="train the final model on every label (a project's, or a dataset file's) and "
+        "export it as a Hugging Face directory (with ONNX and a model card)",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--project", help="a project's labels (a job on the LoRA queue with "
+                        "REDIS_URL, else in this process)")  # fmt: skip
+    source.add_argument("--train", help="or a JSONL(.gz) file of {text, label} (in this process)")
+    p.add_argument("--test", help="with --train: a JSONL file to score the final model on")
+    p.add_argument("--backbone", help="`embedded`, a model folder or a Hugging Face id "
+                   "(default: LORA_BACKBONE)")  # fmt: skip
+    p.add_argument("--method", choices=["lora", "full"], default="lora",
+                   help="lora: an adapter, merged into the backbone for the export; full: "
+                   "every weight")  # fmt: skip
+    p.add_argument("--out", help="the model folder to write (default: MODEL_DIR/<project>/"
+                   "finetuned/<time>-<backbone>-<method>, or ./finetuned/...)")  # fmt: skip
+    p.add_argument("--register", action="store_true",
+                   help="also save it as a model version of the project, serving when the "
+                   "promotion rule says it beats the serving one")  # fmt: skip
+    p.add_argument("--evaluation", choices=["auto", "held-out", "k-fold", "none"],
+                   default="auto", help="auto: held-out from EVAL_MIN_LABELS labels, "
+                   "else k-fold (as the server's rounds)")  # fmt: skip
+    p.add_argument("--epochs", type=int, help="most epochs (default: LORA_EPOCHS; held-out "
+                   "evaluation picks the best)")  # fmt: skip
+    p.add_argument("--lr", type=float, help="default: LORA_LR, or 3e-5 for --method full")
+    p.add_argument("--batch-size", type=int, help="default: LORA_BATCH_SIZE")
+    p.add_argument("--max-length", type=int, help="tokens per text (default: MAX_LENGTH)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-per-class", type=int, default=3,
+                   help="labels every class needs (default 3)")  # fmt: skip
+    p.add_argument("--here", action="store_true",
+                   help="run in this process even with REDIS_URL")  # fmt: skip
+    p.set_defaults(func=finetune)
+
     try:
         from ls_backend.bench import cli as bench
     except ImportError:
@@ -178,12 +342,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def settings_problem(exc: ValidationError) -> str:
+    """What is wrong with the settings, one line per variable, without the values given
+    (they include the password and the keys)."""
+    lines = []
+    for error in exc.errors(include_url=False, include_context=False, include_input=False):
+        name = ".".join(str(part).upper() for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}: {message}" if name else message)
+    return "ls-backend: the settings are not valid:\n  " + "\n  ".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     # OpenMP threads that spin while they wait make torch 2-9x slower on a busy machine
     # (measured: LoRA 36 vs 4 samples/s on 2 cores); must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        sys.exit(settings_problem(exc))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
@@ -26,13 +26,13 @@ from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Scored, Task
 from ls_backend.core.training import LabeledData, save_prototype
-from ls_backend.labelstudio import predictions
+from ls_backend.labelstudio import predictions, webhooks
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.base import StoreMissing, StoreUnavailable
 from ls_backend.store.databases import Databases
-from ls_backend.store.pointer import StoreAddress, project_registry
+from ls_backend.store.pointer import StoreAddress, StorePointer, project_registry
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ LABEL_SPACE_CHANGED = "LABEL_SPACE_CHANGED"
 SYNC_REQUESTED = "SYNC_REQUESTED"
 #: A training lane finished a round (promoted or not).
 MODEL_TRAINED = "MODEL_TRAINED"
+#: A webhook's event is about to be stored (no lane wakes on it: a scheduler whose requests
+#: could be lost with the process between the store and the request takes note).
+EVENT_RECEIVED = "EVENT_RECEIVED"
 
 _PROJECT = re.compile(r"^[0-9]+$")
 #: Label Studio ids are 32-bit; anything longer is not a project.
@@ -55,12 +58,17 @@ OPEN_PROJECTS = 32
 #: A serving process looks at most this often which version serves (a promotion elsewhere
 #: serves here this much later; one made in this process at once).
 POINTER_POLL_S = 0.5
+#: After the store failed to answer (each try waits up to 5 s for a PostgreSQL connection),
+#: predictions use the config and model they hold this long before they ask it again.
+STORE_RETRY_S = 10.0
 #: /predict batches larger than this (Retrieve predictions) embed in the background's chunks,
 #: so the single task Label Studio asks for while an annotator waits goes first.
 BACKGROUND_BATCH = 16
 
 Listener = Callable[["Project", str], None]
 T = TypeVar("T")
+#: Folders the backend itself keeps in MODEL_DIR beside the projects' (the ONNX exports).
+_OURS = {"onnx"}
 
 
 def project_key(raw: Any) -> str:
@@ -70,6 +78,15 @@ def project_key(raw: Any) -> str:
     if not (_PROJECT.match(text) and len(text) <= 10 and 0 < int(text) <= MAX_PROJECT_ID):
         raise ValueError(f"project must be a Label Studio project id, got {str(raw)[:40]!r}")
     return str(int(text))
+
+
+def project_created(raw: Any) -> int | None:
+    """When Label Studio created the project (seconds since the epoch): the ``<created_ts>`` of
+    ``"<id>.<created_ts>"`` (None for a bare id). With the id it names one Label Studio project:
+    a reinstalled Label Studio reuses ids, never the creation time of a project."""
+    _, dot, created = str(raw).partition(".")
+    created = created.strip()
+    return int(created) if dot and created.isdigit() and len(created) <= 12 else None
 
 
 @dataclass
@@ -101,38 +118,92 @@ class Project(ProjectView):
         self._loaded: Model | None = None
         self._looked: tuple[float, int] | None = None  # (when, pointer writes seen then)
         self._config: tuple[str, LabelConfig] | None = None  # (xml, parsed)
+        self._saved_config: str | None = None  # the label config the store is known to hold
+        self._setup_urls: set[str] = set()  # recorded in the store already
 
     # --- label config ---------------------------------------------------------------------
 
     def config(self) -> LabelConfig:
         """The label config, parsed once per change; while the store is unreachable (a
-        PostgreSQL restart), the last one read, so predictions keep serving."""
+        PostgreSQL restart), the last one read or sent, so predictions keep serving."""
         try:
-            xml = self.store.label_config()
+            xml = self._ask_store(self.store.label_config)
         except StoreUnavailable:
             if self._config is None:
                 raise
-            log.warning("project %s: the store is unreachable; predicting on", self.key)
             return self._config[1]
         if xml is None:
             raise ConfigError(f"project {self.key} has no label config yet: call /setup first")
+        self._saved_config = xml
         if self._config is None or self._config[0] != xml:
             parsed = parse_config(xml, self.settings.max_text_chars)
             self._config = (xml, parsed)
         return self._config[1]
 
     def setup(self, label_config: str | None) -> str:
-        """Adopt a label config (parsed first: a bad one changes nothing); returns the version."""
+        """Adopt a label config (parsed first: a bad one changes nothing); returns the version.
+        While the store is away, predictions use the config sent, stored once it is back."""
         if label_config is not None:
-            parse_config(label_config)
-            known = self._config is not None and self._config[0] == label_config
-            if not known and self.store.label_config() != label_config:
-                self.store.set_label_config(label_config)
+            parsed = parse_config(label_config, self.settings.max_text_chars)
+            if self._saved_config != label_config:
+                try:
+                    if self._ask_store(self.store.label_config) != label_config:
+                        self.store.set_label_config(label_config)
+                    self._saved_config = label_config
+                except StoreUnavailable:
+                    self._config = (label_config, parsed)
         return self.model().version
 
-    def connect(self) -> None:
-        """Label Studio called /setup: from now on its events and syncs for it are welcome."""
+    def _ask_store(self, read: Callable[[], Any]) -> Any:
+        """``read()`` from the store, unless it failed to answer within STORE_RETRY_S: then
+        StoreUnavailable at once, so a prediction does not wait for it again."""
+        if self.projects.store_away():
+            raise StoreUnavailable("the store did not answer a moment ago")
+        try:
+            return read()
+        except StoreUnavailable:
+            self.projects.store_failed(self.key)
+            raise
+
+    def meet(self, created: int | None, host: str | None, label_config: str | None) -> None:
+        """/setup says which Label Studio project calls (``project_created``; the host Label
+        Studio names itself is kept beside it). Another one than the store holds, a reinstalled
+        Label Studio reusing the id, gets fresh state (``AnnotationStore.meet``) and zero-shot
+        serves it: the versions trained on the old one's labels stay saved, but none serves.
+        Raises ``OtherLabelStudio`` for a Label Studio project replaced before."""
+        if created is None:
+            return
+        if label_config is not None:
+            parse_config(label_config)  # a bad config changes nothing (ConfigError)
+        replaced = self.store.meet(created, host)
+        if replaced is None:
+            return
+        log.warning(
+            "project %s: another Label Studio project under this id (created at %d, host %s; "
+            "the one held was created at %d): its state starts afresh",
+            self.key, created, host, replaced,
+        )  # fmt: skip
+        if label_config is not None:
+            self.store.set_label_config(label_config)
+        try:
+            config = self.config()
+        except ConfigError:
+            return  # no label config yet: setup makes the first model
+        task = task_of(config.kind)
+        with self._create_lock:
+            model = task.prototype(config.space, self.label_embeddings(config.space))
+            reason = f"another Label Studio project (created at {created}): fresh state"
+            save_prototype(self.registry, model, reason, task.kind)
+        self.current_model(fresh=True)
+
+    def connect(self, reached_by: Sequence[str] = ()) -> None:
+        """Label Studio called /setup (by the URLs ``reached_by``): from now on its events and
+        syncs for it are welcome, and the webhook of that URL is the backend's own."""
         self.store.mark_connected()
+        urls = [webhooks.normalized(url) for url in reached_by]
+        if any(url not in self._setup_urls for url in urls):
+            self.store.note_setup_urls(urls, keep=webhooks.MAX_URLS)
+            self._setup_urls.update(urls)
         self.projects.emit(self, CONNECTED)
 
     @property
@@ -159,16 +230,29 @@ class Project(ProjectView):
                 if seen == writes and now - when < POINTER_POLL_S:
                     return self._loaded
             try:
-                version = self.registry.current()
+                version = (
+                    self.registry.current() if fresh else self._ask_store(self.registry.current)
+                )
             except StoreUnavailable:
-                if self._looked is None:
-                    raise
-                log.warning("project %s: the store is unreachable; serving on", self.key)
-                return self._loaded
+                if self._looked is not None:
+                    return self._loaded
+                version = self._on_disk()  # since this process started: what served then
             self._looked = (now, writes)
             if version != (self._loaded.version if self._loaded else None):
                 self._loaded = self._load(version) if version else None
             return self._loaded
+
+    def _on_disk(self) -> str:
+        """The serving version as last copied to disk (the store is away)."""
+        version = cast(StorePointer, self.registry.pointer).last_written()
+        try:
+            self.registry.path(version or "")
+        except KeyError:
+            raise StoreUnavailable(
+                f"the store of project {self.key} is unreachable and no serving version was "
+                "copied to disk"
+            ) from None
+        return str(version)
 
     def _load(self, version: str) -> Model:
         kind = self.registry.info(version).get("task", "classification")
@@ -284,6 +368,20 @@ class Projects:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._summaries: dict[str, dict[str, tuple[Any, Any]]] = {}  # name -> key -> (stamp, value)
+        self._store_away_until = 0.0  # monotonic
+        self._strays: set[str] = set()  # folders in MODEL_DIR that are no project, logged once
+
+    def store_away(self) -> bool:
+        """The stores failed to answer within the last STORE_RETRY_S."""
+        return time.monotonic() < self._store_away_until
+
+    def store_failed(self, key: str) -> None:
+        if not self.store_away():
+            log.warning(
+                "project %s: the store is unreachable; serving what this process holds and "
+                "asking it again in %.0f s", key, STORE_RETRY_S,
+            )  # fmt: skip
+        self._store_away_until = time.monotonic() + STORE_RETRY_S
 
     def subscribe(self, listener: Listener) -> None:
         """Call ``listener(project, event)`` for every event of every project from now on."""
@@ -356,6 +454,25 @@ class Projects:
         return shown
 
     def known_projects(self) -> list[str]:
+        """The projects with a folder under MODEL_DIR. Any other folder (``0``, ``007``, a
+        backup someone left there) is no project of ours: ignored, and said so once."""
+        found = []
         with os.scandir(self.settings.model_dir) as entries:  # no stat per entry
-            found = [e.name for e in entries if _PROJECT.match(e.name) and e.is_dir()]
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name in _OURS or not entry.is_dir():
+                    continue
+                try:
+                    ours = project_key(name) == name
+                except ValueError:
+                    ours = False
+                if ours:
+                    found.append(name)
+                elif name not in self._strays:
+                    self._strays.add(name)
+                    log.warning(
+                        "MODEL_DIR/%s is not a project folder (those are named by a Label Studio "
+                        "project id, like 7): ignored",
+                        name[:80],
+                    )
         return sorted(found, key=int)

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ls_backend.core.configs import (
@@ -40,7 +40,11 @@ def _round(name: str, **limits: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+    # A validation error never echoes what it was given: the input holds every variable,
+    # the password and the keys among them, and the error goes to the start-up log.
+    model_config = SettingsConfigDict(
+        env_prefix="", case_sensitive=False, extra="ignore", hide_input_in_errors=True
+    )
 
     # --- serving -------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `ls-backend serve` listens on.")
@@ -75,6 +79,13 @@ class Settings(BaseSettings):
         "under it, `*` any name). Unset: none more while HOST is a loopback address, this "
         "machine's host name otherwise. Other names get a 400, so a web page cannot reach the "
         "backend through a name of its own (DNS rebinding).",
+    )
+    webhook_token: SecretStr | None = Field(
+        None,
+        description="A secret accepted on /webhook only (`Authorization: Bearer <token>`, "
+        "beside basic auth); the backend gives its Label Studio webhook this token instead of "
+        "the basic-auth password, which Label Studio would show its users. Without basic auth "
+        "it still guards /webhook. A long random string.",
     )
 
     # --- models ---------------------------------------------------------------------------
@@ -146,6 +157,7 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
+        repr=False,  # redis://:password@host: kept out of every log line
         description="Redis for background jobs (RQ): serving processes then only enqueue, and "
         "`ls-backend worker` processes train and sync. Unset: lanes run in the serving process.",
     )
@@ -172,6 +184,12 @@ class Settings(BaseSettings):
         "(so the deletes seldom meet annotators' saves), or when over 4 x SYNC_TOP_K (1% of the "
         "tasks, where more) wait.",
     )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _without_input(exc) from None
 
     @model_validator(mode="after")
     def _auth_is_both_or_neither(self) -> Settings:
@@ -232,12 +250,37 @@ class Settings(BaseSettings):
         return bool(self.basic_auth_user and self.basic_auth_pass)
 
     @property
+    def webhook_auth(self) -> bool:
+        """Whether /webhook needs credentials (basic auth or WEBHOOK_TOKEN), which Label
+        Studio's webhook must then carry."""
+        return self.auth_enabled or bool(self.webhook_token)
+
+    @property
     def database_url_value(self) -> str | None:
         return self.database_url.get_secret_value() if self.database_url else None
 
     @property
     def sync_configured(self) -> bool:
         return bool(self.label_studio_url and self.label_studio_api_key)
+
+
+def _without_input(exc: ValidationError) -> ValidationError:
+    """The same errors without the input they were given: a check across fields (half-set basic
+    auth) is handed every variable, the password and the keys among them."""
+    details: list[Any] = [
+        {
+            "type": e["type"],
+            "loc": e["loc"],
+            "input": None,
+            **({"ctx": e["ctx"]} if "ctx" in e else {}),
+        }
+        for e in exc.errors(include_url=False)
+    ]
+    try:
+        return ValidationError.from_exception_data(exc.title, details, hide_input=True)
+    except (KeyError, TypeError, ValueError):  # an error type that cannot be rebuilt
+        lines = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{exc.title}: {lines}") from None
 
 
 @lru_cache(maxsize=1)

@@ -15,12 +15,14 @@ import json
 import re
 import shutil
 import statistics
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from playwright.sync_api import ConsoleMessage, Page, Request, Response, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
@@ -35,6 +37,7 @@ ERROR_DIALOG = "[class*='error-message__title']"
 ERROR_DETAIL = "[class*='error-message__detail']"
 ERROR_TOAST = "[class*='toast_error']"
 FEEDBACK_WAIT_MS = 3000  # the toast follows the failed response within a moment
+QUEUE_POLL_S = 0.5
 
 # "shown" once the editor renders task `id` (the bottom bar's task id) with its text (when
 # known) and choices; "error" once Label Studio's error dialog is up.
@@ -61,6 +64,11 @@ class TaskRecord:
     predictions: list[tuple[str, float | None]] = field(default_factory=list)
     choice: str | None = None
     seconds: float | None = None  # Submit click -> next task rendered; None if it never was
+    shown_at: float = 0.0  # time.monotonic() once it was shown
+    # Within `seconds`, Label Studio's answer times (request sent -> last byte) of the save and
+    # of the next-task request, as the browser measured them.
+    save_s: float | None = None
+    next_s: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -83,6 +91,10 @@ class AnnotatorRun:
     def max_s(self) -> float | None:
         return max(self.seconds, default=None)
 
+    def median_of(self, attribute: str) -> float | None:
+        values = [v for t in self.tasks if (v := getattr(t, attribute)) is not None]
+        return statistics.median(values) if values else None
+
     @property
     def failures(self) -> int:
         """Tasks whose save or next task failed (an error, or no next task), and run errors."""
@@ -98,17 +110,111 @@ class AnnotatorRun:
         )
 
 
+@dataclass
+class QueueWatch:
+    """Polls the project's queue version; keeps, per ranking version, when it was first seen
+    (monotonic) and its predictions' scores by task."""
+
+    ls_url: str
+    token: str
+    project_id: int
+    seen: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Token {self.token}"}
+        with httpx.Client(base_url=self.ls_url, headers=headers, timeout=30) as http:
+            while not self._stop.wait(QUEUE_POLL_S):
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    project = http.get(f"/api/projects/{self.project_id}").json()
+                    version = project.get("model_version") or ""
+                    if version.startswith("rank-") and version not in self.seen:
+                        self.seen[version] = time.monotonic()
+                        self.scores[version] = self._scores(http, version)
+
+    def _scores(self, http: httpx.Client, version: str) -> dict[int, float]:
+        rows = http.get("/api/predictions", params={"project": self.project_id}).json()
+        return {p["task"]: p["score"] for p in rows if p["model_version"] == version}
+
+    def catch_up(self, versions: set[str]) -> None:
+        """Read the rankings served that the polls missed (pushed and replaced between two)."""
+        missing = versions - set(self.scores)
+        if not missing:
+            return
+        headers = {"Authorization": f"Token {self.token}"}
+        with httpx.Client(base_url=self.ls_url, headers=headers, timeout=30) as http:
+            for version in missing:
+                self.scores[version] = self._scores(http, version)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[QueueWatch]:
+        thread = threading.Thread(target=self.run, name="queue-watch", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(10)
+
+
+@dataclass
+class Order:
+    """How the tasks served after the first ranking landed relate to the ranking in force."""
+
+    after_first: int = 0  # tasks shown after the first ranked push was seen
+    ranked: int = 0  # ... that came with a prediction of a ranking
+    in_order: int = 0  # ... that were the lowest score of their ranking not yet labeled
+    off: list[str] = field(default_factory=list)
+
+
+def served_order(run: AnnotatorRun, watch: QueueWatch) -> Order:
+    """Each task shown after the first ranking was seen: was it served by a ranking, and was
+    it the lowest-scored task of that ranking not labeled yet (Label Studio serves it so)?"""
+    watch.catch_up({v for r in run.tasks for v, _ in r.predictions if v.startswith("rank-")})
+    order = Order()
+    first = min(watch.seen.values(), default=None)
+    labeled: set[int] = set()
+    for record in run.tasks:
+        if first is not None and record.shown_at >= first:
+            order.after_first += 1
+            _check(record, watch, labeled, order)
+        labeled.add(record.task_id)
+    return order
+
+
+def _check(record: TaskRecord, watch: QueueWatch, labeled: set[int], order: Order) -> None:
+    ranked = [(v, s) for v, s in record.predictions if v.startswith("rank-")]
+    if not ranked:
+        order.off.append(f"task {record.task_id}: no ranking prediction")
+        return
+    order.ranked += 1
+    version, score = ranked[-1]
+    scores = watch.scores.get(version)
+    if not scores:
+        order.off.append(f"task {record.task_id}: ranking {version} not read")
+        return
+    lowest = min((s for task, s in scores.items() if task not in labeled), default=None)
+    if score == lowest:
+        order.in_order += 1
+    else:
+        order.off.append(f"task {record.task_id}: score {score} of {version}, lowest {lowest}")
+
+
 def chromium_path() -> str | None:
     return shutil.which("chromium")
 
 
 class _Watcher:
-    """Collects what went wrong in the page: failed Label Studio requests and script errors."""
+    """Collects what went wrong in the page (failed Label Studio requests, script errors) and
+    how long Label Studio took to answer the last save and next-task requests."""
 
     def __init__(self, page: Page, ls_url: str) -> None:
         self.ls_url = ls_url
         self.errors: list[str] = []
         self._failed: list[Response] = []
+        self.answered: dict[str, float] = {}  # "save" | "next" -> seconds
+        page.on("requestfinished", self._on_finished)
         page.on("response", self._on_response)
         page.on("requestfailed", self._on_request_failed)
         page.on("pageerror", lambda exc: self.errors.append(f"page error: {exc}"))
@@ -124,6 +230,16 @@ class _Watcher:
     def _on_response(self, response: Response) -> None:
         if self.failed(response):
             self._failed.append(response)  # its body is read in take(), not inside the event
+
+    def _on_finished(self, request: Request) -> None:
+        kind = None
+        if request.method == "POST" and NEXT_TASK in request.url:
+            kind = "next"
+        elif request.method == "POST" and "/annotations" in request.url:
+            kind = "save"
+        end = request.timing.get("responseEnd", -1)
+        if kind is not None and end >= 0:  # ms from the request's start
+            self.answered[kind] = end / 1000
 
     def _on_request_failed(self, request: Request) -> None:
         # An aborted request is the page's own cancellation (a navigation), not a failure.
@@ -243,11 +359,13 @@ def label_tasks(
     *,
     timeout_s: float = 60.0,
     screenshot_every: int = 5,
+    before_open: Callable[[], None] | None = None,
 ) -> AnnotatorRun:
     """Label `n` tasks through the browser as an annotator would (see the module docstring).
 
-    `choose(text)` names the choice to click (default: the first). Every wait is bounded by
-    `timeout_s`. After a failure the annotator goes back to the Data Manager and on, as a person
+    `choose(text)` names the choice to click (default: the first); `before_open` runs once
+    logged in, just before the label stream opens (e.g. connecting a model: labeling starts
+    at the connect). Every wait is bounded by `timeout_s`. After a failure the annotator goes back to the Data Manager and on, as a person
     would; a stream that cannot be (re)opened ends the run. A failed login raises.
     """
     executable = chromium_path()
@@ -267,6 +385,8 @@ def label_tasks(
             page.set_default_timeout(timeout_s * 1000)  # bounds every wait below
             stream = _Stream(page, ls_url, project_id)
             stream.login(username, password)
+            if before_open is not None:
+                before_open()
             task: dict[str, Any] | None = None
             while len(run.tasks) < n:
                 if task is None:
@@ -281,15 +401,19 @@ def label_tasks(
                     task_text(task),
                     stream.prediction_shown(),
                     [(p["model_version"], p.get("score")) for p in task.get("predictions", [])],
+                    shown_at=time.monotonic(),
                 )
                 run.tasks.append(record)
                 if screenshots_dir is not None and len(run.tasks) % screenshot_every == 1:
                     page.screenshot(path=screenshots_dir / f"{len(run.tasks):03d}-{task['id']}.png")
                 try:
                     record.choice = stream.pick(choose(record.text) if choose else None)
+                    stream.watcher.answered.clear()
                     started = time.perf_counter()
                     task = stream.submit()
                     record.seconds = time.perf_counter() - started
+                    record.save_s = stream.watcher.answered.get("save")
+                    record.next_s = stream.watcher.answered.get("next")
                 except (PlaywrightError, RuntimeError) as exc:
                     record.errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
                     record.errors += [f"shown: {text}" for text in stream.error_feedback()]

@@ -1,6 +1,9 @@
 """Shared fixtures: a real Label Studio server (see tests/labelstudio_server.py) and test data.
 
-- `label_studio`: one server for the whole session; each test makes its own project.
+- `label_studio`: one server for the whole session (SQLite); each test makes its own project.
+  A test module that must also pass on PostgreSQL overrides it with a fixture parametrized
+  over `labelstudio_server.ENGINES` that returns `label_studio_on(request)`.
+- `label_studio_postgresql`: the same on PostgreSQL, as the compose stack runs it.
 - `fresh_label_studio`: a private server for a test that stops or restarts Label Studio.
 - `make_ls_project`: creates a text-classification project on the shared server.
 """
@@ -52,7 +55,7 @@ def ls_template() -> Path:
 
 
 @pytest.fixture(scope="session")
-def label_studio(
+def label_studio_sqlite(
     ls_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LabelStudioServer]:
     """A running Label Studio shared by the session: `.url`, `.token`, `.client` (SDK).
@@ -60,6 +63,27 @@ def label_studio(
     Shared state: create your own project, and do not stop it or reset its token.
     """
     with running_server(ls_template, tmp_path_factory.mktemp("label-studio")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def label_studio(label_studio_sqlite: LabelStudioServer) -> LabelStudioServer:
+    """The shared Label Studio (SQLite, its default)."""
+    return label_studio_sqlite
+
+
+@pytest.fixture(scope="session")
+def label_studio_postgresql(
+    postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabelStudioServer]:
+    """`label_studio` with its data in PostgreSQL (DJANGO_DB=default, POSTGRE_*): the migrated
+    database is a cached dump, restored once per PostgreSQL server and copied per Label Studio
+    with CREATE DATABASE ... TEMPLATE."""
+    if label_studio_executable() is None:
+        pytest.skip("label-studio is not installed (pip install -e '.[test]')")
+    template, _built_s = ensure_template(postgres=postgres)
+    base = tmp_path_factory.mktemp("label-studio-postgresql")
+    with running_server(template, base, postgres) as server:
         yield server
 
 

@@ -79,13 +79,12 @@ def orphan_probe(pid_file: str) -> None:
 
 def alive(pid: int) -> bool:
     """A process that has not exited (a zombie waiting for its reaper counts as gone)."""
-    import os
 
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return not os.path.exists(f"/proc/{pid}")
+    except FileNotFoundError:  # reaped
+        return False
 
 
 def wait_for(probe, timeout: float = 120.0, what: str = "condition"):

@@ -1,8 +1,12 @@
-"""Run a real Label Studio server for integration tests.
+"""Run a real Label Studio server for integration tests, on SQLite (its default) or on
+PostgreSQL (as the compose stack runs it: DJANGO_DB=default and POSTGRE_*).
 
-Migrating a fresh Label Studio data dir takes about a minute, so one *template* dir is migrated
-once (and cached across test sessions, keyed by the Label Studio version and the test user);
-each server then starts on a `cp -a` copy of it in about 10 s. See LABEL_STUDIO.md, section 2.
+Migrating a fresh Label Studio takes about a minute (65-74 s on PostgreSQL), so one *template*
+is migrated once (and cached across test sessions, keyed by the Label Studio version and the
+test user); each server then starts on a copy of it in about 10 s. On SQLite the template is a
+data dir, copied with `cp -a`; on PostgreSQL it is a data dir plus a dump of the migrated
+database, restored once per PostgreSQL server and copied per Label Studio with
+`CREATE DATABASE ... TEMPLATE`. See LABEL_STUDIO.md, section 2.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
+from postgres_server import PostgresServer
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -39,6 +45,9 @@ FIRST_START_TIMEOUT_S = 240.0  # runs every migration: ~60 s on 2 cores, more on
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
 READY_MARKER = ".ls-template-ready"
+#: The migrated database of a PostgreSQL template, beside its data dir.
+PG_DUMP = "label_studio.sql"
+ENGINES = ("sqlite", "postgresql")
 
 
 class LabelStudioStartError(RuntimeError):
@@ -64,17 +73,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def server_env(data_dir: Path) -> dict[str, str]:
+def database_env(database_url: str | None) -> dict[str, str]:
+    """Where Label Studio keeps its data: SQLite in the data dir, or the PostgreSQL database
+    of ``database_url`` (the compose stack's variables)."""
+    if database_url is None:
+        return {"DJANGO_DB": "sqlite"}
+    url = urlsplit(database_url)
+    return {
+        "DJANGO_DB": "default",
+        "POSTGRE_NAME": url.path.lstrip("/"),
+        "POSTGRE_USER": url.username or "",
+        "POSTGRE_PASSWORD": url.password or "",
+        "POSTGRE_HOST": url.hostname or "",
+        "POSTGRE_PORT": str(url.port or 5432),
+    }
+
+
+def server_env(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
     """The environment of section 2, without Label Studio settings leaking in from ours."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("LABEL_STUDIO_", "HEARTEX_", "DJANGO_"))
+        if not k.startswith(("LABEL_STUDIO_", "HEARTEX_", "DJANGO_", "POSTGRE_"))
     }
+    env.update(database_env(database_url))
     env.update(
         {
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
-            "DJANGO_DB": "sqlite",
             "LABEL_STUDIO_USERNAME": USERNAME,
             "LABEL_STUDIO_PASSWORD": PASSWORD,
             "LABEL_STUDIO_USER_TOKEN": TOKEN,
@@ -100,9 +125,11 @@ def _log_tail(path: Path, lines: int = 60) -> str:
 
 @dataclass
 class LabelStudioServer:
-    """One `label-studio start` process on its own data dir and port."""
+    """One `label-studio start` process on its own data dir and port (and its own PostgreSQL
+    database, when ``database_url`` is set)."""
 
     data_dir: Path
+    database_url: str | None = None
     port: int = field(default_factory=free_port)
     token: str = TOKEN
     process: subprocess.Popen[bytes] | None = None
@@ -112,6 +139,10 @@ class LabelStudioServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def engine(self) -> str:
+        return "sqlite" if self.database_url is None else "postgresql"
 
     @property
     def log_path(self) -> Path:
@@ -174,7 +205,7 @@ class LabelStudioServer:
             log.flush()
             self.process = subprocess.Popen(
                 cmd,
-                env=server_env(self.data_dir),
+                env=server_env(self.data_dir, self.database_url),
                 stdin=subprocess.DEVNULL,  # LS prompts for a user when none is configured
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -242,22 +273,29 @@ class LabelStudioServer:
         return self.start()
 
 
-def template_dir() -> Path:
-    """Where the migrated template lives: LS_TEST_TEMPLATE_DIR, else a per-version temp dir."""
+def template_dir(engine: str = "sqlite") -> Path:
+    """Where the migrated template lives: LS_TEST_TEMPLATE_DIR, else a per-version temp dir
+    (with a ``-postgresql`` suffix for the PostgreSQL one)."""
+    suffix = "" if engine == "sqlite" else f"-{engine}"
     override = os.environ.get("LS_TEST_TEMPLATE_DIR")
     if override:
-        return Path(override)
+        return Path(override + suffix)
     key = hashlib.sha1(f"{USERNAME}:{TOKEN}".encode()).hexdigest()[:8]
-    return Path(tempfile.gettempdir()) / f"ls-backend-test-template-{label_studio_version()}-{key}"
+    name = f"ls-backend-test-template-{label_studio_version()}-{key}{suffix}"
+    return Path(tempfile.gettempdir()) / name
 
 
-def ensure_template(path: Path | None = None) -> tuple[Path, float]:
-    """A migrated data dir with the test user and token; returns (path, seconds spent building).
+def ensure_template(
+    path: Path | None = None, postgres: PostgresServer | None = None
+) -> tuple[Path, float]:
+    """A migrated template with the test user and token; returns (path, seconds spent
+    building). With ``postgres``: a data dir plus the dump of a database migrated on that
+    server (``PG_DUMP`` inside the template).
 
     Built once (first start runs every migration), then reused until deleted. A lock makes
     concurrent test sessions wait for one build instead of racing.
     """
-    path = path or template_dir()
+    path = path or template_dir("sqlite" if postgres is None else "postgresql")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f"{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -267,14 +305,17 @@ def ensure_template(path: Path | None = None) -> tuple[Path, float]:
         building = Path(tempfile.mkdtemp(prefix=f"{path.name}.build-", dir=path.parent))
         data_dir = building / "data"
         data_dir.mkdir()
-        server = LabelStudioServer(data_dir=data_dir)
+        database = postgres.create_database() if postgres is not None else None
+        server = LabelStudioServer(data_dir=data_dir, database_url=database)
         try:
             server.start(timeout_s=FIRST_START_TIMEOUT_S)  # its error carries the log tail
+            server.stop()
+            if postgres is not None and database is not None:
+                postgres.dump(database, data_dir / PG_DUMP)
         except BaseException:
+            server.stop()
             shutil.rmtree(building, ignore_errors=True)
             raise
-        finally:
-            server.stop()
         (data_dir / READY_MARKER).write_text(label_studio_version())
         shutil.rmtree(path, ignore_errors=True)
         data_dir.rename(path)  # atomic: a half-built template never looks ready
@@ -282,14 +323,27 @@ def ensure_template(path: Path | None = None) -> tuple[Path, float]:
         return path, time.monotonic() - started
 
 
+def label_studio_on(request: Any) -> LabelStudioServer:
+    """In a pytest fixture parametrized over ``ENGINES``: the session's shared Label Studio of
+    that engine (conftest's ``label_studio_sqlite`` or ``label_studio_postgresql``)."""
+    server: LabelStudioServer = request.getfixturevalue(f"label_studio_{request.param}")
+    return server
+
+
 @contextlib.contextmanager
-def running_server(template: Path, base_dir: Path) -> Iterator[LabelStudioServer]:
-    """A server on a fresh copy of the template, stopped (and its data kept for post-mortems)."""
+def running_server(
+    template: Path, base_dir: Path, postgres: PostgresServer | None = None
+) -> Iterator[LabelStudioServer]:
+    """A server on a fresh copy of the template (on ``postgres``: a PostgreSQL template and a
+    database copied from it), stopped (and its data kept for post-mortems)."""
     base_dir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(tempfile.mkdtemp(prefix="ls-", dir=base_dir))
     data_dir.rmdir()
     subprocess.run(["cp", "-a", str(template), str(data_dir)], check=True)
-    server = LabelStudioServer(data_dir=data_dir)
+    database = None
+    if postgres is not None:
+        database = postgres.create_database(template=postgres.restored(template / PG_DUMP))
+    server = LabelStudioServer(data_dir=data_dir, database_url=database)
     server.start()
     try:
         yield server

@@ -64,3 +64,49 @@ def test_report_prints_the_dashboards_json(trained, capsys, monkeypatch):
     assert report["labels"] == 8 and report["jobs"]["head"]["state"] == "done"
     with pytest.raises(SystemExit, match="project 6 is unknown"):
         cli.main(["report", "--project", "6"])
+
+
+def test_models_list_sizes_its_columns_from_the_content(trained, capsys):
+    cli.main(["models", "list", "--project", "5"])
+    header, *rows = capsys.readouterr().out.splitlines()
+    prototype = next(row for row in rows if "-prototype" in row)
+    assert "v0001-prototype  " in prototype  # was "v0001-prototypeTrue": the names ran together
+    start = header.index("promoted")
+    for row in rows:  # every cell of a column starts where its header does
+        assert row[start - 2 : start] == "  " and row[start] != " "
+
+
+def test_models_show_and_rollback_without_a_usable_version_say_why(tmp_path, monkeypatch, capsys):
+    from ls_backend.store.pointer import StoreAddress, project_registry
+
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    registry = project_registry(tmp_path / "5", StoreAddress(tmp_path, None, "5").open())
+    with pytest.raises(SystemExit, match="no version serves; name one with --version"):
+        cli.main(["models", "show", "--project", "5"])  # was a TypeError traceback
+    with registry.lock():
+        only = registry.save("prototype", lambda path: None, {"promoted": True})
+        registry.set_current(only)
+    cli.main(["models", "show", "--project", "5"])  # the serving one
+    assert json.loads(capsys.readouterr().out)["version"] == only
+    with pytest.raises(SystemExit, match=f"no earlier promoted version.*known: {only}"):
+        cli.main(["models", "rollback", "--project", "5"])  # was a KeyError traceback
+    for action in ("show", "rollback"):
+        with pytest.raises(SystemExit, match=f"no model version 'v0009-head' .known: {only}"):
+            cli.main(["models", action, "--project", "5", "--version", "v0009-head"])
+    assert registry.current() == only
+    get_settings.cache_clear()
+
+
+def test_models_rollback_pins_and_unpin_lifts_it(trained, capsys):
+    versions = trained.registry.versions()
+    cli.main(["models", "rollback", "--project", "5"])
+    assert f"now serves {versions[0]}, pinned" in capsys.readouterr().out
+    assert trained.registry.pinned() == versions[0]
+    cli.main(["models", "list", "--project", "5"])
+    assert "ls-backend models unpin --project 5" in capsys.readouterr().out
+    cli.main(["models", "unpin", "--project", "5"])
+    assert f"the pin on {versions[0]} is lifted" in capsys.readouterr().out
+    assert trained.registry.pinned() is None and trained.registry.current() == versions[0]
+    cli.main(["models", "unpin", "--project", "5"])
+    assert "nothing is pinned" in capsys.readouterr().out

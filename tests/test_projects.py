@@ -31,3 +31,24 @@ def test_a_live_prediction_does_not_wait_for_a_sync_embedding_an_import(tmp_path
     assert batch.results[0]["result"]
     thread.join(300)
     assert embedded.is_set()
+
+
+def test_a_folder_in_model_dir_that_is_no_project_is_ignored_at_start(tmp_path, caplog):
+    from fakes import HashEncoder
+    from fastapi.testclient import TestClient
+
+    from ls_backend.jobs import start_scheduler
+    from ls_backend.server.app import create_app
+
+    for stray in ("0", "007", "backup", "99999999999"):
+        (tmp_path / stray).mkdir()
+    settings = Settings(model_dir=tmp_path, lora_enabled=False)
+    projects = Projects(settings, encoder=HashEncoder())
+    projects.project(12).store.count("tasks")  # a project's folder and its (empty) store
+    app = create_app(settings, projects, start_scheduler(projects))
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.get("/health").status_code == 200  # the start resumed every project
+        assert set(client.get("/status").json()["projects"]) == {"12"}
+    assert projects.known_projects() == ["12"]
+    ignored = [r.getMessage() for r in caplog.records if "not a project folder" in r.getMessage()]
+    assert len(ignored) == 4  # one line per folder, however often the folders are listed

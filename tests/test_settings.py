@@ -49,3 +49,52 @@ def test_auto_picks_openvino_on_a_cpu_and_keeps_torch_on_cuda():
     assert Settings(device="cpu").resolved_embedding_backend() == "openvino"
     assert Settings(device="cuda").resolved_embedding_backend() == "torch"
     assert Settings(device="cuda", embedding_backend="onnx").resolved_embedding_backend() == "onnx"
+
+
+SECRETS = {  # every setting that holds a credential, each with a value to look for
+    "BASIC_AUTH_PASS": "pass-8d1f0c",
+    "LABEL_STUDIO_API_KEY": "key-5e2b7a",
+    "DATABASE_URL": "postgresql://app:db-3c9e41@db/app",
+    "REDIS_URL": "redis://:redis-77f0aa@redis:6379/0",
+}
+MARKS = ("pass-8d1f0c", "key-5e2b7a", "db-3c9e41", "redis-77f0aa")
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"BASIC_AUTH_USER": "admin", "BASIC_AUTH_PASS": None},  # half-set auth: user only
+        {"BASIC_AUTH_USER": None},  # half-set auth: password only
+        {"BASIC_AUTH_USER": "admin", "WORKERS": "0"},  # any other bad value
+        {"BASIC_AUTH_USER": "admin", "STRATEGY": "nope"},
+    ],
+)
+def test_a_start_error_names_the_problem_but_no_secret(monkeypatch, broken):
+    from ls_backend import cli
+    from ls_backend.settings import get_settings
+
+    for name, value in {**SECRETS, **broken}.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    shown = [str(raised.value), repr(raised.value), raised.value.json()]
+    get_settings.cache_clear()
+    with pytest.raises(SystemExit) as stopped:  # what `ls-backend serve` prints, and exits with
+        cli.main(["serve"])
+    get_settings.cache_clear()
+    shown.append(str(stopped.value.code))
+    assert "BASIC_AUTH_USER" in shown[-1] or "WORKERS" in shown[-1] or "STRATEGY" in shown[-1]
+    assert "Traceback" not in shown[-1]
+    for text in shown:
+        assert not [mark for mark in MARKS if mark in text], text
+
+
+def test_no_secret_is_in_the_settings_repr(monkeypatch):
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BASIC_AUTH_USER", "admin")
+    shown = repr(Settings())
+    assert not [mark for mark in MARKS if mark in shown]

@@ -115,6 +115,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
         test_size=o.test_size,
         runtime=runtime,
         max_length=max_length,
+        model=o.settings.embedding_model,  # EMBEDDING_MODEL, as the server embeds
     )
     if o.init > data.pool_y.size or o.budget > data.pool_y.size:
         raise ValueError("--init and --budget must not exceed the pool")
@@ -187,9 +188,7 @@ def _served(
 def _main(args: argparse.Namespace) -> None:
     settings = Settings()
     given = {name: getattr(args, name) for name in LORA_FLAGS}
-    lora = replace(
-        settings.lora_config(), **{k: v for k, v in given.items() if v is not None}
-    )
+    lora = replace(settings.lora_config(), **{k: v for k, v in given.items() if v is not None})
     options = BenchOptions(
         train=args.train,
         test=args.test,

@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.model_selection import train_test_split
 
-from ls_backend.core.embeddings import Encoder
+from ls_backend.core.embeddings import EMBEDDED_MODEL, Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.store.databases import Databases
@@ -58,6 +58,7 @@ def load_data(
     test_size: int | None = None,
     runtime: str = "torch",
     max_length: int = 128,
+    model: str = EMBEDDED_MODEL,
 ) -> BenchData:
     train_texts, train_labels = subsample(*read_jsonl(train), pool_size)
     test_texts, test_labels = read_jsonl(test)
@@ -65,6 +66,7 @@ def load_data(
         test_texts, test_labels = subsample(test_texts, test_labels, test_size)
     space = LabelSpace(tuple(sorted(set(train_labels) | set(test_labels))))
     encoder = Encoder(
+        model,
         cache=Databases.embedding_cache_at(cache_path),
         max_length=max_length,
         runtime=runtime,

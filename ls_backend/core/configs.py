@@ -12,6 +12,9 @@ from typing import Any, Literal, get_args
 
 Precision = Literal["auto", "bf16", "fp16", "no"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+#: How a backbone is fine-tuned: a LoRA adapter (the lanes), or every weight (``finetune``).
+Method = Literal["lora", "full"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 def help_of(config: type, name: str) -> str:
@@ -69,10 +72,19 @@ class LoraTrainConfig:
         metadata={"help": "`auto` (bf16, else fp16 on CUDA; off on CPU), `bf16`, `fp16`, `no`."},
     )
     seed: int = field(default=0, metadata={"help": "Seeds head/adapter init, shuffling, dropout."})
+    method: Method = field(
+        default="lora",
+        metadata={
+            "help": "`lora`: train an adapter on the attention's query/value projections; "
+            "`full`: train every weight of the backbone (ls-backend finetune)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}")
         if min(self.mc_samples, self.epochs, self.batch_size) < 1 or self.min_steps < 0:
             raise ValueError("mc_samples, epochs and batch_size must be >= 1, min_steps >= 0")
 

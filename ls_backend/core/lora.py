@@ -1,12 +1,14 @@
 """The LoRA sequence classifier: train with STAR's L2 on lora_B, predict with MC dropout.
 
 Only the adapter (LoRA matrices plus the freshly initialised head) is trained and saved;
-the backbone is re-created from its name on load, so every model version costs MBs.
+the backbone is re-created from its name on load, so every model version costs MBs. With
+``method="full"`` (``ls-backend finetune``) every weight trains and the whole model is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import threading
 import time
@@ -166,6 +168,8 @@ class LoraClassifier:
         config = config or LoraTrainConfig()
         torch.manual_seed(config.seed)
         base, tokenizer, fresh = _load_backbone(space, config)
+        if config.method == "full":
+            return cls(space, config, base, tokenizer)  # every weight trains
         peft_config = LoraConfig(
             task_type=TaskType.SEQ_CLS,  # keeps the head in modules_to_save
             r=config.r,
@@ -195,7 +199,8 @@ class LoraClassifier:
 
     @classmethod
     def load(cls, path: Path, device: str | None = None) -> LoraClassifier:
-        """Re-create the backbone named in the saved config and attach the saved adapter."""
+        """Re-create the backbone named in the saved config and attach the saved adapter (a
+        full fine-tune: load the saved model itself)."""
         from peft import PeftModel
 
         data = json.loads((path / TRAIN_CONFIG_FILE).read_text())
@@ -203,14 +208,22 @@ class LoraClassifier:
             data["device"] = device
         config = LoraTrainConfig.from_dict(data)
         space = load_space(path)
+        if config.method == "full":
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            return cls(space, config, model, AutoTokenizer.from_pretrained(path))
         base, tokenizer, _ = _load_backbone(space, config)
         model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
         return cls(space, config, model, tokenizer)
 
     def save(self, path: Path) -> None:
-        """Adapter weights and config (peft), label space and training config; no backbone."""
+        """Adapter weights and config (peft), label space and training config; no backbone
+        (a full fine-tune: the whole model and its tokenizer)."""
         path.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(path))
+        if self.config.method == "full":
+            self.tokenizer.save_pretrained(str(path))
         save_space(self.space, path)
         (path / TRAIN_CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
 
@@ -239,9 +252,17 @@ class LoraClassifier:
         return torch.as_tensor(targets, dtype=torch.long)
 
     def b_penalty(self) -> torch.Tensor:
-        """STAR: sum of squared lora_B entries, pulling the update toward the base model."""
+        """STAR: sum of squared lora_B entries, pulling the update toward the base model
+        (0 for a full fine-tune: there is no lora_B)."""
         squares = [p.pow(2).sum() for n, p in self.model.named_parameters() if "lora_B" in n]
-        return torch.stack(squares).sum()
+        return torch.stack(squares).sum() if squares else torch.zeros((), device=self.device)
+
+    def merged(self) -> Any:
+        """A copy of the model as plain transformers (the adapter merged into the backbone's
+        weights, the head kept): what loads anywhere without peft. This one is untouched."""
+        with self._lock:
+            model = copy.deepcopy(self.model).cpu().eval()
+        return model.merge_and_unload() if self.config.method == "lora" else model
 
     def fit(
         self,

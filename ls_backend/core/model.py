@@ -48,6 +48,14 @@ class ModelVersion:
     def kind(self) -> ModelKind:
         return ModelKind.LORA if self.lora is not None else self.head.kind
 
+    @property
+    def family(self) -> str:
+        """``head`` (zero-shot or the light head), or the fine-tuned classifier's method and
+        backbone (``lora:embedded``, ``full:/models/mpnet``)."""
+        if self.lora is None:
+            return "head"
+        return f"{self.lora.config.method}:{self.lora.config.backbone}"
+
     def without_adapter(self) -> ModelVersion:
         return ModelVersion(self.version, self.space, self.head) if self.lora else self
 

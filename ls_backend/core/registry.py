@@ -10,6 +10,9 @@ A version directory appears only by ``rename`` of a fully written and fsynced
 temporary directory, and the pointer moves only after that, so a ``kill -9`` at
 any moment leaves the last good version serving. The server keeps the pointer in the
 project's database instead (``Pointer``), where every replica reads it.
+
+A rollback *pins* the pointer: the version rolled back to keeps serving while new rounds
+train and are saved, until the pin is lifted (``unpin``), so the next label does not undo it.
 """
 
 from __future__ import annotations
@@ -37,27 +40,41 @@ def version_number(name: str) -> int:
 
 
 class Pointer(Protocol):
-    """Where the serving version's name lives."""
+    """Where the serving version's name lives, and whether it is pinned (both written at once)."""
 
     def read(self) -> str | None: ...
 
-    def write(self, version: str) -> None: ...
+    def pinned(self) -> bool: ...
+
+    def write(self, version: str, pinned: bool = False) -> None: ...
+
+
+#: How ``FilePointer`` marks a pinned version after its name.
+_PIN_MARK = "pinned"
 
 
 class FilePointer:
-    """The serving version's name in a file, replaced atomically."""
+    """The serving version's name in a file, replaced atomically; `` pinned`` after it when
+    a rollback pinned it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def read(self) -> str | None:
+    def _words(self) -> list[str]:
         try:
-            return self.path.read_text().strip() or None
+            return self.path.read_text().split()
         except FileNotFoundError:
-            return None
+            return []
 
-    def write(self, version: str) -> None:
-        write_text_atomic(self.path, version)
+    def read(self) -> str | None:
+        words = self._words()
+        return words[0] if words else None
+
+    def pinned(self) -> bool:
+        return self._words()[1:] == [_PIN_MARK]
+
+    def write(self, version: str, pinned: bool = False) -> None:
+        write_text_atomic(self.path, f"{version} {_PIN_MARK}" if pinned else version)
 
 
 class Registry:
@@ -131,13 +148,27 @@ class Registry:
         name = self.pointer.read()
         return name if name and (self.root / name / "info.json").is_file() else None
 
-    def set_current(self, version: str) -> None:
+    def pinned(self) -> str | None:
+        """The serving version while a rollback pins it (None: promotions move the pointer)."""
+        current = self.current()
+        return current if current is not None and self.pointer.pinned() else None
+
+    def set_current(self, version: str, pin: bool = False) -> None:
+        """Serve ``version`` (pinned or not); this lifts any pin. Call holding ``lock``."""
         self.path(version)  # must exist and be complete
-        self.pointer.write(version)
+        self.pointer.write(version, pin)
         self.moves += 1
 
-    def rollback(self, version: str | None = None) -> str:
-        """Serve ``version``, or the promoted version before the current one."""
+    def unpin(self) -> str | None:
+        """Lift the pin: the serving version stays until a round promotes another."""
+        current = self.current()
+        if current is not None and self.pointer.pinned():
+            self.pointer.write(current, False)
+        return current
+
+    def rollback(self, version: str | None = None, pin: bool = True) -> str:
+        """Serve ``version``, or the promoted version before the current one; pinned (new rounds
+        are saved but do not serve) unless ``pin`` is False."""
         if version is None:
             current = self.current()
             promoted = [v for v in self.versions() if self.info(v).get("promoted")]
@@ -146,5 +177,5 @@ class Registry:
             if not earlier:
                 raise KeyError("no earlier promoted version to roll back to")
             version = earlier[-1]
-        self.set_current(version)
+        self.set_current(version, pin)
         return version

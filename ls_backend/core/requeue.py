@@ -33,8 +33,9 @@ def push_reason(
     """Why the new ``front`` (task ids, best first) should replace the queue, or None.
 
     ``waiting``: the pushed tasks that are still unlabeled, in queue order (None before the
-    first push); ``new_labels``: labels since the last push; ``pool_grew``: tasks that were
-    not ranked at the last push (a large import still being embedded) now are;
+    first push); ``new_labels``: labels since the last push; ``pool_grew``: the ranked
+    sample of a large import grew enough since the last push to be worth one (the caller
+    says how much);
     ``backlog_full``: so many replaced predictions wait to be deleted that only a request or
     a queue running low may add more (labeling faster than they can go keeps them bounded);
     ``new_kind``: the front comes from a model of another kind than the queue's.

@@ -9,8 +9,10 @@
 int8 (ONNX Runtime dynamic quantization) was measured and left out: 2x the throughput, but
 zero-shot accuracy fell up to 6 points (benchmarks/RESULTS.md, "Embedding runtimes").
 
-The export is written atomically to ``<export_dir>/<model>-<hash>/`` at first use, from the
-local model (no hub); the folder is safe to delete (the next start exports again).
+The export is written atomically to ``<export_dir>/<model>-<weights>-<max length>/`` at first
+use, from the local model (no hub): keyed by a hash of the model's files and by MAX_LENGTH, so
+a model replaced at the same path, or another MAX_LENGTH, never reuses a stale export. The
+folder is safe to delete (the next start exports again).
 sentence-transformers' own ``backend="onnx"`` is not used: it goes through optimum, whose
 ONNX support requires transformers < 4.58.
 """
@@ -22,6 +24,7 @@ import importlib
 import json
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -87,7 +90,7 @@ class TorchRuntime:
         return np.asarray(vectors, dtype=np.float32)
 
 
-def export_onnx(path: str, folder: Path) -> None:
+def export_onnx(path: str, folder: Path, max_length: int) -> None:
     """Write ``model.onnx``, ``tokenizer.json`` and ``meta.json`` for the model at ``path``."""
     import torch
     from sentence_transformers import SentenceTransformer
@@ -124,9 +127,16 @@ def export_onnx(path: str, folder: Path) -> None:
         )
     tokenizer = model.tokenizer
     tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    import onnx
+
+    # The graph keeps only the inputs the model reads (an MPNet ignores token types that a
+    # BERT tokenizer still gives): feed those.
+    kept = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
     meta = {
         "source": path,
-        "inputs": names,
+        "weights": model_digest(path),
+        "max_length": max_length,
+        "inputs": [name for name in names if name in kept],
         "dim": model.get_embedding_dimension(),
         "pad_id": tokenizer.pad_token_id,
         "pad_token": tokenizer.pad_token,
@@ -134,11 +144,50 @@ def export_onnx(path: str, folder: Path) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def export_folder(export_dir: Path, path: str) -> Path:
-    """Where the export of the model at ``path`` lives: a readable name plus a hash of the path."""
-    digest = hashlib.blake2b(path.encode(), digest_size=6).hexdigest()
+def _model_root(path: str) -> Path | None:
+    """The folder holding the model's files: ``path`` itself, or a Hugging Face id's snapshot
+    in the local cache (None when it is in neither)."""
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception:  # not a hub id, or not cached: the hub is never asked
+        return None
+
+
+def model_digest(path: str) -> str:
+    """A hash of the model's files (names and contents; hidden files left out): another model
+    at the same path has another digest. Hashed once per process while no file changes."""
+    root = _model_root(path)
+    if root is None:
+        return "name-" + hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
+    files = sorted(
+        f
+        for f in root.rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+    )
+    stamp = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    return _digest(root, stamp)
+
+
+@lru_cache(maxsize=8)
+def _digest(root: Path, stamp: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    for name, size, _mtime in stamp:
+        digest.update(f"{name}\0{size}\0".encode())
+        with (root / name).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_folder(export_dir: Path, path: str, max_length: int) -> Path:
+    """Where the export of the model at ``path`` for ``max_length`` tokens lives: a readable
+    name, the hash of the model's files and the length."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).name)[:60]
-    return export_dir / f"{name}-{digest}"
+    return export_dir / f"{name}-{model_digest(path)}-{max_length}"
 
 
 class Exported:
@@ -151,10 +200,10 @@ class Exported:
 
         if export_dir is None:
             raise ValueError(f"the {name} runtime needs a folder to keep its export in")
-        self.folder = export_folder(export_dir, path)
+        self.folder = export_folder(export_dir, path, max_length)
         if not (self.folder / "meta.json").is_file():
             require("onnx", name)  # torch.onnx.export writes through it
-            write_dir_atomic(self.folder, lambda tmp: export_onnx(path, tmp))
+            write_dir_atomic(self.folder, lambda tmp: export_onnx(path, tmp, max_length))
         meta = json.loads((self.folder / "meta.json").read_text())
         self.dim: int = int(meta["dim"])
         self.inputs: list[str] = list(meta["inputs"])

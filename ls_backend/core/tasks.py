@@ -50,6 +50,12 @@ class Model(Protocol):
     @property
     def lora(self) -> Any: ...  # the adapter (with its ``fit_result``), or None
 
+    @property
+    def family(self) -> str:
+        """What decides its predictions, for the promotion rule: more labels make a better
+        model within a family; another family must be clearly better to replace it."""
+        ...
+
     def save(self, path: Path) -> None: ...
 
     def without_adapter(self) -> Model:

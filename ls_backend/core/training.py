@@ -76,6 +76,9 @@ class RoundResult:
 def save_prototype(registry: Registry, model: Model, reason: str, task: TaskKind) -> str:
     """Zero-shot serves a new label space until labels exist: versioned like any model."""
     with registry.lock():
+        pin = registry.pinned()  # a version of another label space cannot serve this one
+        if pin is not None:
+            reason = f"{reason}; lifts the pin on {pin}"
         info = {"promoted": True, "reason": reason, "metrics": None, "task": task.value}
         version = registry.save(model.kind, model.save, info)
         registry.set_current(version)
@@ -132,6 +135,33 @@ def run_round(
         scores = task.evaluate(evaluated, space, eval_data)
 
     report(0.95, "save")
+    result = save_candidate(
+        task, registry, space, data, train_data, eval_data, evaluated, candidate, scores,
+        load_current, config, {"train_seconds": round(time.monotonic() - started, 3)},
+    )  # fmt: skip
+    report(1.0, "done")
+    return result
+
+
+def save_candidate(
+    task: Task,
+    registry: Registry,
+    space: Any,
+    data: LabeledData,
+    train_data: LabeledData,
+    eval_data: LabeledData,
+    evaluated: Model | None,
+    candidate: Model,
+    scores: Evaluation | None,
+    load_current: Callable[[], Model | None],
+    config: RoundConfig,
+    extra_info: dict[str, Any] | None = None,
+) -> RoundResult:
+    """Compare a fitted candidate with whatever serves (on the held-out labels), save it as a
+    version and promote it by the rule: a round's second half, and how a model trained
+    elsewhere (``ls-backend finetune --register``) joins the registry. ``evaluated`` is None
+    for a k-fold candidate (fitted on every label, compared only with zero-shot)."""
+    few = evaluated is None
     with registry.lock():
         current = load_current()
         reference = _evaluated_fit(task, registry, current) if current else None
@@ -142,8 +172,13 @@ def run_round(
         elif scores is None:
             promoted, reason = True, "too few labels per class to estimate; more labels win"
         else:
-            same_kind = (candidate.lora is None) == (reference.lora is None)
+            # Another family (a head and an adapter; adapters of two backbones or methods)
+            # must be clearly better: more labels make a better model only within one.
+            same_kind = candidate.family == reference.family
             promoted, reason = should_promote(*task.paired(scores, against), same_kind, task.metric)
+        pin = registry.pinned()  # after a rollback: saved and compared; the pointer stays
+        if pin is not None and promoted:
+            promoted, reason = False, f"{pin} is pinned by a rollback; would serve: {reason}"
 
         def write(path: Path) -> None:
             candidate.save(path)
@@ -166,6 +201,7 @@ def run_round(
             "metrics": metrics,
             "baseline": baseline,
             "baseline_version": current.version if current else None,
+            **({"pinned": pin} if pin else {}),
             "evaluation": "k-fold" if few else "held-out",
             "fits": {
                 "served": {"labels": len(data)},
@@ -177,15 +213,22 @@ def run_round(
                 else f"the evaluated fit ({EVALUATED}/) on the held-out labels",
             },
             "labels": len(data),
-            "train_seconds": round(time.monotonic() - started, 3),
             "settings": _settings_record(config),
             **_choices(candidate, config),
+            **(extra_info or {}),
         }
         version = registry.save(candidate.kind, write, info)
         if promoted:
             registry.set_current(version)
-    report(1.0, "done")
     return RoundResult(version, candidate.kind, promoted, metrics or {}, baseline, reason)
+
+
+def lora_round_of(registry: Registry) -> int:
+    """STAR's t for a new adapter: 1 + the adapters promoted before it."""
+    return 1 + sum(
+        ModelKind.of(v) is ModelKind.LORA and bool(registry.info(v).get("promoted"))
+        for v in registry.versions()
+    )
 
 
 def _adapters(
@@ -202,10 +245,7 @@ def _adapters(
 ) -> tuple[Model, Model]:
     """The evaluated adapter (ending on its best epoch on the held-out labels) and the served
     one on every label, trained for the epochs the first chose."""
-    lora_round = 1 + sum(  # STAR's t: adapters promoted before this one
-        ModelKind.of(v) is ModelKind.LORA and bool(registry.info(v).get("promoted"))
-        for v in registry.versions()
-    )
+    lora_round = lora_round_of(registry)
 
     def on_epoch(stage: str, start: float, end: float) -> Callable[[int, int], None]:
         return lambda epoch, total: report(

@@ -23,11 +23,9 @@ def start_scheduler(projects: Projects, lanes: Lanes | None = None) -> Scheduler
     process only enqueues), else this process's threads."""
     lanes = lanes or lanes_for(projects)
     if projects.settings.redis_url:
-        from redis import Redis
+        from ls_backend.jobs.rq import RqScheduler, connect
 
-        from ls_backend.jobs.rq import RqScheduler
-
-        return RqScheduler(projects, lanes, Redis.from_url(projects.settings.redis_url))
+        return RqScheduler(projects, lanes, connect(projects.settings.redis_url))
     from ls_backend.jobs.threads import ThreadScheduler
 
     return ThreadScheduler(projects, lanes)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ls_backend import metrics
+from ls_backend.core.priority import BACKGROUND_NICENESS
 from ls_backend.core.tasks import NotEnoughLabels, Progress
 from ls_backend.projects import Project, ProjectView
 from ls_backend.store.annotations import AnnotationStore
@@ -44,6 +45,9 @@ class Lane:
     retry_s: ClassVar[float] = 0.0
     #: Longest a run may take on an RQ worker before it is stopped.
     timeout_s: ClassVar[int] = 3600
+    #: Niceness of the threads that run the lane in-process (``core.priority``): background
+    #: work leaves the cores to Label Studio and to our requests when they want them.
+    niceness: ClassVar[int] = BACKGROUND_NICENESS
 
     def wake(self, project: Project, event: str) -> bool:
         """Whether ``event`` gives this lane work; a lane may record what it wants durably."""
@@ -59,6 +63,10 @@ class Lane:
     def pending(self, project: ProjectView) -> bool:
         """Whether a run has work; reads the store only (a read-only view will do)."""
         return self.marker(project) > self.done(project)
+
+    def hold(self, project: Project) -> float:
+        """Seconds before the next run may start, though work is pending (0: now)."""
+        return 0.0
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
         raise NotImplementedError

@@ -6,8 +6,10 @@ this process's threads (``jobs.threads``) or RQ workers (``jobs.rq``).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
@@ -16,12 +18,17 @@ from ls_backend.jobs.lanes import Lanes, lane_lock, run_once, shown_status
 from ls_backend.projects import Project, Projects, ProjectView
 from ls_backend.store.base import StoreMissing
 
+log = logging.getLogger(__name__)
+
 #: A burst's spell: a request is looked at TRAIN_DEBOUNCE_S after the last one of a burst, and
 #: at most this long after its first (a bulk burst of 1,000 webhooks takes ~10 s to arrive on
 #: 2 cores; annotators pause far longer than one spell).
 MAX_SETTLE_S = 10.0
 #: How often ``wait_idle`` looks.
 IDLE_POLL_S = 0.05
+#: While the store (or the queue) is away at start, the look for pending work is retried this
+#: often, in the background: the process serves meanwhile.
+RESUME_RETRY_S = 5.0
 
 
 class Scheduler:
@@ -47,6 +54,10 @@ class Scheduler:
         """Look at (key, lane) again ``delay`` seconds from now (a lock held elsewhere, a
         retry)."""
         self.request(key, lane, after=delay)
+
+    def lock_busy(self, key: str, lane: str) -> None:
+        """Another process runs (key, lane): see that what is pending gets looked at."""
+        self.later(key, lane, self.lock_busy_s)
 
     def requested_again(self, key: str, lane: str) -> bool:
         """Events came in for (key, lane) during its run: the burst lands first, a later look
@@ -93,6 +104,30 @@ class Scheduler:
         for key, name in self.pending():
             self.request(key, name, sweep=True)
 
+    def resume_soon(self) -> None:
+        """``resume`` at start; while the store is away (PostgreSQL not up yet), again every
+        RESUME_RETRY_S in the background, so the process starts and serves meanwhile."""
+        try:
+            self.resume()
+            return
+        except Exception as exc:
+            log.warning(
+                "pending work not looked at yet (%s: %s); trying again every %.0f s",
+                type(exc).__name__, exc, RESUME_RETRY_S,
+            )  # fmt: skip
+
+        def retry() -> None:
+            while not self.stopping():
+                time.sleep(RESUME_RETRY_S)
+                try:
+                    self.resume()
+                except Exception:  # still away
+                    continue
+                log.info("pending work looked at: the store is back")
+                return
+
+        threading.Thread(target=retry, name="resume", daemon=True).start()
+
     def drain(self, key: str, name: str) -> None:
         """One run of (key, lane) if work is pending, holding the lane's lock; never raises for
         a run's own failure (``run_once``). Work still pending after the run goes to the back
@@ -101,9 +136,13 @@ class Scheduler:
         project, lane = self.projects.project(key), self.lanes[name]
         if self.stopping() or not lane.pending(project):
             return
+        wait = lane.hold(project)
+        if wait > 0:  # paced (a head round under a stream of labels): look then
+            self.later(key, name, wait)
+            return
         with lane_lock(project, lane) as mine:
-            if not mine:  # another process runs it; look again when it may be done
-                self.later(key, name, self.lock_busy_s)
+            if not mine:  # another process runs it
+                self.lock_busy(key, name)
                 return
             with self.running():
                 status = run_once(project, lane)
@@ -122,10 +161,12 @@ class Scheduler:
         """The lane's last run as /status shows it."""
         return self.live(project.key, lane, asdict(shown_status(project, self.lanes[lane])))
 
-    def overview(self) -> dict[str, dict[str, Any]]:
-        """Every project's serving version, counts and lanes, as /status shows them: read from
-        the stores only (no migration, no write, no model load), and again only from those
-        written since the last look."""
+    def overview(
+        self, more: Callable[[ProjectView], dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every project's serving version, counts and lanes (and ``more``, always the same
+        function), as /status shows them: read from the stores only (no migration, no write, no
+        model load), and again only from those written since the last look."""
 
         def summary(view: ProjectView) -> dict[str, Any]:
             return {
@@ -133,6 +174,7 @@ class Scheduler:
                 "annotations": view.store.count("annotations"),
                 "tasks": view.store.count("tasks"),
                 "jobs": {lane.name: asdict(shown_status(view, lane)) for lane in self.lanes},
+                **(more(view) if more else {}),
             }
 
         def live(key: str, shown: dict[str, Any]) -> dict[str, Any]:

@@ -63,11 +63,12 @@ class SyncLane(Lane):
         elif event == MODEL_TRAINED:
             forced = False
         elif event == CONNECTED:
-            # Rank a new project's queue once, even before any label (diversity alone); with
-            # basic auth on, (re)connecting also gives its new webhook the credentials.
+            # Rank a new project's queue once, even before any label (diversity alone); a
+            # connect by a new URL looks for its webhook, and with auth on, (re)connecting
+            # also gives a new webhook the header.
             if not store.lane_forced(self.name):
                 forced = True
-            elif self.settings.auth_enabled and webhook_check_due(store):
+            elif webhook_check_due(store, periodic=self.settings.webhook_auth):
                 forced = False
             else:
                 return False
@@ -135,10 +136,16 @@ def attach_label_studio(lanes: Lanes, settings: Settings) -> None:
         return syncer()(sync_target(project), progress)
 
     def reread(project: Project) -> int:
-        """Make the store match every labeled task Label Studio holds."""
+        """Make the store match every labeled task Label Studio holds (read page by page,
+        each written in short transactions while webhooks go on)."""
         upto = project.store.last_seq(LABEL_ACTIONS | {SKIPPED})
         tasks = syncer().client.labeled_tasks(int(project.key))
-        project.store.replace_labeled([dict(task) for task in tasks], upto)
-        return len(tasks)
+        read = project.store.replace_labeled((dict(task) for task in tasks), upto)
+        if not read:
+            log.warning(
+                "project %s: Label Studio returned no labeled task; the stored labels stay",
+                project.key,
+            )
+        return read
 
     attach(lanes, settings, sync, reread)

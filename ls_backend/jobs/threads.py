@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+from ls_backend.core.priority import lower_thread_priority
 from ls_backend.jobs.lanes import Lane, Lanes
 from ls_backend.jobs.scheduler import MAX_SETTLE_S, Scheduler
 from ls_backend.projects import Projects
@@ -108,7 +109,10 @@ class ThreadScheduler(Scheduler):
     def _pool(self, lane: Lane) -> ThreadPoolExecutor:
         if lane.name not in self._pools:
             self._pools[lane.name] = ThreadPoolExecutor(
-                lane.threads, thread_name_prefix=f"lane-{lane.name}"
+                lane.threads,
+                thread_name_prefix=f"lane-{lane.name}",
+                initializer=lower_thread_priority,
+                initargs=(lane.niceness,),
             )
         return self._pools[lane.name]
 

@@ -21,7 +21,7 @@ from ls_backend.core.labels import Embeddings
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
 from ls_backend.core.training import LabeledData, RoundResult, run_round
-from ls_backend.jobs.lanes import Lane, Lanes
+from ls_backend.jobs.lanes import JobStatus, Lane, Lanes, read_status
 from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project, ProjectView
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, START_TRAINING
@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 TRAINING_EVENTS = LABEL_ACTIONS | {START_TRAINING, LABEL_SPACE_CHANGED}
 #: LoRA runs in a child process at this niceness: requests get the CPU first.
 CHILD_NICENESS = 10
+#: While labels stream in, head training takes at most this share of the time: a round
+#: starts no sooner after the last one ended than (1 / HEAD_DUTY - 1) times that round's
+#: wall time (the labels meanwhile wait and go into it), and never more than HEAD_HOLD_MAX_S.
+#: A label after a quiet spell still trains at once. On a 2-core box beside Label Studio a
+#: round per label took the CPU the annotators' saves needed.
+HEAD_DUTY = 0.25
+HEAD_HOLD_MAX_S = 30.0
 T = TypeVar("T")
 
 
@@ -76,10 +83,31 @@ def isolated_round(
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` in a fresh process; a killed child raises BrokenProcessPool here."""
+    """``fn(*args)`` in a fresh process; a killed child raises BrokenProcessPool here. Stopped
+    while it waits (an RQ job's timeout, a worker's cold shutdown), the child is stopped too:
+    it never trains on to the end of its round beside the next one."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding threads
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
+    try:
+        result = pool.submit(fn, *args).result()
+    except BaseException:
+        _stop_children(pool)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return result
+
+
+def _stop_children(pool: ProcessPoolExecutor, grace_s: float = 5.0) -> None:
+    # The executor has no public way to stop a task that runs: end its process.
+    children = list((getattr(pool, "_processes", None) or {}).values())
+    for child in children:
+        child.terminate()
+    for child in children:
+        child.join(grace_s)
+        if child.is_alive():
+            child.kill()
+            child.join(grace_s)
 
 
 #: Runs before a training round, e.g. a re-read of Label Studio's labels on START_TRAINING.
@@ -157,6 +185,9 @@ class HeadLane(TrainingLane):
     kind = ModelKind.HEAD
     threads = 2
 
+    def hold(self, project: Project) -> float:
+        return head_hold(read_status(project, self.name), time.time())
+
 
 class LoraLane(TrainingLane):
     name = "lora"
@@ -185,6 +216,16 @@ class LoraLane(TrainingLane):
         return run_isolated(
             isolated_round, address, kind, space, data, self.config(), device, progress, names
         )
+
+
+def head_hold(last: JobStatus, now: float) -> float:
+    """Seconds before the next head round may start: ``HEAD_DUTY`` of the time at most,
+    sized from the last round's cost (a round that ran long waits longer)."""
+    if last.started is None or last.finished is None or last.finished < last.started:
+        return 0.0  # never ran, or running
+    cost = last.finished - last.started
+    ready = last.finished + min(cost * (1 / HEAD_DUTY - 1), HEAD_HOLD_MAX_S)
+    return max(0.0, ready - now)
 
 
 def training_lanes(settings: Settings) -> Lanes:

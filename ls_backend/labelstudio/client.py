@@ -93,6 +93,10 @@ class LabelStudioError(RuntimeError):
         self.status_code = status_code
 
 
+class IncompleteRead(LabelStudioError):
+    """A paged read stopped before its last page (an empty or repeated page)."""
+
+
 class LabelStudioAuthError(LabelStudioError):
     """401: the API key is wrong, expired, or a legacy token with legacy tokens disabled."""
 
@@ -252,7 +256,10 @@ class LabelStudioClient:
         """Every task of the project (or those of ``task_ids``), in id order, page by page.
 
         Pages are read by number, so a task imported mid-read may shift a page; ids already
-        yielded are skipped, and a later sync picks up anything missed.
+        yielded are skipped, and a later sync picks up anything missed. A page that comes
+        back empty before ``total`` is reached, or with no task not already read (a Label
+        Studio that ignores ``page``), ends the read with ``IncompleteRead``: a caller must
+        not take what it got for every task.
         """
         nested = "annotations,predictions" if include_predictions else "annotations"
         params: dict[str, Any] = {
@@ -274,20 +281,28 @@ class LabelStudioClient:
         seen: set[int] = set()
         page = 1
         while True:
-            body = self._request("GET", "api/tasks/", params={**params, "page": page})
+            body = self._request("GET", "api/tasks/", params={**params, "page": page}) or {}
             raw_tasks = body.get("tasks") or []
-            for raw in raw_tasks:
-                if raw["id"] not in seen:
-                    seen.add(raw["id"])
-                    yield _light_task(raw, include_predictions)
-            if len(raw_tasks) < page_size or page * page_size >= body.get("total", 0):
+            total = int(body.get("total") or 0)
+            new = [raw for raw in raw_tasks if raw["id"] not in seen]
+            if not new and (raw_tasks or (page - 1) * page_size < total):
+                what = "the same tasks again" if raw_tasks else "no task"
+                raise IncompleteRead(
+                    f"Label Studio returned {what} on page {page} of project {project_id}'s "
+                    f"tasks ({len(seen)} of {total} read): the read stopped there"
+                )
+            for raw in new:
+                seen.add(raw["id"])
+                yield _light_task(raw, include_predictions)
+            if len(raw_tasks) < page_size or page * page_size >= total:
                 return
             page += 1
 
-    def labeled_tasks(self, project_id: int, *, page_size: int = 1000) -> list[Task]:
-        """Tasks with at least one annotation that is not a skip (was_cancelled)."""
+    def labeled_tasks(self, project_id: int, *, page_size: int = 1000) -> Iterator[Task]:
+        """Tasks with at least one annotation that is not a skip (was_cancelled), read lazily
+        (``IncompleteRead`` as ``iter_tasks``)."""
         tasks = self.iter_tasks(project_id, page_size=page_size, only_labeled=True)
-        return [task for task in tasks if task["annotations"]]
+        return (task for task in tasks if task["annotations"])
 
     # --- writes ------------------------------------------------------------------------------
 
@@ -355,24 +370,18 @@ class LabelStudioClient:
             json_body={"sampling": UNCERTAINTY_SAMPLING, "model_version": model_version},
         )
 
-    def secure_webhooks(self, project_id: int, headers: dict[str, str]) -> int:
-        """Give the webhooks Label Studio made for the project's ML backends (``<url>/webhook``)
-        these ``headers``: Label Studio sends webhooks with their own headers only, never with
-        the ML backend's basic-auth credentials. Returns how many it changed."""
-        backends = self._request("GET", "api/ml/", params={"project": project_id}) or []
-        ours = {str(b.get("url", "")).rstrip("/") + "/webhook" for b in backends}
-        hooks = self._request("GET", "api/webhooks/", params={"project": project_id}) or []
-        changed = 0
-        for hook in hooks:
-            have = hook.get("headers") or {}
-            if hook.get("url") in ours and any(have.get(k) != v for k, v in headers.items()):
-                self._request(
-                    "PATCH",
-                    f"api/webhooks/{hook['id']}/",
-                    json_body={"headers": {**have, **headers}},
-                )
-                changed += 1
-        return changed
+    def ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The ML backends connected to the project (``url``, ``title``, ``state``, ...)."""
+        return list(self._request("GET", "api/ml/", params={"project": project_id}) or [])
+
+    def webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        """The project's webhooks (``url``, ``headers``, ``is_active``, ...). Label Studio
+        shows their headers to any of its users."""
+        return list(self._request("GET", "api/webhooks/", params={"project": project_id}) or [])
+
+    def set_webhook_headers(self, webhook_id: int, headers: dict[str, str]) -> None:
+        """Replace a webhook's headers (Label Studio sends each event with these only)."""
+        self._request("PATCH", f"api/webhooks/{webhook_id}/", json_body={"headers": headers})
 
     def ensure_ml_backend(
         self,

@@ -31,6 +31,10 @@ class TaskError(ValueError):
     """A task lacks the data the label config points at."""
 
 
+class NotServed(ValueError):
+    """A tag the backend does not predict for, and why (a reader or a text field says so)."""
+
+
 class LabelConfig(Protocol):
     """One control of a label config that the backend predicts and learns."""
 
@@ -61,6 +65,19 @@ class TextField:
     is_html: bool
     max_chars: int | None  # a text is cut to this before anything tokenizes it
 
+    @classmethod
+    def of(cls, obj: Any, max_chars: int | None) -> TextField:
+        """The task field an object tag shows, as Label Studio reads its ``value``: ``$name``
+        is ``task.data.name``; without the ``$`` it is a fixed text, the same for every task
+        (the SDK's ``value_name`` drops the first letter of it: ``plain`` -> ``lain``)."""
+        value = str(obj.attr.get("value") or "").strip()
+        what = f"{obj.tag} '{obj.name}'"
+        if not value.startswith("$") or len(value) < 2:
+            raise NotServed(f"{what} shows the fixed text {value[:40]!r}, not a task field ($name)")
+        if str(obj.attr.get("valueType", "text")).lower() == "url":
+            raise NotServed(f"{what} loads its text from a URL (valueType=url): not supported")
+        return cls(value[1:], obj.tag.lower() == "hypertext", max_chars)
+
     def text_of(self, task: dict[str, Any]) -> str:
         data = task.get("data")
         if not isinstance(data, dict) or self.value_key not in data:
@@ -88,6 +105,10 @@ class ClassificationConfig:
 
     @classmethod
     def read(cls, control: Any, obj: Any, field: TextField) -> ClassificationConfig:
+        """A task-level ``<Choices>``; one with ``perRegion`` labels regions (spans) one by one,
+        not the task, so it is not this kind's."""
+        if str(control.attr.get("perRegion", "false")).lower() == "true":
+            raise NotServed(f"Choices '{control.name}' is per region (perRegion), not per task")
         labels = tuple(control.labels)
         multi = str(control.attr.get("choice", "single")).lower() == "multiple"
         try:
@@ -124,29 +145,32 @@ class ClassificationConfig:
         }
 
 
-#: Control tag (lower case) -> how to read it, for the object tags it may be bound to.
+#: Control tag (lower case) -> how to read it, for the object tags it may be bound to
+#: (``NotServed`` when this control, as configured, is not one the reader serves).
 Reader = Callable[[Any, Any, TextField], LabelConfig]
 READERS: dict[str, Reader] = {"choices": ClassificationConfig.read}
 
 
 @lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
 def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig:
-    """The first control of ``label_config`` the backend serves."""
+    """The first control of ``label_config`` the backend serves (in the config's order)."""
     try:
         interface = LabelInterface(label_config)
     except Exception as exc:  # the SDK raises assorted errors on bad XML
         raise ConfigError(f"label config could not be parsed: {exc}") from exc
     objects = {obj.name: obj for obj in interface.objects}
+    passed: list[str] = []  # why the controls that might have been ours are not
     for control in interface.controls:
         reader = READERS.get(control.tag.lower())
         if reader is None:
             continue
         for target in control.to_name or []:
             obj = objects.get(target)
-            if obj is None or obj.tag.lower() not in TEXT_TAGS or not obj.value_name:
+            if obj is None or obj.tag.lower() not in TEXT_TAGS:
                 continue
-            field = TextField(obj.value_name, obj.tag.lower() == "hypertext", max_chars)
-            return reader(control, obj, field)
-    raise ConfigError(
-        "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag"
-    )
+            try:
+                return reader(control, obj, TextField.of(obj, max_chars))
+            except NotServed as exc:
+                passed.append(str(exc))
+    problem = "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag"
+    raise ConfigError(f"{problem} ({'; '.join(dict.fromkeys(passed))})" if passed else problem)

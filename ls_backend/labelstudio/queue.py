@@ -80,6 +80,7 @@ class QueueState:
     forced_seq: int = 0  # last explicit request served
     pushes: int = 0
     complete: bool = True  # every readable task was ranked at the last push
+    ranked: int = 0  # tasks ranked at the last push
     baseline: dict[str, int] | None = None  # mirror and Label Studio counts at the last full read
 
     @classmethod
@@ -116,5 +117,3 @@ class QueueState:
             served = store.touched_between(ranking.pushed, ranking.stale_since + SAVE_GRACE_S)
             work.append((ranking, ranking.deletable(touched, served, margin, now)))
         return work
-
-

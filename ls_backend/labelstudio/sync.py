@@ -20,7 +20,6 @@ What annotators feel is Label Studio's database, so a sync touches it as little 
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Progress, Scored, Task, joined
+from ls_backend.labelstudio import webhooks
 from ls_backend.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
@@ -54,20 +54,33 @@ log = logging.getLogger(__name__)
 
 #: The lane that runs syncs (its requests are kept in the store under this name).
 SYNC = "sync"
-#: New tasks embedded per sync run. An import of 100,000 tasks is ranked on a growing uniform
-#: sample: the first push comes after ~30 s of embedding (2 cores), not after ~12 minutes.
+#: A project's tasks are ranked on a growing uniform sample. The first ranking is pushed
+#: after FIRST_EMBED_S of embedding (on 2 cores 50-200 news-length texts, more short
+#: ones): an annotator who starts at the connect gets a ranked queue within seconds. Later
+#: runs embed up to EMBED_PER_RUN more (while people label: for GROWTH_SLICE_S, so the
+#: re-rank after new labels never waits long behind it) and push once the ranked sample is
+#: GROWTH_PUSH times what it was at the last push, or covers every task: each push costs
+#: Label Studio seconds of its database while people save (a 1,000-task import: 2 pushes
+#: of its own, 10,000: 4).
+FIRST_EMBED_S = 1.0
+GROWTH_SLICE_S = 8.0
+GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
-#: Texts embedded between two checks for labeling activity (~2 s on 2 cores).
-PACE_BLOCK = 256
+#: Texts embedded between two looks at the clock and at labeling activity (0.1-0.6 s of
+#: news-length texts on one core): the first ranking's deadline overruns by one at most.
+PACE_BLOCK = 16
 #: Labeling counts as going on for this long after the last label or skip; meanwhile
-#: embedding a large import runs this share of the time.
+#: embedding runs this share of the time (on a low-priority thread: core.priority).
 ACTIVE_PACE_S = 30.0
 ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
-#: How often the project's webhooks are checked for the basic-auth header (with auth on).
+#: How often the project's webhook in Label Studio is looked at (its auth header, whether it
+#: is there at all); and how long after a new /setup URL it may still be in the making.
 WEBHOOK_CHECK_S = 60.0
+WEBHOOK_GRACE_S = 5.0
+WEBHOOK_POLL_S = 0.5
 #: A webhook Label Studio sends as it saves arrives within this; a count mismatch is re-checked.
 RECHECK_S = 1.0
 #: Time a run spends deleting old predictions (one request each, ~50-90 ms) before it lets the
@@ -95,6 +108,7 @@ class TaskPool:
     def __init__(self, dim: int) -> None:
         self.dim = dim
         self.config: LabelConfig | None = None
+        self.created: int | None = None  # whose tasks these are (``AnnotationStore.meet``)
         self._clear()
 
     def _clear(self) -> None:
@@ -110,12 +124,19 @@ class TaskPool:
         encoder: Encoder,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
+        deadline: float | None = None,
+        urgent: bool = False,
     ) -> tuple[NDArray[np.bool_], int]:
         """Follow the mirror; returns the labeled mask over ``ids`` and how many readable
-        tasks are still waiting to be embedded (more than ``budget`` were new)."""
-        if config != self.config:  # another text field: every text may differ
+        tasks are still waiting to be embedded: more than ``budget`` were new, or embedding
+        stopped at ``deadline`` (``time.monotonic()``; after one block at least). ``urgent``
+        embedding is not paced (``_embed_paced``)."""
+        created = (store.label_studio() or {}).get("created")
+        # Another text field, or another Label Studio's project (task ids reused): every text
+        # may differ.
+        if config != self.config or created != self.created:
             self._clear()
-            self.config = config
+            self.config, self.created = config, created
         all_ids, labeled = store.task_states()
         keep = np.isin(self.ids, all_ids, assume_unique=True)
         if not keep.all():
@@ -123,10 +144,9 @@ class TaskPool:
             self.texts = [t for t, k in zip(self.texts, keep, strict=True) if k]
         new = np.setdiff1d(all_ids, self.ids, assume_unique=True)
         new = new[~np.isin(new, list(self.unreadable))] if self.unreadable else new
-        waiting = 0
-        if len(new) > budget:  # a uniform sample, so a partial pool ranks fairly
-            waiting = len(new) - budget
-            new = np.sort((rng or np.random.default_rng()).choice(new, budget, replace=False))
+        waiting = len(new)
+        # A uniform sample in random order: a partial pool, whatever stops it, ranks fairly.
+        new = (rng or np.random.default_rng()).permutation(new)[:budget]
         data = store.task_data(new.tolist())
         ids, texts = [], []
         for task_id in new.tolist():
@@ -134,29 +154,47 @@ class TaskPool:
                 texts.append(config.text_of({"id": task_id, "data": data.get(task_id, {})}))
             except TaskError:
                 self.unreadable.add(task_id)
+                waiting -= 1
                 continue
             ids.append(task_id)
         if ids:
-            vectors = _embed_paced(texts, encoder, store)
-            self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
+            vectors = _embed_paced(texts, encoder, store, deadline, urgent)
+            done = len(vectors)
+            waiting -= done
+            self.ids = np.concatenate([self.ids, np.asarray(ids[:done], dtype=np.int64)])
             self.embeddings = np.concatenate([self.embeddings, vectors])
-            self.texts += texts
+            self.texts += texts[:done]
             order = np.argsort(self.ids, kind="stable")
             self.ids, self.embeddings = self.ids[order], self.embeddings[order]
             self.texts = [self.texts[i] for i in order]
         return labeled[np.searchsorted(all_ids, self.ids)], waiting
 
 
-def _embed_paced(texts: list[str], encoder: Encoder, store: AnnotationStore) -> Embeddings:
-    """Embed in blocks (each cached as it is done); while people label, run a quarter of the
-    time (ACTIVE_DUTY): on a small box Label Studio needs the CPU for their saves."""
-    parts = []
+def labeling(store: AnnotationStore) -> bool:
+    """Someone labeled or skipped a task in the last ACTIVE_PACE_S."""
+    return time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S
+
+
+def _embed_paced(
+    texts: list[str],
+    encoder: Encoder,
+    store: AnnotationStore,
+    deadline: float | None = None,
+    urgent: bool = False,
+) -> Embeddings:
+    """Embed the first texts in blocks (each cached as it is done) until ``deadline``; while
+    people label, and unless ``urgent``, run ACTIVE_DUTY of the time: on a small box Label
+    Studio needs the CPU for their saves. Returns the embeddings of ``texts[:n]``, n >= one
+    block."""
+    parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
     for start in tqdm(
         range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
     ):
+        if deadline is not None and start and time.monotonic() > deadline:
+            break
         began = time.monotonic()
         parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
-        if time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S:
+        if not urgent and labeling(store):
             time.sleep((time.monotonic() - began) * (1 / ACTIVE_DUTY - 1))
     return np.concatenate(parts)
 
@@ -276,8 +314,10 @@ class Syncer:
         """Re-rank; push when ``force`` or a request asked for it, or ``core.requeue`` says so."""
         report = progress or (lambda _fraction, _stage: None)
         store, settings = target.store, self.settings
-        self._secure_webhooks(target)
+        forced_seq = store.lane_forced(SYNC)
         state = QueueState.load(store)
+        # An admin's request looks at the webhook too; basic auth needs it before any label.
+        look_again = self._check_webhooks(target, force=forced_seq > state.forced_seq)
         serving = state.serving
         if serving is not None:  # rate limit: what arrives meanwhile coalesces into this run
             rest = serving.pushed + settings.sync_min_interval_s - time.time()
@@ -298,7 +338,8 @@ class Syncer:
         forced_seq = store.lane_forced(SYNC)
         label_seq = store.last_seq(LABEL_ACTIONS)
         project_id = target.project_id
-        if state.baseline is None:
+        just_read = state.baseline is None
+        if just_read:
             report(0.0, "reading every task from Label Studio")
             state.baseline = self._full_read(target)
             lap("read", 0.3)
@@ -306,7 +347,14 @@ class Syncer:
 
         def rank() -> tuple[NDArray[np.bool_], int, Front]:
             config = target.config()
-            labeled, waiting = pool.refresh(store, config, target.encoder)
+            now, first = time.monotonic(), serving is None
+            if first:  # no ranking in the queue yet: one within seconds, on a first sample
+                deadline: float | None = now + FIRST_EMBED_S
+            else:  # grow the sample; while people label, in slices
+                deadline = now + GROWTH_SLICE_S if labeling(store) else None
+            labeled, waiting = pool.refresh(
+                store, config, target.encoder, EMBED_PER_RUN, deadline=deadline, urgent=first
+            )
             lap("embed", 0.5)
             # One model for the whole ranking, even if a promotion lands meanwhile.
             return labeled, waiting, rank_front(target.model(), config, pool, labeled, settings)
@@ -314,7 +362,9 @@ class Syncer:
         labeled, waiting, front = rank()
         lap("rank", 0.6)
 
-        cap = stale_cap(settings.sync_top_k, len(pool.ids))
+        # The project's size, not the ranked sample's: what Label Studio's writes cost.
+        project_tasks = store.mirror_counts()[0]
+        cap = stale_cap(settings.sync_top_k, project_tasks)
         held_back = state.backlog(store) > cap
         in_queue = serving.tasks if serving else []
         still = set(pool.ids[~labeled].tolist())
@@ -325,21 +375,23 @@ class Syncer:
             new_labels=store.count_events(LABEL_ACTIONS, after=state.label_seq),
             sync_every=settings.sync_every,
             forced=force or forced_seq > state.forced_seq,
-            pool_grew=not state.complete,
+            pool_grew=not state.complete
+            and (waiting == 0 or len(pool.ids) >= GROWTH_PUSH * state.ranked),
             backlog_full=held_back,
             new_kind=serving is not None and ModelKind.of(serving.version) != front.kind,
         )
         outcome: dict[str, Any] = {}
         if reason is not None:
-            if not self._consistent(project_id, store, state.baseline):
+            # Right after a full read the mirror is Label Studio's: the first push goes at once.
+            if not just_read and not self._consistent(project_id, store, state.baseline):
                 report(0.6, "healing the task mirror: reading every task from Label Studio")
                 state.baseline = self._full_read(target)
                 labeled, waiting, front = rank()
                 outcome["healed"] = True
                 lap("heal", 0.7)
-            version = self._push(project_id, state, front, store, len(pool.ids))
+            version = self._push(project_id, state, front, store, project_tasks)
             state.label_seq, state.forced_seq = label_seq, forced_seq
-            state.complete = waiting == 0
+            state.complete, state.ranked = waiting == 0, len(pool.ids)
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
@@ -349,6 +401,9 @@ class Syncer:
         # back that may go now: the next run looks again.
         if waiting or more or (reason is None and held_back and state.backlog(store) <= cap):
             store.want_lane(SYNC)
+        if look_again is not None:  # the first connect: the webhook has had time to appear
+            time.sleep(max(0.0, look_again - time.time()))
+            self._check_webhooks(target, force=True)
         outcome.update(
             reason=reason or "queue unchanged",
             tasks=len(pool.ids),
@@ -366,23 +421,52 @@ class Syncer:
         )
         return outcome
 
-    def _secure_webhooks(self, target: SyncTarget) -> None:
-        """With basic auth on, the project's webhooks must carry it, or every event gets 401
-        and nothing trains: checked at most every WEBHOOK_CHECK_S (a reconnect makes a new one)."""
-        if not self.settings.auth_enabled or not webhook_check_due(target.store):
-            return
-        assert self.settings.basic_auth_user and self.settings.basic_auth_pass
-        credentials = f"{self.settings.basic_auth_user}:"
-        credentials += self.settings.basic_auth_pass.get_secret_value()
-        header = "Basic " + base64.b64encode(credentials.encode()).decode()
-        target.store.set_webhooks_checked(time.time())
-        try:
-            changed = self.client.secure_webhooks(target.project_id, {"Authorization": header})
-        except LabelStudioError as exc:  # ranking goes on; the next check tries again
-            log.error("project %s: could not give its webhooks basic auth: %s", target.key, exc)
-            return
-        if changed:
-            log.info("project %s: basic auth added to %d webhook(s)", target.key, changed)
+    def _check_webhooks(self, target: SyncTarget, *, force: bool = False) -> float | None:
+        """Find the project's webhook for the URL Label Studio connected this backend by: give
+        it our auth header where /webhook needs one (that webhook only: the other backends'
+        webhooks must not get our credentials), and record, log and show what is wrong with
+        it (none at all, switched off). Runs when a URL is new, every WEBHOOK_CHECK_S, or when
+        ``force``d. Returns when to look again if Label Studio may still be creating it."""
+        store = target.store
+        urls = store.setup_urls()
+        if not urls or not (force or webhook_check_due(store)):
+            return None
+        store.set_webhooks_checked(time.time())
+        settings = self.settings
+        basic = None
+        if settings.basic_auth_user and settings.basic_auth_pass:
+            basic = (settings.basic_auth_user, settings.basic_auth_pass.get_secret_value())
+        token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+        header = webhooks.auth_header(basic, token)
+        # Label Studio makes the webhook just after its first /setup: not missing yet.
+        settles = max(urls.values()) + WEBHOOK_GRACE_S
+        while True:
+            try:
+                found = webhooks.check(
+                    self.client.ml_backends(target.project_id),
+                    self.client.webhooks(target.project_id),
+                    urls,
+                    header,
+                )
+                for hook_id, headers in found.patches:
+                    self.client.set_webhook_headers(hook_id, headers)
+            except LabelStudioError as exc:  # ranking goes on; the next check tries again
+                log.error("project %s: could not check its webhook: %s", target.key, exc)
+                return None
+            if found.patches:
+                log.info("project %s: auth header given to its webhook", target.key)
+            if not found.missing or time.time() >= settles:
+                break
+            if header is None:  # nothing to give it: look again after the push
+                return settles
+            time.sleep(WEBHOOK_POLL_S)  # the first labels will need our header on it
+        if found.problem != store.webhook_problem():
+            if found.problem:
+                log.warning("project %s: %s", target.key, found.problem)
+            else:
+                log.info("project %s: its webhook in Label Studio is in order again", target.key)
+            store.set_webhook_problem(found.problem)
+        return None
 
     # --- Label Studio, read --------------------------------------------------------------------
 
@@ -557,8 +641,15 @@ class Syncer:
             state.save(store)
 
 
-def webhook_check_due(store: AnnotationStore) -> bool:
-    return time.time() - store.webhooks_checked() > WEBHOOK_CHECK_S
+def webhook_check_due(store: AnnotationStore, periodic: bool = True) -> bool:
+    """Whether the project's webhook should be looked at: /setup came by a URL not looked at
+    yet, or (``periodic``) the last look is WEBHOOK_CHECK_S old (a reconnect makes a new
+    webhook, which needs our auth header)."""
+    urls = store.setup_urls()
+    if not urls:
+        return False
+    checked = store.webhooks_checked()
+    return max(urls.values()) > checked or (periodic and time.time() - checked > WEBHOOK_CHECK_S)
 
 
 def _baseline(store: AnnotationStore, counts: ProjectCounts) -> dict[str, int]:

@@ -42,7 +42,9 @@ def create_app(
             app.state.projects = Projects(settings)
             app.state.scheduler = start_scheduler(app.state.projects)
         _warn_about(settings)
-        app.state.scheduler.resume()  # events stored before a crash or a restart still train
+        # Events stored before a crash or a restart still train; a store that is not up yet
+        # is waited for in the background, so predictions serve meanwhile.
+        app.state.scheduler.resume_soon()
         yield
         app.state.scheduler.stop()
 
@@ -59,13 +61,14 @@ def create_app(
         app.state.projects = projects
         app.state.scheduler = scheduler or start_scheduler(projects)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.auth_enabled:
-        assert settings.basic_auth_user and settings.basic_auth_pass
+    if settings.webhook_auth:
+        password, token = settings.basic_auth_pass, settings.webhook_token
         app.add_middleware(
             BasicAuthMiddleware,
             user=settings.basic_auth_user,
-            password=settings.basic_auth_pass.get_secret_value(),
+            password=password.get_secret_value() if password else None,
             open_paths={"/health"},
+            webhook_token=token.get_secret_value() if token else None,
         )
     # Outermost last: a foreign Host name is refused before anything else is looked at.
     app.add_middleware(JsonOnlyMiddleware)
@@ -85,8 +88,9 @@ def _warn_about(settings: Settings) -> None:
         "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are not both set: predictions work, "
         "but the backend cannot reorder Label Studio's queue or re-read annotations"
     )
-    if settings.auth_enabled:
+    if settings.webhook_auth:
         log.error(
-            "basic auth is on but LABEL_STUDIO_API_KEY is not set: the backend cannot give "
-            "Label Studio's webhooks the credentials, so they get 401 and nothing trains"
+            "/webhook needs credentials (basic auth or WEBHOOK_TOKEN) but LABEL_STUDIO_API_KEY "
+            "is not set: the backend cannot give Label Studio's webhook the header, so events "
+            "get 401 and nothing trains"
         )

@@ -36,8 +36,9 @@ border-bottom:1px solid #e6e8ee;vertical-align:top}th{font-weight:600;color:#4a5
 .bar>span{display:block;height:8px;border-radius:4px;background:#3b6fd4}
 .tag{display:inline-block;padding:0 6px;border-radius:8px;font-size:12px;background:#e6e8ee}
 .tag.explore{background:#e3f1e0}.tag.near_duplicate{background:#fbe9d0}
-.tag.issue{background:#f9d7d0}.stop{font-weight:600}.stop.yes{color:#1e7d32}
+.tag.issue{background:#f9d7d0}.tag.pinned{background:#fbe9d0}.stop{font-weight:600}.stop.yes{color:#1e7d32}
 .stop.no{color:#a86b00}button{font:inherit;padding:4px 12px}
+.warning{background:#fdecea;border-left:4px solid #c8290a;padding:8px 12px;margin:0 0 8px}
 svg text{font-size:11px;fill:#4a5266}
 """
 
@@ -79,6 +80,15 @@ async function rollback(){
   if(!confirm(`Serve ${version} instead of the current version for project ${PROJECT}?`)) return;
   const r = await fetch(`/projects/${PROJECT}/rollback`, {method:'POST', credentials:'same-origin',
     headers:{'Content-Type':'application/json'}, body: JSON.stringify({version})});
+  const body = await r.json();
+  if(!r.ok){ alert(body.error || r.statusText); return; }
+  location.reload();
+}
+async function unpin(){
+  if(!confirm(`Lift the pin of project ${PROJECT}? The next training round that beats the `
+    + 'serving version serves again.')) return;
+  const r = await fetch(`/projects/${PROJECT}/rollback`, {method:'POST', credentials:'same-origin',
+    headers:{'Content-Type':'application/json'}, body: JSON.stringify({pin: false})});
   const body = await r.json();
   if(!r.ok){ alert(body.error || r.statusText); return; }
   location.reload();
@@ -134,7 +144,12 @@ def overview(projects: dict[str, dict[str, Any]], sync: dict[str, Any]) -> str:
         "(Settings -> Model).</p>"
     )
     note = "" if sync.get("configured") else f"<p class=muted>{escape(sync['message'])}</p>"
-    body = f"<section><h2>Projects</h2>{table}{note}</section>"
+    warnings = "".join(
+        _warning(f"Project {key}: {text}", key)
+        for key, p in projects.items()
+        for text in p.get("warnings", [])
+    )
+    body = f"<section><h2>Projects</h2>{warnings}{table}{note}</section>"
     return _page("ls-backend: projects", body, None)
 
 
@@ -239,6 +254,10 @@ def kappa_svg(signal: StopSignal) -> str:
     )
 
 
+def _warning(text: str, project: str) -> str:
+    return f'<p class=warning data-project="{escape(project)}">{escape(text)}</p>'
+
+
 def _link(url: str | None, text: str) -> str:
     return f'<a href="{escape(url)}" target=_blank>{escape(text)}</a>' if url else escape(text)
 
@@ -261,13 +280,22 @@ def project_page(report: ProjectReport) -> str:
         if report.gain_per_100_labels is not None
         else "a gain per 100 labels shows once versions of one kind are 50 labels apart"
     )
+    pin = (
+        '<p id=pinned class=pin><span class="tag pinned">pinned</span> by a rollback: new '
+        "versions train and are saved, but this one serves until the pin is lifted. "
+        '<button id=unpin onclick="unpin()">Lift the pin</button></p>'
+        if report.pinned
+        else ""
+    )
     state = f"""<section><h2>Project {escape(key)}</h2><table>
 <tr><th>serving version</th><td data-project="{escape(key)}" data-serving>
 {escape(report.model_version or "-")}</td></tr>
 <tr><th>labels</th><td>{report.labels} usable ({report.annotations} annotations stored,
 skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
-<p><label>Serve another version: <select id=rollback-version>{versions}</select></label>
-<button id=rollback onclick="rollback()">Roll back</button></p></section>"""
+{pin}<p><label>Serve another version: <select id=rollback-version>{versions}</select></label>
+<button id=rollback onclick="rollback()">Roll back</button>
+<span class=muted>(pins it: new versions do not serve until the pin is lifted)</span></p>
+</section>"""
 
     curve = f"""<section><h2>Is the model getting better?</h2>
 {learning_curve_svg(report.learning_curve)}<p class=muted>{escape(gain)}</p></section>"""
@@ -335,8 +363,9 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
     suspects = f"""<section><h2>Probably wrong annotations</h2>{suspect_table}
 <p class=muted>{escape(report.suspects_note)}</p></section>"""
 
+    warnings = "".join(_warning(text, key) for text in report.warnings)
     body = (
-        f"<div class=grid>{state}{curve}{stopping}{labels}</div>"
+        f"{warnings}<div class=grid>{state}{curve}{stopping}{labels}</div>"
         f'<div class=grid style="margin-top:16px">{queue}{suspects}</div>'
     )
     return _page(f"ls-backend: project {key}", body, key)

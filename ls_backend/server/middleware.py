@@ -1,6 +1,7 @@
-"""ASGI middleware: a request-body size limit, optional HTTP basic auth, and what keeps other
-web sites out: known Host names only (DNS rebinding), JSON-only POSTs (a page's form cannot
-send JSON, nor can a cross-site fetch without a preflight we never answer), no framing."""
+"""ASGI middleware: a request-body size limit, optional HTTP basic auth (with a webhook-only
+token), and what keeps other web sites out: known Host names only (DNS rebinding), JSON-only
+POSTs (a page's form cannot send JSON, nor can a cross-site fetch without a preflight we never
+answer), no framing."""
 
 from __future__ import annotations
 
@@ -73,28 +74,50 @@ class BodyLimitMiddleware:
 
 
 class BasicAuthMiddleware:
+    """HTTP basic auth (``user``/``password``) on every path but ``open_paths``. On
+    ``webhook_paths`` a bearer ``webhook_token`` is accepted too (and alone guards them when
+    basic auth is off): Label Studio's webhook can then carry that token, not the password."""
+
     def __init__(
-        self, app: ASGIApp, user: str, password: str, open_paths: set[str] | None = None
+        self,
+        app: ASGIApp,
+        user: str | None = None,
+        password: str | None = None,
+        open_paths: set[str] | None = None,
+        webhook_token: str | None = None,
+        webhook_paths: frozenset[str] = frozenset({"/webhook"}),
     ) -> None:
         self.app = app
-        self.expected = f"{user}:{password}".encode()
+        self.expected = f"{user}:{password}".encode() if user and password else None
+        self.token = webhook_token.encode() if webhook_token else None
         self.open_paths = open_paths or set()
+        self.webhook_paths = webhook_paths
 
-    def _authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+    def _authorized(self, headers: list[tuple[bytes, bytes]], path: str) -> bool:
+        token = self.token if path in self.webhook_paths else None
+        if self.expected is None and token is None:
+            return True  # nothing guards this path
         for name, value in headers:
-            if name == b"authorization" and value[:6].lower() == b"basic ":
+            if name != b"authorization":
+                continue
+            scheme, _, credentials = value.partition(b" ")
+            scheme, credentials = scheme.lower(), credentials.strip()
+            if scheme == b"bearer" and token is not None:
+                return hmac.compare_digest(credentials, token)
+            if scheme == b"basic" and self.expected is not None:
                 try:
-                    given = base64.b64decode(value[6:].strip(), validate=True)
+                    given = base64.b64decode(credentials, validate=True)
                 except (binascii.Error, ValueError):
                     return False
                 return hmac.compare_digest(given, self.expected)
+            return False
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Any:
         if (
             scope["type"] != "http"
             or scope["path"] in self.open_paths
-            or self._authorized(scope["headers"])
+            or self._authorized(scope["headers"], scope["path"])
         ):
             await self.app(scope, receive, send)
             return
@@ -150,8 +173,11 @@ class HostPolicy:
         if header is None or self.any_name:
             return True  # no Host (HTTP/1.0): no name a page could have chosen
         name = host_name(header)
-        return name in self.names or _is_ip(name) or name.endswith(self.suffixes) or any(
-            name == suffix[1:] for suffix in self.suffixes
+        return (
+            name in self.names
+            or _is_ip(name)
+            or name.endswith(self.suffixes)
+            or any(name == suffix[1:] for suffix in self.suffixes)
         )
 
 

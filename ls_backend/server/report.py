@@ -19,7 +19,7 @@ from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.labelstudio.config import TaskError
 from ls_backend.labelstudio.queue import QueueState
-from ls_backend.projects import Project
+from ls_backend.projects import Project, ProjectView
 
 #: Tasks of the mirror the stopping signal compares successive models on (B&V used a few
 #: thousand): chosen by a hash of the task id, so the set stays put as tasks come and go.
@@ -67,6 +67,10 @@ class SuspectItem(BaseModel):
 class ProjectReport(BaseModel):
     project: str
     model_version: str | None
+    pinned: bool = Field(
+        description="a rollback pinned the serving version: new versions train but do not "
+        "serve until the pin is lifted"
+    )
     annotations: int = Field(description="stored annotations, skips included")
     labels: int = Field(description="usable labels (what a training round sees)")
     tasks: int = Field(description="tasks in the mirror of Label Studio")
@@ -85,6 +89,15 @@ class ProjectReport(BaseModel):
     stopping: core.StopSignal | None
     stopping_note: str
     label_studio_url: str | None
+    warnings: list[str] = Field(
+        default_factory=list, description="what keeps the project from learning, and the fix"
+    )
+
+
+def project_warnings(project: ProjectView) -> list[str]:
+    """What the admin must fix for the project to learn (its webhook in Label Studio)."""
+    problem = project.store.webhook_problem()
+    return [problem] if problem else []
 
 
 def task_url(base: str | None, project: str, task_id: int) -> str | None:
@@ -103,6 +116,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     space, data, _skipped = project.labeled_data()
     registry = project.registry
     serving = registry.current()
+    pinned = registry.pinned() is not None
     infos = [registry.info(v) for v in registry.versions()]
     curve = core.learning_curve(infos, serving)
 
@@ -140,6 +154,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     return ProjectReport(
         project=project.key,
         model_version=serving,
+        pinned=pinned,
         annotations=project.store.count("annotations"),
         labels=len(data),
         tasks=project.store.count("tasks"),
@@ -158,6 +173,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         stopping=stopping,
         stopping_note=stopping_note,
         label_studio_url=base,
+        warnings=project_warnings(project),
     )
 
 

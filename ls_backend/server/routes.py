@@ -23,12 +23,19 @@ from ls_backend import __version__, metrics
 from ls_backend.core.registry import version_number
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
-from ls_backend.projects import SYNC_REQUESTED, Project, Projects
+from ls_backend.projects import (
+    EVENT_RECEIVED,
+    SYNC_REQUESTED,
+    Project,
+    Projects,
+    ProjectView,
+    project_created,
+)
 from ls_backend.server import dashboard
 from ls_backend.server.errors import RETRY_AFTER_S, ApiError, error
-from ls_backend.server.report import ProjectReport, build_report
+from ls_backend.server.report import ProjectReport, build_report, project_warnings
 from ls_backend.settings import Settings
-from ls_backend.store.annotations import KNOWN_ACTIONS, EventError
+from ls_backend.store.annotations import KNOWN_ACTIONS, EventError, OtherLabelStudio
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class SetupRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     project: str | int = Field(description='Label Studio sends "<project id>.<created timestamp>".')
     schema_: str | None = Field(None, alias="schema", description="The project's label config.")
+    hostname: str | None = Field(None, description="The host Label Studio names itself.")
 
 
 class PredictRequest(BaseModel):
@@ -51,7 +59,14 @@ class PredictRequest(BaseModel):
 
 
 class RollbackRequest(BaseModel):
-    version: str = Field(description="The model version to serve, e.g. v0004-head.")
+    version: str | None = Field(
+        None, description="The model version to serve, e.g. v0004-head; none: keep what serves."
+    )
+    pin: bool = Field(
+        True,
+        description="Keep it serving while new rounds train (they are saved, not served) until "
+        'a request with `"pin": false` lifts the pin; `{"pin": false}` alone lifts it.',
+    )
 
 
 class JsonParts:
@@ -116,10 +131,14 @@ async def setup(request: Request, body: SetupRequest) -> dict[str, Any]:
     def connect() -> dict[str, Any]:
         project = _project(_projects(request), body.project)
         try:
+            # A reinstalled Label Studio reuses the id: its project gets fresh state.
+            project.meet(project_created(body.project), body.hostname, body.schema_)
             version = project.setup(body.schema_)
         except ConfigError as exc:
             raise ApiError(422, str(exc)) from exc
-        project.connect()
+        except OtherLabelStudio as exc:
+            raise ApiError(409, str(exc)) from exc
+        project.connect(_reached_by(request))
         return {"model_version": version}
 
     return await anyio.to_thread.run_sync(connect, limiter=_limits(request).control)
@@ -139,16 +158,13 @@ async def predict(request: Request, body: PredictRequest) -> Any:
     if limits.predictions >= _settings(request).predict_queue:
         return error(
             503,
-            f"{limits.predictions} predictions are running or waiting (PREDICT_QUEUE); "
-            "retry later",
+            f"{limits.predictions} predictions are running or waiting (PREDICT_QUEUE); retry later",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
     limits.predictions += 1
     try:
         projects = _projects(request)
-        return await anyio.to_thread.run_sync(
-            _predict, projects, body, limiter=limits.predicting
-        )
+        return await anyio.to_thread.run_sync(_predict, projects, body, limiter=limits.predicting)
     finally:
         limits.predictions -= 1
 
@@ -158,9 +174,7 @@ async def webhook(request: Request) -> dict[str, Any]:
     raw = await request.body()
     # Parsing a 30 MB TASKS_CREATED and the fsync'd write both block: off the event loop.
     projects = _projects(request)
-    return await anyio.to_thread.run_sync(
-        _webhook, projects, raw, limiter=_limits(request).control
-    )
+    return await anyio.to_thread.run_sync(_webhook, projects, raw, limiter=_limits(request).control)
 
 
 # --- the admin's view ---------------------------------------------------------------------------
@@ -169,6 +183,15 @@ async def webhook(request: Request) -> dict[str, Any]:
 def _jobs_of(request: Request, project: Project) -> dict[str, dict[str, Any]]:
     scheduler = _scheduler(request)
     return {lane: scheduler.status(project, lane) for lane in scheduler.lanes.names()}
+
+
+def _warnings(view: ProjectView) -> dict[str, Any]:
+    return {"warnings": project_warnings(view)}
+
+
+def _overview(request: Request) -> dict[str, dict[str, Any]]:
+    """Every project as /status shows it (read only; see ``Scheduler.overview``)."""
+    return _scheduler(request).overview(_warnings)
 
 
 def _status(request: Request) -> dict[str, Any]:
@@ -181,7 +204,7 @@ def _status(request: Request) -> dict[str, Any]:
             "Studio's queue and re-read annotations on START_TRAINING",
         }
     )
-    return {"projects": _scheduler(request).overview(), "sync": sync}
+    return {"projects": _overview(request), "sync": sync}
 
 
 @router.get("/status", summary="Jobs per project and lane, sync configuration")
@@ -199,10 +222,8 @@ def status(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 def prometheus(request: Request) -> Response:
-    scheduler = _scheduler(request)
-
     def shared_figures() -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
-        for key, shown in scheduler.overview().items():
+        for key, shown in _overview(request).items():
             serving = shown["model_version"]
             runs = {lane: (job["runs"], job["failures"]) for lane, job in shown["jobs"].items()}
             number = version_number(serving) if serving else 0
@@ -238,19 +259,28 @@ def report(request: Request, project: str) -> ProjectReport:
     return _report(request, project)
 
 
-@router.post("/projects/{project}/rollback", summary="Serve another saved model version")
+@router.post(
+    "/projects/{project}/rollback",
+    summary="Serve another saved model version, pinned until lifted; or lift the pin",
+)
 def rollback(request: Request, project: str, body: RollbackRequest) -> dict[str, Any]:
     registry = _known(_projects(request), project).registry
+    if body.version is None and body.pin:
+        raise ApiError(422, 'version: required (or {"pin": false} to lift a pin)')
     with registry.lock():
         try:
-            version = registry.rollback(body.version)
+            if body.version is None:
+                version = registry.unpin()
+            else:
+                version = registry.rollback(body.version, pin=body.pin)
         except KeyError as exc:
             known = ", ".join(registry.versions()) or "none"
             raise ApiError(
                 404, f"version: no model version {body.version!r} (known: {known})"
             ) from exc
-    log.info("project %s: rolled back to %s", project, version)
-    return {"project": project, "model_version": version}
+        pinned = registry.pinned() is not None
+    log.info("project %s: serves %s%s", project, version, " (pinned)" if pinned else "")
+    return {"project": project, "model_version": version, "pinned": pinned}
 
 
 @router.get("/", include_in_schema=False)
@@ -270,6 +300,18 @@ def ui_project(request: Request, project: str) -> HTMLResponse:
 
 
 # --- the work behind the routes ---------------------------------------------------------------
+
+
+def _reached_by(request: Request) -> list[str]:
+    """The URL Label Studio reached this backend by (its webhook is ``<that>/webhook``): the
+    request's own, and the one a proxy in front says it was asked for."""
+    urls = [str(request.base_url)]
+    host = request.headers.get("x-forwarded-host")
+    if host:
+        scheme = request.headers.get("x-forwarded-proto") or request.url.scheme
+        prefix = request.headers.get("x-forwarded-prefix") or ""
+        urls.append(f"{scheme.split(',')[0].strip()}://{host.split(',')[0].strip()}{prefix}")
+    return urls
 
 
 def _project(projects: Projects, raw: Any) -> Project:
@@ -336,8 +378,11 @@ def _webhook(projects: Projects, raw: bytes) -> dict[str, Any]:
     if not isinstance(info, dict) or "id" not in info:
         raise ApiError(422, "project.id: required in a webhook body")
     project = _connected(projects, info["id"])
+    projects.emit(project, EVENT_RECEIVED)  # before storing: a kill in between is covered
     try:
         seq = project.store.apply(body)
+    except OtherLabelStudio as exc:
+        raise ApiError(409, str(exc)) from exc
     except EventError as exc:
         raise ApiError(422, str(exc)) from exc
     metrics.WEBHOOK_EVENTS.labels(action).inc()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -56,8 +57,13 @@ _TRAIN_REQUESTED = "train_requested"
 _REREAD_DONE = "reread_done"
 _STATUS = "status:"  # + lane
 _WEBHOOKS_CHECKED = "webhooks_checked"
+_SETUP_URLS = "setup_urls"
+_WEBHOOK_PROBLEM = "webhook_problem"
 _QUEUE = "queue"
 _SERVING = "serving_version"
+_LABEL_STUDIO = "label_studio"  # which Label Studio project the store holds (``meet``)
+_REPLACED = "label_studio_replaced"  # the ones it held before, by creation time
+_PINNED = "serving_pinned"  # "1" while a rollback pins the serving version
 
 #: The store's schema, one step per version; a database applies the steps it has not seen.
 MIGRATIONS: list[list[str]] = [
@@ -73,6 +79,8 @@ MIGRATIONS: list[list[str]] = [
     ],
     ["ALTER TABLE tasks ADD COLUMN labeled INTEGER NOT NULL DEFAULT 0"],  # the task mirror
     ["ALTER TABLE annotations ADD COLUMN updated_at TEXT"],  # out-of-order webhooks
+    # The task a deleted annotation was on: a delete applied again after a read still knows.
+    ["ALTER TABLE deleted_annotations ADD COLUMN task_id BIGINT"],
     # Only /setup connects a project. A store from before /setup was recorded that received
     # webhooks was connected then (the backend refused none), so it stays connected.
     [
@@ -96,6 +104,9 @@ def _legacy_version(s: Session) -> int:
     return 2 if "labeled" in columns["tasks"] else 1
 
 
+#: Rows written per transaction when a read of Label Studio fills the store: a webhook
+#: waits for one batch (milliseconds), never for the read.
+MIRROR_BATCH = 500
 
 #: Keys never written to disk: the project's cloud-storage login and any credential.
 _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNORECASE)
@@ -103,6 +114,29 @@ _SECRET = re.compile(r"password|token|secret|login|api_key|credential", re.IGNOR
 
 class EventError(ValueError):
     """A webhook body that does not have the shape of its action."""
+
+
+class OtherLabelStudio(EventError):
+    """An event or a /setup from another Label Studio's project of the same id than the one
+    the store holds (an old installation still running beside a reinstalled one)."""
+
+
+def created_second(project: Any) -> int | None:
+    """When Label Studio created the project, in whole seconds since the epoch, from a webhook's
+    ``project.created_at`` (ISO 8601, as /setup's ``"<id>.<seconds>"`` counts it); None when
+    it is absent or unreadable."""
+    raw = project.get("created_at") if isinstance(project, dict) else None
+    if not isinstance(raw, str):
+        return None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(when.replace(tzinfo=when.tzinfo or timezone.utc).timestamp())
+
+
+def _when(created: int) -> str:
+    return datetime.fromtimestamp(created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,18 @@ def _scrubbed(body: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of ``size``; each is pulled from ``items`` before it is yielded."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _task_id(task: Any) -> int:
     if not isinstance(task, dict) or not isinstance(task.get("id"), int):
         raise EventError("every task needs an integer 'id'")
@@ -138,12 +184,18 @@ def _task_id(task: Any) -> int:
 
 class AnnotationStore:
     def __init__(self, database: Database, migrate: bool = True) -> None:
-        """``migrate``: bring the schema up to date first (a store opened only to read what is
-        there, for /status, is not)."""
+        """``migrate``: bring the schema up to date on first use (not here: a process starts
+        while PostgreSQL is away); a store opened only to read what is there, for /status, is
+        never migrated."""
         self.database = database
+        self._migrated = not migrate
         self._pinned = threading.local()
-        if migrate:
-            database.migrate(MIGRATIONS, _legacy_version)
+
+    def _ready(self) -> Database:
+        if not self._migrated:
+            self.database.migrate(MIGRATIONS, _legacy_version)
+            self._migrated = True
+        return self.database
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -152,7 +204,7 @@ class AnnotationStore:
         if getattr(self._pinned, "session", None) is not None:
             yield
             return
-        with self.database.session() as session:
+        with self._ready().session() as session:
             self._pinned.session = session
             try:
                 yield
@@ -161,10 +213,10 @@ class AnnotationStore:
 
     def _read(self) -> Any:
         pinned = getattr(self._pinned, "session", None)
-        return nullcontext(pinned) if pinned is not None else self.database.session()
+        return nullcontext(pinned) if pinned is not None else self._ready().session()
 
     def _tx(self) -> Any:
-        return self.database.session(write=True)
+        return self._ready().session(write=True)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -177,7 +229,10 @@ class AnnotationStore:
         skipped = isinstance(annotation, dict) and bool(annotation.get("was_cancelled"))
         # A skip is kept, but it is not a label: it must not trigger training.
         logged = SKIPPED if action == "ANNOTATION_CREATED" and skipped else action
+        created = created_second(body.get("project"))
         with self._tx() as db:
+            if created is not None:
+                self._same_label_studio(db, created)
             seq = int(
                 db.execute(
                     "INSERT INTO events (action, received, body) VALUES (?, ?, ?) RETURNING seq",
@@ -202,19 +257,28 @@ class AnnotationStore:
                 self._put_annotation(db, annotation, tasks.get(annotation.get("task")), seq)
         elif action == "ANNOTATIONS_DELETED":
             ids = [a.get("id") for a in _require(body, "annotations", list) if isinstance(a, dict)]
+            ids = [i for i in ids if isinstance(i, int)]
+            if not ids:
+                return
             marks = ",".join("?" * len(ids))
-            touched = [
-                row[0]
-                for row in db.execute(
-                    f"SELECT DISTINCT task_id FROM annotations WHERE annotation_id IN ({marks})",
-                    ids,
-                )
-            ]
+            # Which task each was on: from the row, or (applied again after a read of Label
+            # Studio, the row gone) from the record of the delete.
+            on = dict(
+                db.execute(
+                    f"SELECT annotation_id, task_id FROM annotations WHERE annotation_id IN"
+                    f" ({marks}) UNION SELECT annotation_id, task_id FROM deleted_annotations"
+                    f" WHERE annotation_id IN ({marks}) AND task_id IS NOT NULL",
+                    [*ids, *ids],
+                ).fetchall()
+            )
             db.executemany("DELETE FROM annotations WHERE annotation_id = ?", [(i,) for i in ids])
             db.executemany(
-                "INSERT INTO deleted_annotations VALUES (?) ON CONFLICT DO NOTHING",
-                [(i,) for i in ids if isinstance(i, int)],
+                "INSERT INTO deleted_annotations (annotation_id, task_id) VALUES (?, ?)"
+                " ON CONFLICT (annotation_id) DO UPDATE"
+                " SET task_id = COALESCE(excluded.task_id, deleted_annotations.task_id)",
+                [(i, on.get(i)) for i in ids],
             )
+            touched = sorted({int(t) for t in on.values()})
             db.executemany(  # labeled while another annotation of it stands
                 "UPDATE tasks SET labeled = CASE WHEN EXISTS (SELECT 1 FROM annotations"
                 " WHERE task_id = ? AND was_cancelled = 0) THEN 1 ELSE 0 END WHERE task_id = ?",
@@ -231,6 +295,69 @@ class AnnotationStore:
             db.executemany("DELETE FROM annotations WHERE task_id = ?", ids)
         elif action == START_TRAINING:
             self._set_meta(db, _TRAIN_REQUESTED, str(seq))
+
+    def _same_label_studio(self, db: Session, created: int) -> None:
+        """An event must come from the Label Studio project the store holds; a store that holds
+        none yet (one from before this was kept) adopts the event's."""
+        held = self._held(db)
+        if held is None:
+            self._set_meta(db, _LABEL_STUDIO, json.dumps({"created": created, "host": None}))
+        elif held["created"] != created:
+            raise OtherLabelStudio(
+                f"project.created_at: this event is from a Label Studio project created "
+                f"{_when(created)}, but the backend now holds the one created "
+                f"{_when(held['created'])} under this id (a reinstalled Label Studio connected "
+                "since); one backend serves one Label Studio per project id"
+            )
+
+    def _held(self, db: Session) -> dict[str, Any] | None:
+        raw = self._get_meta(db, _LABEL_STUDIO)
+        return None if raw is None else dict(json.loads(raw))
+
+    def meet(self, created: int, host: str | None) -> int | None:
+        """/setup names the Label Studio project it comes from: its creation time (``created``,
+        seconds) and the host Label Studio calls itself. Another project than the one the store
+        holds (a reinstalled Label Studio: same id, a fresh database) gets fresh state: what was
+        read from the old one (annotations, the ids it deleted, the task mirror, the queue
+        pushed to it, the runs it asked for) is cleared, so its reused annotation ids are not
+        taken for old ones. Returns the creation time of the replaced project (None: same
+        project, or the store held none, from before this was kept, and adopts this one).
+        Raises OtherLabelStudio for a project replaced before: two live Label Studios would
+        otherwise clear each other's state by turns."""
+        seen = self.label_studio()  # every /setup asks: no write, no wait, when nothing changes
+        if seen is not None and seen == {"created": created, "host": host or seen["host"]}:
+            return None
+        with self._tx() as db:
+            held = self._held(db)
+            if held is None or held["created"] == created:
+                value = {"created": created, "host": host or (held or {}).get("host")}
+                if value != held:
+                    self._set_meta(db, _LABEL_STUDIO, json.dumps(value))
+                return None
+            replaced = json.loads(self._get_meta(db, _REPLACED) or "[]")
+            if created in replaced:
+                raise OtherLabelStudio(
+                    f"project: the Label Studio project created {_when(created)} was replaced "
+                    f"under this id by the one created {_when(held['created'])}; one backend "
+                    "serves one Label Studio per project id (give another Label Studio its own "
+                    "MODEL_DIR, and DATABASE_URL)"
+                )
+            for table in ("annotations", "deleted_annotations", "tasks"):
+                db.execute(f"DELETE FROM {table}")
+            # The queue pushed to the old one, when its webhooks were checked, the runs it
+            # forced (so the new one's first connect forces a first sync).
+            db.execute(
+                "DELETE FROM meta WHERE key IN (?, ?) OR key LIKE ?",
+                (_QUEUE, _WEBHOOKS_CHECKED, "%_forced"),
+            )
+            self._set_meta(db, _REPLACED, json.dumps([*replaced, held["created"]]))
+            self._set_meta(db, _LABEL_STUDIO, json.dumps({"created": created, "host": host}))
+        return int(held["created"])
+
+    def label_studio(self) -> dict[str, Any] | None:
+        """The Label Studio project the store holds: ``{"created": seconds, "host": ...}``."""
+        raw = self._meta(_LABEL_STUDIO)
+        return None if raw is None else dict(json.loads(raw))
 
     def _put_annotation(self, db: Session, annotation: dict[str, Any], task: Any, seq: int) -> None:
         """One annotation, unless a newer version of it (``updated_at``) is stored already or
@@ -288,66 +415,142 @@ class AnnotationStore:
         )
 
     @staticmethod
+    def _get_meta(db: Session, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @staticmethod
     def _set_meta(db: Session, key: str, value: str) -> None:
         db.execute(
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
-    def replace_labeled(self, tasks: list[dict[str, Any]], upto: int) -> None:
-        """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read).
+    def replace_labeled(self, tasks: Iterable[dict[str, Any]], upto: int) -> int:
+        """Make the store match Label Studio's own labeled tasks (START_TRAINING re-read);
+        returns how many tasks were read.
 
-        ``upto`` is the last event sequence number stored before Label Studio was read: rows
-        from later webhooks are newer than the read and stay as they are.
+        ``tasks`` may be a lazy read of Label Studio: it is written MIRROR_BATCH tasks per
+        short transaction, never pulled inside one, so webhooks go on meanwhile. ``upto`` is
+        the last event sequence number stored before Label Studio was read: rows from later
+        webhooks are newer than the read and stay as they are, and so do annotations deleted
+        since. Stored annotations the read lacks go only once it is complete and not empty: an
+        empty or failed read (an empty page, a Label Studio that went away) deletes nothing.
         """
-        with self._tx() as db:
-            db.execute("DELETE FROM annotations WHERE seq <= ?", (upto,))
-            for task in tasks:
-                task_id = _task_id(task)
-                self._put_task(db, task_id, task.get("data") or {})
-                for annotation in task.get("annotations") or []:
-                    db.execute(
-                        "INSERT INTO annotations (annotation_id, task_id, result,"
-                        " was_cancelled, seq) VALUES (?, ?, ?, ?, 0) ON CONFLICT DO NOTHING",
-                        (
-                            annotation["id"],
-                            task_id,
-                            json.dumps(annotation.get("result") or []),
-                            int(bool(annotation.get("was_cancelled"))),
-                        ),
-                    )
+        read: set[int] = set()
+        tasks_read = 0
+        for chunk in _batches(tasks, MIRROR_BATCH):
+            with self._tx() as db:
+                for task in chunk:
+                    task_id = _task_id(task)
+                    self._put_task(db, task_id, task.get("data") or {})
+                    for annotation in task.get("annotations") or []:
+                        self._put_read_annotation(db, task_id, annotation, upto)
+                        read.add(int(annotation["id"]))
+            tasks_read += len(chunk)
+        if not read:
+            return tasks_read
+        stored = self._all("SELECT annotation_id FROM annotations WHERE seq <= ?", (upto,))
+        gone = [(int(row[0]), upto) for row in stored if int(row[0]) not in read]
+        for start in range(0, len(gone), MIRROR_BATCH):
+            with self._tx() as db:  # a webhook may have updated one since: it stays
+                db.executemany(
+                    "DELETE FROM annotations WHERE annotation_id = ? AND seq <= ?",
+                    gone[start : start + MIRROR_BATCH],
+                )
+        return tasks_read
+
+    @staticmethod
+    def _put_read_annotation(
+        db: Session, task_id: int, annotation: dict[str, Any], upto: int
+    ) -> None:
+        """An annotation as a re-read found it, unless a webhook since ``upto`` brought a
+        newer version of it or deleted it."""
+        annotation_id = int(annotation["id"])
+        updated = annotation.get("updated_at")
+        db.execute(
+            "INSERT INTO annotations"
+            " (annotation_id, task_id, result, was_cancelled, seq, updated_at)"
+            " SELECT ?, ?, ?, ?, 0, ? WHERE NOT EXISTS"
+            " (SELECT 1 FROM deleted_annotations WHERE annotation_id = ?)"
+            " ON CONFLICT (annotation_id) DO UPDATE SET task_id = excluded.task_id,"
+            " result = excluded.result, was_cancelled = excluded.was_cancelled, seq = 0,"
+            " updated_at = excluded.updated_at WHERE annotations.seq <= ?",
+            (
+                annotation_id,
+                task_id,
+                json.dumps(annotation.get("result") or []),
+                int(bool(annotation.get("was_cancelled"))),
+                updated if isinstance(updated, str) else None,
+                annotation_id,
+                upto,
+            ),
+        )
 
     def replace_tasks(self, tasks: Iterable[tuple[int, dict[str, Any], bool]]) -> int:
         """Make the task mirror match a full read of Label Studio: ``(id, data, labeled)``.
 
-        Tasks created while the read ran (ids above the last one read) and labels that
-        webhooks brought meanwhile stay. Returns how many tasks were read.
+        ``tasks`` may be a lazy read of Label Studio (minutes for a large project, longer if
+        it stalls): it is written MIRROR_BATCH tasks per short transaction and never pulled
+        inside one, so webhooks of the project are stored meanwhile within milliseconds.
+        What they brought while the read ran wins over the read: those events are applied
+        again at the end. So tasks created while the read ran and labels that webhooks brought
+        meanwhile stay. Tasks the read did not return are removed only once it is complete
+        (a read that fails half-way removes nothing). Returns how many tasks were read.
         """
-        with self._tx() as db:
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS read_ids (task_id BIGINT PRIMARY KEY)")
-            db.execute("DELETE FROM read_ids")
-            last = 0
-            for task_id, data, labeled in tasks:
+        start = self._last_event()
+        read: set[int] = set()
+        last = 0
+        complete = False
+        try:
+            for chunk in _batches(tasks, MIRROR_BATCH):
+                rows = [(int(i), json.dumps(data), int(labeled)) for i, data, labeled in chunk]
+                with self._tx() as db:
+                    db.executemany(
+                        "INSERT INTO tasks (task_id, data, labeled) VALUES (?, ?, ?)"
+                        " ON CONFLICT (task_id) DO UPDATE"
+                        " SET data = excluded.data, labeled = excluded.labeled",
+                        rows,
+                    )
+                read.update(row[0] for row in rows)
+                last = max(last, *(row[0] for row in rows))
+            complete = True
+        finally:
+            if complete:
+                mirrored = self._all("SELECT task_id FROM tasks WHERE task_id <= ?", (last,))
+                gone = [(int(r[0]),) for r in mirrored if int(r[0]) not in read]
+                for at in range(0, len(gone), MIRROR_BATCH):
+                    with self._tx() as db:
+                        db.executemany(
+                            "DELETE FROM tasks WHERE task_id = ?", gone[at : at + MIRROR_BATCH]
+                        )
+            with self._tx() as db:  # what webhooks brought during the read is newer
+                self._replay(db, after=start)
                 db.execute(
-                    "INSERT INTO tasks (task_id, data, labeled) VALUES (?, ?, ?)"
-                    " ON CONFLICT (task_id) DO UPDATE"
-                    " SET data = excluded.data, labeled = excluded.labeled",
-                    (task_id, json.dumps(data), int(labeled)),
+                    "UPDATE tasks SET labeled = 1 WHERE labeled = 0 AND task_id IN"
+                    " (SELECT task_id FROM annotations WHERE was_cancelled = 0)"
                 )
-                db.execute("INSERT INTO read_ids VALUES (?) ON CONFLICT DO NOTHING", (task_id,))
-                last = max(last, task_id)
-            db.execute(
-                "DELETE FROM tasks WHERE task_id <= ?"
-                " AND task_id NOT IN (SELECT task_id FROM read_ids)",
-                (last,),
-            )
-            db.execute(
-                "UPDATE tasks SET labeled = 1 WHERE task_id IN"
-                " (SELECT task_id FROM annotations WHERE was_cancelled = 0)"
-            )
-            read = int(db.execute("SELECT COUNT(*) FROM read_ids").fetchone()[0])
-            db.execute("DELETE FROM read_ids")
-        return read
+        return len(read)
+
+    def _last_event(self) -> int:
+        return int(self._one("SELECT COALESCE(MAX(seq), 0) FROM events")[0])
+
+    def _replay(self, db: Session, after: int) -> None:
+        """Apply the task and annotation events after ``after`` again (applying an event
+        twice changes nothing: every step is an upsert, a delete or a recount)."""
+        actions = sorted(LABEL_ACTIONS | {SKIPPED, "TASKS_CREATED", "TASKS_DELETED"})
+        marks = ",".join("?" * len(actions))
+        rows = db.execute(
+            f"SELECT seq, action, body FROM events WHERE seq > ? AND action IN ({marks})"
+            " ORDER BY seq",
+            [after, *actions],
+        ).fetchall()
+        for seq, action, body in rows:
+            try:
+                self._apply(db, "ANNOTATION_CREATED" if action == SKIPPED else action,
+                            json.loads(body), int(seq))  # fmt: skip
+            except EventError:  # stored, so it applied once; nothing to redo
+                continue
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -522,6 +725,32 @@ class AnnotationStore:
     def set_webhooks_checked(self, when: float) -> None:
         self._put_meta(_WEBHOOKS_CHECKED, str(when))
 
+    def setup_urls(self) -> dict[str, float]:
+        """The URLs Label Studio reached /setup by, with when each was first seen."""
+        return {str(k): float(v) for k, v in json.loads(self._meta(_SETUP_URLS) or "{}").items()}
+
+    def note_setup_urls(self, urls: Iterable[str], keep: int) -> bool:
+        """Record URLs /setup came by (the ``keep`` newest stay); whether one was new. A URL
+        already known costs a read, not a write (Label Studio calls /setup very often)."""
+        urls, seen = list(urls), self.setup_urls()
+        if all(url in seen for url in urls):
+            return False
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (_SETUP_URLS,)).fetchone()
+            known: dict[str, float] = json.loads(row[0]) if row else {}
+            now = time.time()
+            known.update((url, now) for url in urls if url not in known)
+            newest = sorted(known.items(), key=lambda item: item[1])[-keep:]
+            self._set_meta(db, _SETUP_URLS, json.dumps(dict(newest)))
+        return True
+
+    def webhook_problem(self) -> str | None:
+        """What is wrong with the project's webhook in Label Studio, as last found."""
+        return self._meta(_WEBHOOK_PROBLEM) or None
+
+    def set_webhook_problem(self, problem: str | None) -> None:
+        self._put_meta(_WEBHOOK_PROBLEM, problem or "")
+
     def queue_state(self) -> str | None:
         """What Label Studio's queue holds (``labelstudio.queue.QueueState``, as JSON)."""
         return self._meta(_QUEUE)
@@ -533,5 +762,11 @@ class AnnotationStore:
         """The name of the model version that serves (the registry's pointer)."""
         return self._meta(_SERVING)
 
-    def set_serving_version(self, version: str) -> None:
-        self._put_meta(_SERVING, version)
+    def serving_pinned(self) -> bool:
+        """Whether a rollback pinned the serving version (promotions then leave it serving)."""
+        return self._meta(_PINNED) == "1"
+
+    def set_serving_version(self, version: str, pinned: bool = False) -> None:
+        with self._tx() as db:  # the name and the pin at once
+            self._set_meta(db, _SERVING, version)
+            self._set_meta(db, _PINNED, "1" if pinned else "0")

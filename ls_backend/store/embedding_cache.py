@@ -9,6 +9,7 @@ away, reads find nothing and writes are dropped (the model computes the vectors)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 #: SQLite caps the number of bound parameters per statement.
 _CHUNK = 500
+#: After its database failed to answer (each try waits up to 5 s for a PostgreSQL
+#: connection), the cache is skipped this long: predictions embed without it, at once.
+AWAY_RETRY_S = 10.0
 
 
 class EmbeddingCache:
@@ -35,6 +39,10 @@ class EmbeddingCache:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._ready = False
+        self._away_until = 0.0  # monotonic
+
+    def _away(self) -> bool:
+        return time.monotonic() < self._away_until
 
     def _ensure(self) -> None:
         if not self._ready:
@@ -43,6 +51,8 @@ class EmbeddingCache:
 
     def get_many(self, model: str, keys: Sequence[bytes]) -> dict[bytes, NDArray[np.float32]]:
         found: dict[bytes, NDArray[np.float32]] = {}
+        if self._away():
+            return found
         try:
             self._ensure()
             with self.database.session() as db:
@@ -57,10 +67,13 @@ class EmbeddingCache:
                         found[bytes(key)] = np.frombuffer(blob, dtype=np.float32)
         except StoreUnavailable as exc:
             log.warning("embedding cache unreachable, embedding without it: %s", exc)
+            self._away_until = time.monotonic() + AWAY_RETRY_S
             return {}
         return found
 
     def put_many(self, model: str, items: dict[bytes, NDArray[np.float32]]) -> None:
+        if self._away():
+            return
         try:
             self._ensure()
             with self.database.session(write=True) as db:
@@ -71,3 +84,4 @@ class EmbeddingCache:
                 )
         except StoreUnavailable as exc:
             log.warning("embedding cache unreachable, %d vectors not kept: %s", len(items), exc)
+            self._away_until = time.monotonic() + AWAY_RETRY_S

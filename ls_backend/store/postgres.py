@@ -14,6 +14,7 @@ from ls_backend.store.base import Migration, Rows, Session, StoreMissing, StoreU
 
 log = logging.getLogger(__name__)
 
+
 class _PgSession:
     def __init__(self, conn: Any) -> None:
         self.conn = conn

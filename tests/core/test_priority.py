@@ -1,7 +1,8 @@
+import os
 import threading
 import time
 
-from ls_backend.core.priority import PriorityLock
+from ls_backend.core.priority import PriorityLock, lower_thread_priority
 
 
 def test_a_waiting_foreground_request_goes_before_queued_background_work():
@@ -58,3 +59,45 @@ def test_the_lock_is_exclusive():
     for thread in threads:
         thread.join(5)
     assert most == 1
+
+
+def test_background_holders_take_turns():
+    """A sync embedding an import in a loop must not starve a training round's encode."""
+    lock = PriorityLock()
+    order: list[str] = []
+    go = threading.Event()
+
+    def sync() -> None:
+        for i in range(5):
+            with lock.background():
+                order.append(f"sync {i}")
+                if i == 0:
+                    go.set()
+                time.sleep(0.02)
+
+    def training() -> None:
+        go.wait(5)
+        with lock.background():
+            order.append("training")
+
+    threads = [threading.Thread(target=sync), threading.Thread(target=training)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert order.index("training") == 1
+
+
+def test_a_background_thread_can_lower_its_own_priority_only():
+    seen: list[int] = []
+
+    def worker() -> None:
+        lower_thread_priority(7)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(5)
+    assert seen == [max(7, before)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -92,3 +92,17 @@ def test_the_pointer_names_only_a_complete_version(tmp_path):
     assert registry.current() is None
     registry.set_current(a)
     assert registry.current() == a and registry.moves == 1
+
+
+def test_a_rollback_pins_and_the_pin_survives_reopening(tmp_path):
+    registry = Registry(tmp_path)
+    a = registry.save("head", write_marker("a"), {"promoted": True})
+    b = registry.save("head", write_marker("b"), {"promoted": True})
+    registry.set_current(b)
+    assert registry.pinned() is None
+    assert registry.rollback() == a and registry.pinned() == a
+    assert Registry(tmp_path).pinned() == a  # the file pointer keeps the pin
+    assert registry.unpin() == a and Registry(tmp_path).pinned() is None
+    assert registry.current() == a
+    registry.rollback(b, pin=False)
+    assert registry.current() == b and registry.pinned() is None

@@ -68,3 +68,39 @@ def test_a_missing_package_is_named_at_start(runtime, package, monkeypatch, expo
     monkeypatch.setitem(sys.modules, package, None)  # import fails
     with pytest.raises(RuntimeError, match=f"EMBEDDING_BACKEND={runtime} .* pip install {package}"):
         Encoder(runtime=runtime, export_dir=export_dir)
+
+
+def test_a_changed_model_or_max_length_gets_its_own_export(tmp_path, monkeypatch):
+    """The export is keyed by the model's files and MAX_LENGTH, not by its path: a model
+    replaced at the same path, or another MAX_LENGTH, must not reuse a stale export."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from ls_backend.core.embeddings import resolve_model_path
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(Path(resolve_model_path("embedded")) / "tokenizer.json", model)
+    (model / "model.safetensors").write_bytes(b"weights one")
+    made = []
+
+    def export(path, folder, max_length):
+        made.append((path, max_length))
+        shutil.copy(Path(path) / "tokenizer.json", folder)
+        meta = {"inputs": ["input_ids"], "dim": 4, "pad_id": 0, "pad_token": "[PAD]"}
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    monkeypatch.setattr(runtimes, "export_onnx", export)
+
+    def folder(max_length=128):
+        return runtimes.Exported(str(model), max_length, 8, tmp_path / "onnx", "onnx").folder
+
+    first = folder()
+    assert folder() == first and len(made) == 1  # same files, same length: reused
+    (model / "model.safetensors").write_bytes(b"weights two")  # new weights, same size
+    runtimes._digest.cache_clear()  # as in the next process (a file's stamp may not move)
+    second = folder()
+    assert second != first and len(made) == 2
+    assert folder(256) not in {first, second} and made[-1] == (str(model), 256)
+    assert folder() == second and len(made) == 3

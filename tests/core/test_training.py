@@ -200,3 +200,39 @@ def test_head_prior_fits_toward_the_label_names_and_records_its_strength(tmp_pat
         CLASSIFICATION, "head", registry, SPACE, labels, loader(registry), config, None, wrong
     )
     assert registry.info(result.version)["head_prior_strength"] == 0.0
+
+
+def test_a_rollback_pins_the_serving_version_until_the_pin_is_lifted(tmp_path):
+    """A rollback is not undone by the next label: rounds still train, are compared and saved,
+    but the pointer stays on the version rolled back to until the pin is lifted."""
+    registry = Registry(tmp_path)
+    config = RoundConfig(eval_min_labels=30)
+    first = run_round(CLASSIFICATION, "head", registry, SPACE, data(60), loader(registry), config)
+    second = run_round(CLASSIFICATION, "head", registry, SPACE, data(70), loader(registry), config)
+    assert second.promoted and registry.current() == second.version
+    with registry.lock():
+        assert registry.rollback(first.version) == first.version
+    assert registry.pinned() == first.version
+
+    later = run_round(CLASSIFICATION, "head", registry, SPACE, data(80), loader(registry), config)
+    assert later.version in registry.versions() and not later.promoted
+    assert later.reason.startswith(f"{first.version} is pinned by a rollback")
+    assert registry.info(later.version)["pinned"] == first.version
+    assert registry.current() == first.version
+
+    with registry.lock():
+        assert registry.unpin() == first.version
+    assert registry.pinned() is None and registry.current() == first.version  # until a round
+    after = run_round(CLASSIFICATION, "head", registry, SPACE, data(90), loader(registry), config)
+    assert after.promoted and registry.current() == after.version
+
+
+def test_a_new_label_config_lifts_the_pin(tmp_path):
+    registry = Registry(tmp_path)
+    old = save_prototype(registry, bad_prototypes(), "first label config", TaskKind.CLASSIFICATION)
+    with registry.lock():
+        registry.rollback(old)
+    assert registry.pinned() == old
+    new = save_prototype(registry, bad_prototypes(), "new label config", TaskKind.CLASSIFICATION)
+    assert registry.current() == new and registry.pinned() is None
+    assert registry.info(new)["reason"] == f"new label config; lifts the pin on {old}"

@@ -19,9 +19,7 @@ CONFIG = """<View><Text name="text" value="$text"/>
 
 
 def make_backend(model_dir: Path) -> BackendProcess:
-    return BackendProcess(
-        Settings(model_dir=model_dir, lora_enabled=False, train_debounce_s=0.05)
-    )
+    return BackendProcess(Settings(model_dir=model_dir, lora_enabled=False, train_debounce_s=0.05))
 
 
 def label(backend: BackendProcess, key: int, n: int) -> None:

@@ -285,3 +285,51 @@ def test_a_version_promoted_by_another_process_serves_here_within_the_poll(backe
     assert earlier != here
     time.sleep(POINTER_POLL_S)
     assert project.predict([{"id": 1, "data": {"text": "a"}}]).model_version == earlier
+
+
+def test_head_rounds_under_a_stream_of_labels_take_at_most_a_quarter_of_the_time(
+    backend, monkeypatch
+):
+    """A round per label took the CPU annotators' saves needed: while labels stream in, the
+    next round waits 3x the last one's time after it, and the labels meanwhile go into it."""
+    from ls_backend.jobs import training
+
+    rounds: list[tuple[float, float]] = []
+    real = training.run_round
+
+    def slow_round(*args, **kwargs):
+        began = time.monotonic()
+        time.sleep(0.3)  # a round on a busy box
+        result = real(*args, **kwargs)
+        rounds.append((began, time.monotonic()))
+        return result
+
+    monkeypatch.setattr(training, "run_round", slow_round)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    for i in range(12):  # a label every 0.3 s: slower than the debounce (0.2 s) lets pass
+        send(backend, event(i, 1000 + i, "AB"[i % 2]))
+        time.sleep(0.3)
+    assert backend.scheduler.wait_idle(60)
+    gaps = [(b[0] - a[1]) / (a[1] - a[0]) for a, b in zip(rounds, rounds[1:], strict=False)]
+    assert len(rounds) >= 2 and min(gaps) >= 3 * 0.95, gaps  # the lane's run is the longer span
+    assert len(rounds) <= 4, rounds  # back to back: ~7 (0.2 s of quiet, then 0.3 s a round)
+    # Every round is a whole round: the last one trained on every label, evaluated as always.
+    info = project.registry.info(project.registry.versions()[-1])
+    assert info["labels"] == 12 and "reason" in info
+
+
+def test_a_label_after_a_quiet_spell_trains_at_once():
+    from ls_backend.jobs.lanes import JobStatus
+    from ls_backend.jobs.training import HEAD_HOLD_MAX_S, head_hold
+
+    never = JobStatus("1", "head")
+    assert head_hold(never, now=100.0) == 0.0
+    running = JobStatus("1", "head", started=99.0, finished=None)
+    assert head_hold(running, now=100.0) == 0.0
+    # A 2 s round that ended 1 s ago: the next may start 3 x 2 s after it, 5 s from now.
+    last = JobStatus("1", "head", started=97.0, finished=99.0)
+    assert head_hold(last, now=100.0) == 5.0
+    assert head_hold(last, now=200.0) == 0.0  # a quiet spell since: at once
+    slow = JobStatus("1", "head", started=0.0, finished=99.0)
+    assert head_hold(slow, now=100.0) == HEAD_HOLD_MAX_S - 1.0

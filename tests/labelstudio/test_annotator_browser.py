@@ -7,6 +7,7 @@ figures for larger projects come from benchmarks/annotator.py.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -15,10 +16,21 @@ import pytest
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (.[test])")
 
-from annotator import AnnotatorRun, chromium_path, label_tasks  # noqa: E402
+from annotator import (  # noqa: E402
+    AnnotatorRun,
+    QueueWatch,
+    chromium_path,
+    label_tasks,
+    served_order,
+)
 from backend_server import BackendServer  # noqa: E402
-from fakes import wait_for  # noqa: E402
-from labelstudio_server import PASSWORD, USERNAME, LabelStudioServer  # noqa: E402
+from labelstudio_server import (  # noqa: E402
+    ENGINES,
+    PASSWORD,
+    USERNAME,
+    LabelStudioServer,
+    label_studio_on,
+)
 
 from ls_backend.labelstudio.client import LabelStudioClient  # noqa: E402
 
@@ -28,7 +40,13 @@ pytestmark = [
 ]
 
 TASKS = 1_000
-FIRST_SYNC_TIMEOUT_S = 120.0
+FIRST_RANKING_S = 60.0
+
+
+@pytest.fixture(params=ENGINES)
+def label_studio(request: pytest.FixtureRequest) -> LabelStudioServer:
+    """Label Studio on SQLite, and on PostgreSQL as the compose stack runs it."""
+    return label_studio_on(request)
 
 
 def trec_tasks(rows: list[dict[str, str]], n: int) -> tuple[list[dict[str, str]], dict[str, str]]:
@@ -51,12 +69,6 @@ def stored_choices(client: httpx.Client, task_ids: list[int]) -> dict[int, list[
         annotations = client.get(f"/api/tasks/{task_id}").json()["annotations"]
         stored[task_id] = [item["value"]["choices"] for a in annotations for item in a["result"]]
     return stored
-
-
-def scores_of(client: httpx.Client, project_id: int, version: str) -> dict[int, float]:
-    """task id -> score of its prediction of `version` (empty once the version is deleted)."""
-    predictions = client.get("/api/predictions", params={"project": project_id}).json()
-    return {p["task"]: p["score"] for p in predictions if p["model_version"] == version}
 
 
 def log_since(label_studio: LabelStudioServer, offset: int) -> str:
@@ -84,6 +96,8 @@ def report(name: str, run: AnnotatorRun, server_log: str) -> None:
         print(f"  run: {error}")
 
 
+# The control needs no second engine: what PostgreSQL changes is what the backend does to it.
+@pytest.mark.parametrize("label_studio", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("labels", [25])
 def test_every_submit_saves_and_shows_the_next_task_without_a_backend(
     label_studio, make_ls_project, trec_labels, trec_test_rows, tmp_path: Path, labels: int
@@ -114,70 +128,56 @@ def test_every_submit_saves_and_shows_the_next_task_without_a_backend(
 
 
 @pytest.mark.parametrize("labels", [25])
-def test_the_stream_serves_the_backends_ranking_with_pre_annotations(
+def test_from_the_connect_on_the_stream_serves_the_backends_ranking_with_pre_annotations(
     label_studio, make_ls_project, trec_labels, trec_test_rows, tmp_path: Path, labels: int
 ):
+    """The annotator starts labeling as the model is connected: within seconds the queue is
+    the backend's ranking (a first one on a sample), and every task served from then on is
+    the lowest-scored one not labeled yet of the ranking in force, shown pre-annotated."""
     tasks, truth = trec_tasks(trec_test_rows, TASKS)
     project = make_ls_project(trec_labels, tasks=tasks)
     pid = project["id"]
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token}
     backend = BackendServer(tmp_path / "models", env=env).start()
-    client = api(label_studio)
-    try:
+    connected: list[float] = []
+
+    def connect() -> None:  # as the admin clicks Connect Model; Label Studio adds the webhook
+        connected.append(time.monotonic())
         ls = LabelStudioClient(label_studio.url, label_studio.token)
-        ls.ensure_ml_backend(pid, backend.url, "ls-backend")  # Label Studio adds the webhook
+        ls.ensure_ml_backend(pid, backend.url, "ls-backend")
         ls.close()
 
-        def ranked_version() -> str | None:
-            version = client.get(f"/api/projects/{pid}").json()["model_version"] or ""
-            return version if version.startswith("rank-") else None
-
-        first = wait_for(ranked_version, FIRST_SYNC_TIMEOUT_S, "the first sync's ranking")
-        # Snapshot now: the backend deletes superseded versions later.
-        rankings = {first: scores_of(client, pid, first)}
+    client = api(label_studio)
+    try:
         log_offset = label_studio.log_path.stat().st_size
-
-        run = label_tasks(
-            label_studio.url,
-            USERNAME,
-            PASSWORD,
-            pid,
-            labels,
-            choose=lambda text: truth[text],
-            screenshots_dir=tmp_path / "screens",
-        )
-        name = f"with ls-backend (first ranking {first}: {len(rankings[first])} tasks)"
-        report(name, run, log_since(label_studio, log_offset))
-        served_versions = {v for r in run.tasks for v, _ in r.predictions}
-        for version in served_versions - set(rankings):
-            rankings[version] = scores_of(client, pid, version)
+        with QueueWatch(label_studio.url, label_studio.token, pid).running() as watch:
+            run = label_tasks(
+                label_studio.url,
+                USERNAME,
+                PASSWORD,
+                pid,
+                labels,
+                choose=lambda text: truth[text],
+                screenshots_dir=tmp_path / "screens",
+                before_open=connect,
+            )
+        order = served_order(run, watch)
+        first = min(watch.seen.values(), default=None)
+        waited = None if first is None else first - connected[0]
+        report(f"with ls-backend, labeling from the connect (first ranking after {waited} s)",
+               run, log_since(label_studio, log_offset))  # fmt: skip
         stored = stored_choices(client, [r.task_id for r in run.tasks])
     finally:
         backend.stop()
         client.close()
 
     assert run.failures == 0 and len(run.seconds) == labels
-    # Every served task came with its ranking prediction, shown as a pre-annotation; one may
-    # miss it when a push switches the version between Label Studio choosing and sending it.
-    ranked = sum(any(v.startswith("rank-") for v, _ in r.predictions) for r in run.tasks)
-    assert ranked >= labels - 1, [r.predictions for r in run.tasks]
-    assert sum(r.prediction_shown for r in run.tasks) >= labels - 1
     assert stored == {r.task_id: [[truth[r.text]]] for r in run.tasks}
-    # Each task was the lowest-scored one not yet labeled, in the ranking current when served.
-    # One may not be: a push that lands between Label Studio choosing a task by the old
-    # ranking and sending it shows it with the new ranking's prediction only.
-    checked, off = 0, []
-    for i, record in enumerate(run.tasks):
-        if len(record.predictions) != 1:
-            continue  # the version-switch race above
-        ((version, score),) = record.predictions
-        if not rankings.get(version):
-            continue  # a version deleted before it could be read
-        labeled = {r.task_id for r in run.tasks[:i]}
-        waiting = [s for task_id, s in rankings[version].items() if task_id not in labeled]
-        assert score == rankings[version][record.task_id], (i, record, version)
-        if score != min(waiting):
-            off.append((i, record, version))
-        checked += 1
-    print(f"served order checked against its ranking on {checked} of {labels} tasks")
-    assert checked > 0 and len(off) <= 1, off
+    # The goal is seconds (benchmarks/annotator.py measures it); a busy CI box gets slack.
+    assert waited is not None and waited < FIRST_RANKING_S and order.after_first >= 8, waited
+    # One task may be off: a push that lands between Label Studio choosing a task by the old
+    # ranking and sending it shows it with the new ranking's prediction (or none).
+    print(f"served in order of the ranking in force: {order.in_order} of {order.after_first}")
+    assert order.in_order >= order.after_first - 1, order.off
+    after = [r for r in run.tasks if r.shown_at >= first]
+    assert sum(r.prediction_shown for r in after) >= len(after) - 1

@@ -154,7 +154,7 @@ def test_labeled_tasks_leave_out_skips(
     annotate(label_studio, ids[4], None)  # skipped, then labeled: labeled, one annotation
     second = annotate(label_studio, ids[4], gold[ids[4]])
 
-    labeled = client.labeled_tasks(trec_project["id"], page_size=2)
+    labeled = list(client.labeled_tasks(trec_project["id"], page_size=2))
 
     assert [t["id"] for t in labeled] == [*ids[:3], ids[4]]
     assert all(len(t["annotations"]) == 1 for t in labeled)

@@ -59,3 +59,49 @@ def test_labels_of_reads_only_our_tag():
 
 def test_multi_label_with_no_choice_is_a_label_none_applies():
     assert parse_config(MULTI).labels_of([]) == []
+
+
+TASK_LEVEL = (
+    '<Choices name="sentiment" toName="text"><Choice value="Pos"/><Choice value="Neg"/></Choices>'
+)
+
+
+def test_a_per_region_choices_listed_first_is_not_taken_for_the_tasks_one():
+    xml = (
+        '<View><Labels name="span" toName="text"><Label value="Person"/></Labels>'
+        '<Text name="text" value="$text"/>'
+        '<Choices name="kind" toName="text" perRegion="true">'
+        '<Choice value="Real"/><Choice value="Fictional"/></Choices>'
+        f"{TASK_LEVEL}</View>"
+    )
+    config = parse_config(xml)
+    assert config.from_name == "sentiment" and config.space.labels == ("Pos", "Neg")
+
+
+def test_a_config_whose_only_choices_is_per_region_says_so():
+    xml = (
+        '<View><Text name="text" value="$text"/><Choices name="kind" toName="text" '
+        'perRegion="true"><Choice value="A"/><Choice value="B"/></Choices></View>'
+    )
+    with pytest.raises(ConfigError, match="per region"):
+        parse_config(xml)
+
+
+def test_a_text_with_a_fixed_value_is_no_task_field():
+    """Label Studio shows value="plain" as the text "plain" on every task; the SDK's value_name
+    would make it the field 'lain'."""
+    fixed = f'<View><Text name="text" value="plain"/>{TASK_LEVEL}</View>'
+    with pytest.raises(ConfigError, match="fixed text 'plain'"):
+        parse_config(fixed)
+    both = (
+        '<View><Text name="intro" value="Read the review:"/><Text name="text" value="$review"/>'
+        '<Choices name="sentiment" toName="intro,text"><Choice value="Pos"/><Choice value="Neg"/>'
+        "</Choices></View>"
+    )
+    assert parse_config(both).field.value_key == "review"
+
+
+def test_a_text_loaded_from_a_url_is_refused_by_name():
+    xml = f'<View><Text name="text" value="$url" valueType="url"/>{TASK_LEVEL}</View>'
+    with pytest.raises(ConfigError, match="valueType=url"):
+        parse_config(xml)

@@ -40,9 +40,9 @@ def predictions_of(client: httpx.Client, task_id: int) -> list[dict]:
 
 
 def setup_version(backend: BackendServer, project_id: int, config: str) -> str:
-    reply = httpx.post(
-        f"{backend.url}/setup", json={"project": f"{project_id}.1", "schema": config}
-    )
+    # The bare id: "<id>.<created>" with another creation time than Label Studio's own would
+    # be another Label Studio's project (a reinstall), which gets fresh state.
+    reply = httpx.post(f"{backend.url}/setup", json={"project": str(project_id), "schema": config})
     return reply.json()["model_version"]
 
 
@@ -188,3 +188,52 @@ def test_label_studio_connects_with_basic_auth_credentials(
     finally:
         server.stop()
     assert "s3cret-pass" not in server.log_tail(100_000)
+
+
+def test_a_reinstalled_label_studio_gets_fresh_state(
+    fresh_label_studio, ls_template, tmp_path, trec_labels, trec_test_rows
+):
+    """Label Studio reinstalled with a fresh database reuses the project id and the annotation
+    ids; the backend used to drop the reused ids it had seen deleted, without a word."""
+    from conftest import text_classification_config
+    from labelstudio_server import running_server
+
+    backend = BackendServer(tmp_path / "models", env={"LORA_ENABLED": "false"}).start()
+    rows = trec_test_rows[300:306]
+
+    def label(ls, deleted: int = 0) -> tuple[int, list[int]]:
+        """A project on ``ls`` with 6 tasks, connected; 4 labeled, the last ``deleted`` of
+        those labels deleted again. Its id and the annotation ids."""
+        project = ls.client.projects.create(
+            title="reinstalled", label_config=text_classification_config(trec_labels)
+        )
+        tasks = [{"text": r["text"]} for r in rows]
+        task_ids = ls.client.projects.import_tasks(
+            id=project.id, request=tasks, return_task_ids=True
+        ).task_ids
+        connect(ls, project.id, backend)
+        client, ids = api(ls), []
+        for task_id, row in zip(task_ids[:4], rows, strict=False):
+            result = [{"from_name": "label", "to_name": "text", "type": "choices",
+                       "value": {"choices": [row["label"]]}}]  # fmt: skip
+            created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+            ids.append(created.json()["id"])
+        for annotation_id in ids[len(ids) - deleted :]:
+            assert client.delete(f"/api/annotations/{annotation_id}").status_code == 204
+        return project.id, ids
+
+    def stored(project_id: int) -> int:
+        return httpx.get(f"{backend.url}/status").json()["projects"][str(project_id)]["annotations"]
+
+    try:
+        first, first_ids = label(fresh_label_studio, deleted=2)
+        wait_for(lambda: stored(first) == 2, what="the first installation's labels")
+        fresh_label_studio.stop()
+        with running_server(ls_template, tmp_path / "reinstalled") as again:
+            second, second_ids = label(again)
+            assert (second, second_ids) == (first, first_ids)  # the same ids, reused
+            wait_for(lambda: stored(second) == 4, what="the reinstalled one's labels")
+            report = httpx.get(f"{backend.url}/projects/{second}/report").json()
+            assert report["labels"] == 4
+    finally:
+        backend.stop()

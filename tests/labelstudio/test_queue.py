@@ -7,11 +7,18 @@ import httpx
 import pytest
 from backend_server import BackendServer
 from fakes import wait_for
+from labelstudio_server import ENGINES, label_studio_on
 from test_sync import api, label, sync_runs, wait_for_sync
 
 pytestmark = pytest.mark.integration
 
 TOP_K = 10
+
+
+@pytest.fixture(params=ENGINES)
+def label_studio(request):
+    """Label Studio on SQLite, and on PostgreSQL as the compose stack runs it."""
+    return label_studio_on(request)
 
 
 @pytest.fixture

@@ -141,7 +141,11 @@ def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_pa
     from ls_backend.settings import Settings
 
     settings = Settings(model_dir=tmp_path)
-    assert stale_cap(settings.sync_top_k, 1_000) == stale_cap(settings.sync_top_k, 10_000) == 4 * settings.sync_top_k
+    assert (
+        stale_cap(settings.sync_top_k, 1_000)
+        == stale_cap(settings.sync_top_k, 10_000)
+        == 4 * settings.sync_top_k
+    )
     assert stale_cap(settings.sync_top_k, 100_000) == 1_000  # 1%: deletes there are slower
 
 

@@ -76,9 +76,7 @@ def test_allowed_hosts_names_the_ones_label_studio_reaches_us_by(make_client):
         ("0.0.0.0", "other-box", False),
     ],
 )
-def test_the_default_names_depend_on_where_the_backend_listens(
-    monkeypatch, bound, name, allowed
-):
+def test_the_default_names_depend_on_where_the_backend_listens(monkeypatch, bound, name, allowed):
     monkeypatch.setattr("socket.gethostname", lambda: "gpu-box")
     assert HostPolicy.for_server(bound, None).allows(name) is allowed
     assert HostPolicy.for_server(bound, None).allows("127.0.0.1:9090")

@@ -85,3 +85,49 @@ def test_the_page_and_the_report_need_basic_auth_when_it_is_on(make_client):
     )
     auth = {"Authorization": "Basic " + base64.b64encode(b"admin:s3cret").decode()}
     assert client.get("/ui", headers=auth).status_code == 200
+
+
+def wait_for_head_runs(client, runs, project=7):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        head = client.get("/status").json()["projects"][str(project)]["jobs"]["head"]
+        if head["state"] not in {"queued", "running"} and head["runs"] >= runs:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("the head lane did not run")
+
+
+def test_a_rollback_is_pinned_until_the_admin_lifts_it(make_client):
+    """The next label used to undo a rollback; now it trains a version that is saved but does
+    not serve until the pin is lifted (API and page)."""
+    client = make_client()
+    labeled_project(client)
+    versions = [p["version"] for p in client.get("/projects/7/report").json()["learning_curve"]]
+    runs = client.get("/status").json()["projects"]["7"]["jobs"]["head"]["runs"]
+    reply = client.post("/projects/7/rollback", json={"version": versions[0]})
+    assert reply.json() == {"project": "7", "model_version": versions[0], "pinned": True}
+
+    assert annotate(client, 300, 300, "a dull and tedious mess", "Negative").is_success
+    wait_for_head_runs(client, runs + 1)
+    report = client.get("/projects/7/report").json()
+    assert report["model_version"] == versions[0] and report["pinned"]
+    newest = report["learning_curve"][-1]
+    assert newest["version"] not in versions and not newest["promoted"]  # trained and saved
+    page = client.get("/ui/projects/7").text
+    assert "id=pinned" in page and 'onclick="unpin()"' in page
+
+    assert client.post("/projects/7/rollback", json={"pin": False}).json() == {
+        "project": "7",
+        "model_version": versions[0],
+        "pinned": False,
+    }
+    assert "id=pinned" not in client.get("/ui/projects/7").text
+    assert annotate(client, 301, 301, "a warm, funny delight", "Positive").is_success
+    wait_for_head_runs(client, runs + 2)
+    report = client.get("/projects/7/report").json()
+    assert (
+        not report["pinned"] and report["model_version"] == report["learning_curve"][-1]["version"]
+    )
+
+    unpinned = client.post("/projects/7/rollback", json={"version": versions[0], "pin": False})
+    assert unpinned.json()["pinned"] is False

@@ -217,7 +217,9 @@ def test_a_steady_stream_of_events_settles_between_runs(tmp_path, monkeypatch):
     """Events arriving faster than TRAIN_DEBOUNCE_S for longer than its cap: after each run the
     lane waits for a quiet spell again instead of re-running at once (soak: 23 runs for one
     1,000-event burst before)."""
-    monkeypatch.setattr("ls_backend.jobs.threads.MAX_SETTLE_S", 0.5)  # the cap, shorter than the stream
+    monkeypatch.setattr(
+        "ls_backend.jobs.threads.MAX_SETTLE_S", 0.5
+    )  # the cap, shorter than the stream
     backend = BackendProcess(
         Settings(model_dir=tmp_path, lora_enabled=False, train_debounce_s=0.2, device="cpu")
     )

@@ -252,7 +252,10 @@ def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tm
         registry.set_current(version)
     reopened = project_registry(project_dir, AnnotationStore(make_database("1")))
     assert reopened.current() == version == "v0002-head"
-    assert FilePointer(project_dir / "models" / "current").read() == "v0001-head"  # not used
+    # The file is only a copy, for a start while the store is away: the store decides.
+    assert FilePointer(project_dir / "models" / "current").read() == "v0002-head"
+    FilePointer(project_dir / "models" / "current").write("v0001-head")
+    assert reopened.current() == "v0002-head"
 
     store.set_lane_status("head", {"state": "running", "progress": 0.5})
     assert AnnotationStore(make_database("1")).lane_status("head") == {
@@ -278,3 +281,77 @@ def test_stores_that_received_webhooks_before_setup_was_recorded_stay_connected(
     fresh = AnnotationStore(make_database("3"))
     fresh.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
     assert AnnotationStore(make_database("3")).connected_at() is None  # applied once, at first
+
+
+def test_the_pin_lives_in_the_store_with_the_pointer(make_database, tmp_path):
+    from ls_backend.core.registry import FilePointer
+    from ls_backend.store.pointer import project_registry
+
+    project_dir = tmp_path / "1"
+    for name in ("v0001-head", "v0002-head"):
+        (project_dir / "models" / name).mkdir(parents=True)
+        (project_dir / "models" / name / "info.json").write_text('{"promoted": true}')
+    FilePointer(project_dir / "models" / "current").write("v0002-head")
+    registry = project_registry(project_dir, AnnotationStore(make_database("1")))
+    with registry.lock():
+        assert registry.rollback() == "v0001-head"
+    other = project_registry(project_dir, AnnotationStore(make_database("1")))  # a replica
+    assert other.pinned() == "v0001-head" and other.current() == "v0001-head"
+    with other.lock():
+        other.unpin()
+    assert registry.pinned() is None and registry.current() == "v0001-head"
+
+
+def from_label_studio(body, created_at):
+    return {**body, "project": {**body["project"], "created_at": created_at}}
+
+
+OLD_LS = "2026-01-05T09:30:00.250000Z"  # project 3, created 1767605400 (an ISO time in webhooks)
+NEW_LS = "2026-03-01T12:00:00Z"  # project 3 of a reinstalled Label Studio: 1772366400
+
+
+def test_a_reinstalled_label_studio_gets_fresh_state_instead_of_dropped_labels(make_database):
+    """A fresh Label Studio database reuses project and annotation ids; the store held the old
+    one's deleted ids and newer updated_at, so the new labels were dropped without a word."""
+    from ls_backend.store.annotations import OtherLabelStudio, created_second
+
+    assert created_second({"created_at": OLD_LS}) == 1767605400
+    store = AnnotationStore(make_database("3"))
+    for ann_id, task_id in ((1, 10), (2, 11)):
+        body = annotation("ANNOTATION_CREATED", ann_id, task_id, "a")
+        body["annotation"]["updated_at"] = "2026-01-05T10:00:00Z"
+        store.apply(from_label_studio(body, OLD_LS))
+    deleted = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 2}], "project": PROJECT}
+    store.apply(from_label_studio(deleted, OLD_LS))
+    assert store.meet(1767605400, "http://ls.old:8080") is None  # the same project: kept
+    assert choices(store) == {10: "a"}
+
+    assert store.meet(1772366400, "http://ls.new:8080") == 1767605400  # fresh state
+    assert store.labeled() == [] and store.count("tasks") == 0
+    assert store.label_studio() == {"created": 1772366400, "host": "http://ls.new:8080"}
+    for ann_id, task_id in ((1, 20), (2, 21)):  # ids the old one used, one of them deleted
+        body = annotation("ANNOTATION_CREATED", ann_id, task_id, "b")
+        body["annotation"]["updated_at"] = "2026-03-01T12:05:00Z"  # older than what was held
+        store.apply(from_label_studio(body, NEW_LS))
+    assert choices(store) == {20: "b", 21: "b"}
+
+    late = from_label_studio(annotation("ANNOTATION_UPDATED", 1, 10, "c"), OLD_LS)
+    with pytest.raises(OtherLabelStudio, match="created 2026-01-05 09:30:00 UTC"):
+        store.apply(late)  # the old one, still running: refused by name, nothing stored
+    with pytest.raises(OtherLabelStudio, match="was replaced"):
+        store.meet(1767605400, "http://ls.old:8080")  # and it cannot take the id back
+    assert choices(store) == {20: "b", 21: "b"}
+    assert store.meet(1772366400, "https://labels.example.org") is None  # moved: same project
+    assert store.label_studio()["host"] == "https://labels.example.org"
+
+
+def test_a_store_from_before_adopts_the_first_label_studio_it_meets(make_database):
+    store = AnnotationStore(make_database("3"))
+    store.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))  # no created_at: older events
+    assert store.label_studio() is None
+    store.apply(from_label_studio(annotation("ANNOTATION_CREATED", 2, 11, "a"), OLD_LS))
+    assert store.label_studio() == {"created": 1767605400, "host": None}  # adopted, nothing lost
+    assert store.meet(1767605400, "http://ls:8080") is None
+    assert choices(store) == {10: "a", 11: "a"}
+    reopened = AnnotationStore(make_database("3"))  # a bare store from before, upgraded
+    assert reopened.label_studio() == {"created": 1767605400, "host": "http://ls:8080"}
