@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import text_classification_config
 from labelstudio_server import (
     LabelStudioServer,
     ensure_template,
@@ -32,17 +33,6 @@ from postgres_server import PostgresServer
 # The shared datasets sit beside the checkout (../shared/data), in CI as on a developer machine.
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 TREC_DIR = Path(os.environ.get("TREC_DIR", DATA_DIR / "trec"))
-
-
-def text_classification_config(
-    labels: list[str], from_name: str = "label", to_name: str = "text"
-) -> str:
-    """A Choices-over-Text label config, the kind of project this backend serves."""
-    choices = "".join(f'<Choice value="{label}"/>' for label in labels)
-    return (
-        f'<View><Text name="{to_name}" value="$text"/>'
-        f'<Choices name="{from_name}" toName="{to_name}" choice="single">{choices}</Choices></View>'
-    )
 
 
 @pytest.fixture(scope="session")

@@ -135,3 +135,14 @@ class DictCache:
 
     def put_many(self, model, items):
         self.vectors.update(((model, k), v) for k, v in items.items())
+
+
+def text_classification_config(
+    labels: list[str], from_name: str = "label", to_name: str = "text"
+) -> str:
+    """A Choices-over-Text label config, the kind of project this backend serves."""
+    choices = "".join(f'<Choice value="{label}"/>' for label in labels)
+    return (
+        f'<View><Text name="{to_name}" value="$text"/>'
+        f'<Choices name="{from_name}" toName="{to_name}" choice="single">{choices}</Choices></View>'
+    )

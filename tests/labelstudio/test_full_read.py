@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from backend_server import BackendServer
-from conftest import text_classification_config
 from fake_label_studio import TOKEN, FakeLabelStudio, Hold
-from fakes import HashEncoder, annotation_event, wait_for
+from fakes import HashEncoder, annotation_event, text_classification_config, wait_for
 
 from ls_backend.labelstudio.client import IncompleteRead, LabelStudioClient, RetryPolicy
 from ls_backend.labelstudio.config import parse_config

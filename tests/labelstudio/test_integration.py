@@ -195,7 +195,7 @@ def test_a_reinstalled_label_studio_gets_fresh_state(
 ):
     """Label Studio reinstalled with a fresh database reuses the project id and the annotation
     ids; the backend used to drop the reused ids it had seen deleted, without a word."""
-    from conftest import text_classification_config
+    from fakes import text_classification_config
     from labelstudio_server import running_server
 
     backend = BackendServer(tmp_path / "models", env={"LORA_ENABLED": "false"}).start()

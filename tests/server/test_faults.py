@@ -26,6 +26,7 @@ from backend_server import BackendServer
 from fakes import BackendProcess, alive, annotation_event, wait_for
 
 from ls_backend.core.registry import Registry
+from ls_backend.jobs import training
 from ls_backend.jobs.lanes import read_status
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS
@@ -52,7 +53,9 @@ def settings(model_dir: Path) -> Settings:
 
 
 def victim(model_dir: str, first_id: int, acks_path: str) -> None:
-    """Store events as /webhook does, noting each one acknowledged; head rounds train meanwhile."""
+    """Store events as /webhook does, noting each one acknowledged; head rounds train meanwhile
+    (back to back: the kills are to land inside runs, not in the spacing between them)."""
+    training.HEAD_DUTY = 1.0
     backend = BackendProcess(settings(Path(model_dir)))
     project = backend.project(1)
     project.setup(CONFIG)
