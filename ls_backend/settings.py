@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     head_min_labels: int = Field(
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
     )
+    keep_versions: int = Field(
+        20,
+        ge=4,
+        description="Saved model versions kept per project besides the serving one and every "
+        "promoted one: the newest this many. The others are deleted after each training round "
+        "(their figures stay in the learning curve).",
+    )
     lora_enabled: bool = Field(True, description="Train a LoRA adapter in the background.")
     lora_backbone: str = _lora("backbone")
     lora_min_labels: int = Field(50, ge=2, description="Labels needed before the first LoRA run.")

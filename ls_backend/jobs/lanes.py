@@ -43,6 +43,8 @@ class Lane:
     #: ``2 * retry_s``, ... ; other failures count as handled (the next event retries).
     retries: ClassVar[int] = 0
     retry_s: ClassVar[float] = 0.0
+    #: A run that produced something is followed by the project's retention (``retain``).
+    retains: ClassVar[bool] = False
     #: Longest a run may take on an RQ worker before it is stopped.
     timeout_s: ClassVar[int] = 3600
     #: Niceness of the threads that run the lane in-process (``core.priority``): background
@@ -63,6 +65,11 @@ class Lane:
     def pending(self, project: ProjectView) -> bool:
         """Whether a run has work; reads the store only (a read-only view will do)."""
         return self.marker(project) > self.done(project)
+
+    def events_read(self, project: ProjectView) -> int | None:
+        """The logged events this lane still reads are those numbered after this (None: it
+        reads none). Older ones may be deleted (``retain``)."""
+        return None
 
     def hold(self, project: Project) -> float:
         """Seconds before the next run may start, though work is pending (0: now)."""
@@ -97,6 +104,30 @@ class Lanes:
 
     def woken_by(self, project: Project, event: str) -> list[str]:
         return [lane.name for lane in self if lane.wake(project, event)]
+
+
+#: Logged events younger than this stay whatever the lanes have read: a full read of Label
+#: Studio replays the events that came while it ran, the queue counts who labeled lately.
+EVENTS_KEPT_S = 86400.0
+
+
+def retain(project: Project, lanes: Lanes, keep_versions: int) -> dict[str, int]:
+    """The project's retention, after a round: versions that neither serve, nor are among the
+    newest ``keep_versions``, nor were promoted are deleted (under the registry's lock); logged
+    events that every lane reading events has read, older than EVENTS_KEPT_S, are deleted but
+    the newest of each action. Returns how many of each went."""
+    with project.registry.lock():
+        versions = project.registry.prune(keep_versions)
+    read = [n for n in (lane.events_read(project) for lane in lanes) if n is not None]
+    events = 0
+    if read:
+        events = project.store.prune_events(min(read), time.time() - EVENTS_KEPT_S)
+    if versions or events:
+        log.info(
+            "project %s: %d old versions and %d old events deleted",
+            project.key, len(versions), events,
+        )  # fmt: skip
+    return {"versions": len(versions), "events": events}
 
 
 # --- one run, whichever scheduler runs it ----------------------------------------------------

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from ls_backend.jobs.lanes import Lanes, lane_lock, run_once, shown_status
+from ls_backend.jobs.lanes import Lanes, lane_lock, retain, run_once, shown_status
 from ls_backend.projects import Project, Projects, ProjectView
 from ls_backend.store.base import StoreMissing
 
@@ -146,6 +146,11 @@ class Scheduler:
                 return
             with self.running():
                 status = run_once(project, lane)
+        if status.produced and lane.retains:
+            try:
+                retain(project, self.lanes, self.settings.keep_versions)
+            except Exception:  # the next round tries again; what serves is untouched
+                log.exception("project %s: retention failed", key)
         if status.produced and lane.emits:
             self.projects.emit(project, lane.emits)
         if status.retries:  # a transient failure: back off, then retry

@@ -120,6 +120,7 @@ class TrainingLane(Lane):
 
     kind: ClassVar[ModelKind]
     emits = MODEL_TRAINED
+    retains = True  # a round saves a version
     # A full disk or an unreachable database goes away without anyone restarting anything.
     retries = 6
     retry_s = 2.0
@@ -137,6 +138,9 @@ class TrainingLane(Lane):
 
     def marker(self, project: ProjectView) -> int:
         return project.store.last_seq(LABEL_ACTIONS | {START_TRAINING})
+
+    def events_read(self, project: ProjectView) -> int | None:
+        return self.done(project)  # what is pending: events after the last run's marker
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
         for step in self.prepare:
@@ -197,6 +201,9 @@ class LoraLane(TrainingLane):
 
     def wake(self, project: Project, event: str) -> bool:
         return self.settings.lora_enabled and super().wake(project, event)
+
+    def events_read(self, project: ProjectView) -> int | None:
+        return super().events_read(project) if self.settings.lora_enabled else None
 
     def pending(self, project: ProjectView) -> bool:
         if not self.settings.lora_enabled:

@@ -117,8 +117,8 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     registry = project.registry
     serving = registry.current()
     pinned = registry.pinned() is not None
-    infos = [registry.info(v) for v in registry.versions()]
-    curve = core.learning_curve(infos, serving)
+    infos = [registry.info(v) for v in registry.versions()]  # the ones still on disk
+    curve = core.learning_curve(registry.history(), serving)  # the pruned ones' figures too
 
     confusions: list[core.Confusion] = []
     suspects: list[SuspectItem] = []

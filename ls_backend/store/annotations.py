@@ -552,6 +552,28 @@ class AnnotationStore:
             except EventError:  # stored, so it applied once; nothing to redo
                 continue
 
+    def prune_events(self, upto: int, before: float) -> int:
+        """Delete the logged events numbered ``upto`` or less and received before ``before``
+        (a Unix time), except the newest of each action (``last_seq`` and ``last_received``
+        read those); returns how many went. Events are a log: every annotation and task they
+        brought is in its own table, so nothing stored is lost. Short transactions."""
+        newest = {int(r[0]) for r in self._all("SELECT MAX(seq) FROM events GROUP BY action")}
+        deleted, after = 0, 0
+        while True:
+            with self._tx() as db:
+                rows = db.execute(
+                    "SELECT seq FROM events WHERE seq > ? AND seq <= ? AND received < ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after, upto, before, MIRROR_BATCH),
+                ).fetchall()
+                seqs = [int(r[0]) for r in rows]
+                doomed = [(seq,) for seq in seqs if seq not in newest]
+                db.executemany("DELETE FROM events WHERE seq = ?", doomed)
+            deleted += len(doomed)
+            if len(seqs) < MIRROR_BATCH:
+                return deleted
+            after = seqs[-1]
+
     # --- reading -----------------------------------------------------------------------------
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -620,6 +642,12 @@ class AnnotationStore:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(received), 0) FROM events WHERE action IN ({marks})"
         return float(self._one(query, list(actions))[0])
+
+    def first_seq_since(self, when: float) -> int:
+        """The number of the first event received at ``when`` or later (a Unix time); one
+        past the last event if none was."""
+        row = self._one("SELECT MIN(seq) FROM events WHERE received >= ?", (when,))
+        return int(row[0]) if row[0] is not None else self._last_event() + 1
 
     def count_events(self, actions: set[str], after: int) -> int:
         marks = ",".join("?" * len(actions))

@@ -108,3 +108,56 @@ def test_a_thousand_projects_hold_a_bounded_number_of_threads_and_open_files(tmp
     # Open projects keep a connection (3 files: db, wal, shm) per thread that used them.
     assert extra_files <= OPEN_PROJECTS * 3 * (sum(lane.threads for lane in backend.lanes) + 1)
     print(f"1,000 projects: +{extra_threads} threads, +{extra_files} open files")
+
+
+def test_rounds_prune_old_versions_and_the_events_every_lane_has_read(tmp_path, monkeypatch):
+    """A version per label and every event, for ever: after each round, versions that neither
+    serve, nor are among the newest KEEP_VERSIONS, nor were promoted go, and so do events every
+    lane that reads events has read; no annotation goes, and a lane that still needs events
+    (LoRA, enabled, not run yet) keeps them all."""
+    monkeypatch.setattr("ls_backend.jobs.lanes.EVENTS_KEPT_S", 0.0)  # no age floor here
+    settings = Settings(
+        model_dir=tmp_path / "models", lora_enabled=False, train_debounce_s=0.05, keep_versions=4
+    )
+    backend = BackendProcess(settings)
+    project = backend.project(1)
+    project.setup(CONFIG)
+
+    def label_one(i: int) -> None:
+        body = annotation_event(i + 1, 100 + i, ["AB"[i % 2]], config=CONFIG, project=1)
+        project.store.apply(body)
+        backend.scheduler.notify(project, body["action"])
+        assert backend.scheduler.wait_idle(60)
+
+    try:
+        for i in range(3):
+            label_one(i)
+        registry = project.registry
+        promoted = registry.versions()  # few labels: every round so far was promoted
+        assert all(registry.info(v)["promoted"] for v in promoted)
+        with registry.lock():
+            serving = registry.rollback(promoted[0])  # pinned: later rounds are not promoted
+        for i in range(3, 10):
+            label_one(i)
+    finally:
+        backend.scheduler.stop()
+    versions = registry.versions()
+    unpromoted = [v for v in versions if not registry.info(v).get("promoted")]
+    assert set(promoted) <= set(versions) and registry.current() == serving
+    assert len(unpromoted) == 4 and unpromoted == versions[-4:]  # the newest 4
+    saved = [r["version"] for r in registry.history()]
+    assert len(saved) == len(promoted) + 7 and len(versions) == len(promoted) + 4
+    assert project.store.count("annotations") == 10  # every label stays
+    assert project.store.count("events") == 1  # the newest label event only
+    assert project.store.last_seq({"ANNOTATION_CREATED"}) == 10
+
+    lora = Settings(model_dir=tmp_path / "lora", train_debounce_s=0.05, lora_min_labels=1000)
+    backend = BackendProcess(lora)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    try:
+        for i in range(3):
+            label_one(i)
+    finally:
+        backend.scheduler.stop()
+    assert project.store.count("events") == 3  # LoRA has read none of them yet

@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from ls_backend.store.annotations import (
@@ -355,3 +357,22 @@ def test_a_store_from_before_adopts_the_first_label_studio_it_meets(make_databas
     assert choices(store) == {10: "a", 11: "a"}
     reopened = AnnotationStore(make_database("3"))  # a bare store from before, upgraded
     assert reopened.label_studio() == {"created": 1767605400, "host": "http://ls:8080"}
+
+
+def test_prune_events_keeps_what_is_still_read_and_every_annotation(make_database):
+    """The event log only grew; pruning deletes events up to a number and before a time, but
+    never the newest of an action, nor any annotation or task they brought."""
+    store = AnnotationStore(make_database("1"))
+    for i in range(1, 8):
+        store.apply(annotation("ANNOTATION_CREATED", i, 100 + i, "a"))
+    store.apply({"action": "START_TRAINING", "project": PROJECT})  # event 8
+    store.apply(annotation("ANNOTATION_CREATED", 9, 109, "b"))  # event 9
+    assert store.prune_events(upto=5, before=0.0) == 0  # all received after time 0
+    assert store.prune_events(upto=5, before=time.time() + 1) == 5
+    assert store.count("events") == 4
+    assert store.count_events({"ANNOTATION_CREATED"}, after=5) == 3  # what lanes count: intact
+    assert store.prune_events(upto=9, before=time.time() + 1) == 2  # 6 and 7
+    assert store.last_seq({"ANNOTATION_CREATED"}) == 9 and store.training_requested() == 8
+    assert store.last_seq({"START_TRAINING"}) == 8  # the newest of each action stays
+    assert len(store.labeled()) == 8 and store.count("tasks") == 8  # no annotation lost
+    assert store.first_seq_since(0.0) == 8 and store.first_seq_since(time.time() + 1) == 10
