@@ -368,6 +368,7 @@ class Projects:
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._summaries: dict[str, dict[str, tuple[Any, Any]]] = {}  # name -> key -> (stamp, value)
+        self._summaries_lock = threading.Lock()  # one look at a time: the next reuses it
         self._store_away_until = 0.0  # monotonic
         self._strays: set[str] = set()  # folders in MODEL_DIR that are no project, logged once
 
@@ -432,7 +433,12 @@ class Projects:
         (SQLite: the files' stamps say so), so a thousand quiet projects cost a few thousand
         file stats. A project folder without a store is left out. Results are shared: do not
         change them."""
-        cache = self._summaries.setdefault(name, {})
+        with self._summaries_lock:
+            return self._summaries_of(self._summaries.setdefault(name, {}), compute)
+
+    def _summaries_of(
+        self, cache: dict[str, tuple[Any, Any]], compute: Callable[[ProjectView], T]
+    ) -> dict[str, T]:
         shown: dict[str, T] = {}
         for key in self.known_projects():
             stamp = self.databases.stamp(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -76,18 +77,21 @@ class JsonParts:
 
     def __init__(self) -> None:
         self._texts: dict[str, tuple[object, str]] = {}
+        self._lock = threading.Lock()
 
     def text(self, key: str, part: object) -> str:
         held = self._texts.get(key)
         if held is not None and held[0] is part:
             return held[1]
         text = json.dumps(part)
-        self._texts[key] = (part, text)
+        with self._lock:
+            self._texts[key] = (part, text)
         return text
 
     def forget_all_but(self, keys: set[str]) -> None:
-        for gone in set(self._texts) - keys:
-            self._texts.pop(gone, None)
+        with self._lock:
+            for gone in set(self._texts) - keys:
+                self._texts.pop(gone, None)
 
 
 class Limits:
@@ -189,9 +193,13 @@ def _warnings(view: ProjectView) -> dict[str, Any]:
     return {"warnings": project_warnings(view)}
 
 
-def _overview(request: Request) -> dict[str, dict[str, Any]]:
+def overview(scheduler: Scheduler) -> dict[str, dict[str, Any]]:
     """Every project as /status shows it (read only; see ``Scheduler.overview``)."""
-    return _scheduler(request).overview(_warnings)
+    return scheduler.overview(_warnings)
+
+
+def _overview(request: Request) -> dict[str, dict[str, Any]]:
+    return overview(_scheduler(request))
 
 
 def _status(request: Request) -> dict[str, Any]:
@@ -222,14 +230,15 @@ def status(request: Request) -> Response:
 
 @router.get("/metrics", summary="Prometheus metrics")
 def prometheus(request: Request) -> Response:
-    def shared_figures() -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
-        for key, shown in _overview(request).items():
+    def figures() -> Iterator[tuple[str, object, metrics.Figures]]:
+        for key, shown in _overview(request).items():  # the same object while unchanged
             serving = shown["model_version"]
             runs = {lane: (job["runs"], job["failures"]) for lane, job in shown["jobs"].items()}
             number = version_number(serving) if serving else 0
-            yield key, shown["annotations"], number, runs
+            yield key, shown, (shown["annotations"], number, runs)
 
-    payload, content_type = metrics.render(metrics.SharedState(shared_figures))
+    shared: metrics.SharedState = request.app.state.shared_metrics
+    payload, content_type = metrics.render(shared.text(figures()))
     return Response(payload, media_type=content_type)
 
 

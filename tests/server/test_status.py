@@ -54,3 +54,29 @@ def test_status_shows_what_another_process_committed_at_once(make_client, tmp_pa
     assert client.get("/status").json()["projects"]["7"]["annotations"] == 1
     metrics = client.get("/metrics").text
     assert 'ls_backend_project_annotations{project="7"} 1.0' in metrics
+
+
+def test_a_quiet_status_reads_no_store_and_holds_no_connection_per_project(
+    make_client, tmp_path, monkeypatch
+):
+    """/status re-opened and migrated every project past 32 (487 ms at 80 projects): now a
+    store nobody wrote since the last call is not opened at all, and the process keeps a
+    bounded number of idle connections however many projects it read."""
+    from ls_backend.projects import Projects
+
+    client = make_client()
+    for key in range(1, 61):
+        setup(client, f"{key}.1")
+    for _ in range(2):  # the stores' files settle (a writer's last close checkpoints its WAL)
+        time.sleep(SETTLED_NS / 1e9 + 0.1)
+        assert len(client.get("/status").json()["projects"]) == 60
+    opened = []
+    real_view = Projects.view
+    monkeypatch.setattr(
+        Projects, "view", lambda self, key: opened.append(key) or real_view(self, key)
+    )
+    assert len(client.get("/status").json()["projects"]) == 60
+    assert client.get("/metrics").status_code == 200
+    assert opened == []
+    databases = client.app.state.projects.databases
+    assert len(databases.connections) <= databases.IDLE_CONNECTIONS
