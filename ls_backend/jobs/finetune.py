@@ -237,7 +237,10 @@ class JobProgress:
         from redis import Redis
         from rq.job import Job
 
-        job = Job.fetch(self.job_id, connection=Redis.from_url(self.redis_url))
+        from ls_backend.jobs.rq import SERIALIZER
+
+        redis = Redis.from_url(self.redis_url)
+        job = Job.fetch(self.job_id, connection=redis, serializer=SERIALIZER)
         job.meta.update(progress=round(fraction, 3), stage=stage)
         job.save_meta()  # type: ignore[no-untyped-call]
 
@@ -260,11 +263,12 @@ def enqueue(settings: Settings, request: FinetuneRequest) -> Any:
     from redis import Redis
     from rq import Queue
 
-    from ls_backend.jobs.rq import queue_name
+    from ls_backend.jobs.rq import SERIALIZER, queue_name
 
     assert settings.redis_url
     request.check()
-    queue = Queue(queue_name("lora"), connection=Redis.from_url(settings.redis_url))
+    redis = Redis.from_url(settings.redis_url)
+    queue = Queue(queue_name("lora"), connection=redis, serializer=SERIALIZER)  # as workers read
     return queue.enqueue(
         finetune_job,
         asdict(request),
