@@ -87,7 +87,8 @@ def through_backend(
 ) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(model_dir=Path(tmp), lora_enabled=False, embedding_backend=runtime)
-        with TestClient(create_app(settings, Projects(settings))) as client:
+        app = create_app(settings, Projects(settings))
+        with TestClient(app, base_url="http://localhost") as client:
             client.post("/setup", json={"project": "1.1", "schema": config})
             warm = [f"warm-up text {i}" for i in range(batch)]
             client.post("/predict", json=_body(warm, config))

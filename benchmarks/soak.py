@@ -380,7 +380,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
                 api.post(f"/api/tasks/{task_id}/annotations", json={"result": choice})
             wait_for(lambda: idle(server, pid), 120, "the webhooks' head run")
             runs = jobs(server, pid).get("sync", {}).get("runs", 0)
-            http.post(f"/sync/{pid}").raise_for_status()
+            http.post(f"/sync/{pid}", json={}).raise_for_status()
             wait_for(
                 lambda: (
                     jobs(server, pid)["sync"]["progress"] >= 0.2
@@ -428,7 +428,7 @@ def ls_restart(tmp: Path, quick: bool) -> bool:
                 # Does it complete once the lane is woken again (nothing retries it on its own)?
                 print("  no automatic retry completed the sync; POST /sync again")
                 later = sync["runs"]
-                http.post(f"/sync/{pid}").raise_for_status()
+                http.post(f"/sync/{pid}", json={}).raise_for_status()
                 sync = sync_ended(server, pid, later, 300, "the second sync")
             result = sync["last_result"] or {}
             stored = len(stored_annotations(server, pid))

@@ -103,7 +103,7 @@ def label_rounds(
     # at once, mid-round), then a requested push starts the SYNC_EVERY count afresh.
     label(ls, project_id, gold, SYNC_EVERY, pace)
     asked_at = time.strftime("%Y%m%dT%H%M%S")
-    httpx.post(f"{backend_url}/sync/{project_id}", timeout=30).raise_for_status()
+    httpx.post(f"{backend_url}/sync/{project_id}", json={}, timeout=30).raise_for_status()
     wait_for_ranking(ls, project_id, asked_at)
     latencies = []
     for _ in range(rounds):

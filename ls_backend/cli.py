@@ -52,7 +52,8 @@ def serve(args: argparse.Namespace) -> None:
             from ls_backend.server.app import create_app
 
             logs.configure(settings.log_level, settings.log_json)
-            return create_app(settings)
+            # The Host names it answers to depend on where it listens (--host).
+            return create_app(settings.model_copy(update={"host": host, "port": port}))
 
     Application().run()
 
@@ -191,7 +192,7 @@ def report(args: argparse.Namespace) -> None:
     from ls_backend.server.report import build_report
 
     projects = Projects(get_settings())
-    project = projects.connected_project(args.project)
+    project = projects.existing_project(args.project)
     if project is None:
         sys.exit(f"project {args.project} is unknown under {get_settings().model_dir}")
     jobs = {lane: asdict(read_status(project, lane)) for lane in lanes_for(projects).names()}

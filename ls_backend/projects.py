@@ -10,20 +10,21 @@ subscribed (``Projects.subscribe``: the scheduler), so nothing here calls back u
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings
+from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Scored, Task
 from ls_backend.core.training import LabeledData, save_prototype
@@ -31,7 +32,7 @@ from ls_backend.labelstudio import predictions, webhooks
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import AnnotationStore
-from ls_backend.store.base import StoreUnavailable
+from ls_backend.store.base import StoreMissing, StoreUnavailable
 from ls_backend.store.databases import Databases
 from ls_backend.store.pointer import StoreAddress, StorePointer, project_registry
 
@@ -67,6 +68,7 @@ STORE_RETRY_S = 10.0
 BACKGROUND_BATCH = 16
 
 Listener = Callable[["Project", str], None]
+T = TypeVar("T")
 #: Folders the backend itself keeps in MODEL_DIR beside the projects' (the ONNX exports).
 _OURS = {"onnx"}
 
@@ -95,16 +97,24 @@ class PredictionBatch:
     results: list[predictions.Prediction]
 
 
-class Project:
+class ProjectView:
+    """A project's stored state: its store and model registry. One from ``Projects.view`` only
+    reads (no migration, no write, no model load): what /status, /metrics and the schedulers'
+    sweeps look at, however many projects there are. A ``Project`` is one too."""
+
+    def __init__(self, key: str, store: AnnotationStore, registry: Registry) -> None:
+        self.key, self.store, self.registry = key, store, registry
+
+
+class Project(ProjectView):
     def __init__(self, projects: Projects, key: str) -> None:
-        self.key = key
         self.projects = projects
         self.settings = settings = projects.settings
         self.encoder = projects.encoder
         self.dir = settings.model_dir / key
         self.address = StoreAddress(settings.model_dir, settings.database_url_value, key)
-        self.store = AnnotationStore(projects.databases.project(key))
-        self.registry = project_registry(self.dir, self.store)
+        store = AnnotationStore(projects.databases.project(key))
+        super().__init__(key, store, project_registry(self.dir, store))
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._loaded: Model | None = None
@@ -208,8 +218,9 @@ class Project:
 
     @property
     def connected(self) -> bool:
-        # A store from before /setup was recorded is connected if it ever had a model.
-        return self.store.connected_at() is not None or self.registry.current() is not None
+        """Label Studio called /setup for it (a prediction, even with a label config, does not
+        connect: the backend acts on a connected project with the admin's key)."""
+        return self.store.connected_at() is not None
 
     # --- the serving model ------------------------------------------------------------------
 
@@ -380,6 +391,8 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        self._summaries: dict[str, dict[str, tuple[Any, Any]]] = {}  # name -> key -> (stamp, value)
+        self._summaries_lock = threading.Lock()  # one look at a time: the next reuses it
         self._store_away_until = 0.0  # monotonic
         self._strays: set[str] = set()  # folders in MODEL_DIR that are no project, logged once
 
@@ -416,34 +429,85 @@ class Projects:
             self._open.move_to_end(key)
             return self._open[key]
 
-    def connected_project(self, raw_key: Any) -> Project | None:
-        """The project, if Label Studio connected it to this backend (else None, and nothing
-        is created on disk for it)."""
+    def opened(self, key: str) -> Project | None:
+        """The project if this process has it open, without opening it."""
+        with self._lock:
+            return self._open.get(key)
+
+    def existing_project(self, raw_key: Any) -> Project | None:
+        """The project, if this backend has state for it (else None, and nothing is created
+        on disk for it)."""
         key = project_key(raw_key)
         if key not in self._open and not (self.settings.model_dir / key).is_dir():
             return None
-        project = self.project(key)
-        return project if project.connected else None
+        return self.project(key)
+
+    def connected_project(self, raw_key: Any) -> Project | None:
+        """The project, if Label Studio connected it to this backend (else None, and nothing
+        is created on disk for it)."""
+        project = self.existing_project(raw_key)
+        return project if project is not None and project.connected else None
+
+    def view(self, raw_key: Any) -> ProjectView:
+        """The project's stored state, read only: nothing is migrated, written, created or
+        loaded, and the open projects stay as they are."""
+        key = project_key(raw_key)
+        store = AnnotationStore(self.databases.project(key, readonly=True), migrate=False)
+        registry = project_registry(self.settings.model_dir / key, store, readonly=True)
+        return ProjectView(key, store, registry)
+
+    def summaries(self, name: str, compute: Callable[[ProjectView], T]) -> dict[str, T]:
+        """``compute(view)`` for every known project (its reads in one session), by key. A
+        store nobody committed to since the last call under ``name`` keeps that call's result
+        (SQLite: the files' stamps say so), so a thousand quiet projects cost a few thousand
+        file stats. A project folder without a store is left out. Results are shared: do not
+        change them."""
+        with self._summaries_lock:
+            return self._summaries_of(self._summaries.setdefault(name, {}), compute)
+
+    def _summaries_of(
+        self, cache: dict[str, tuple[Any, Any]], compute: Callable[[ProjectView], T]
+    ) -> dict[str, T]:
+        shown: dict[str, T] = {}
+        for key in self.known_projects():
+            stamp = self.databases.stamp(key)
+            held = cache.get(key)
+            if stamp is not None and held is not None and held[0] == stamp:
+                shown[key] = held[1]
+                continue
+            view = self.view(key)
+            try:
+                with view.store.snapshot():
+                    value = compute(view)
+            except StoreMissing:
+                continue
+            if stamp is not None and self.databases.stamp(key) == stamp:  # none wrote meanwhile
+                cache[key] = (stamp, value)
+            shown[key] = value
+        for gone in set(cache) - set(shown):
+            cache.pop(gone, None)
+        return shown
 
     def known_projects(self) -> list[str]:
         """The projects with a folder under MODEL_DIR. Any other folder (``0``, ``007``, a
         backup someone left there) is no project of ours: ignored, and said so once."""
-        root: Path = self.settings.model_dir
         found = []
-        for path in root.iterdir():
-            if not path.is_dir() or path.name.startswith(".") or path.name in _OURS:
-                continue
-            try:
-                ours = project_key(path.name) == path.name
-            except ValueError:
-                ours = False
-            if ours:
-                found.append(path.name)
-            elif path.name not in self._strays:
-                self._strays.add(path.name)
-                log.warning(
-                    "MODEL_DIR/%s is not a project folder (those are named by a Label Studio "
-                    "project id, like 7): ignored",
-                    path.name[:80],
-                )
+        with os.scandir(self.settings.model_dir) as entries:  # no stat per entry
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name in _OURS or not entry.is_dir():
+                    continue
+                try:
+                    ours = project_key(name) == name
+                except ValueError:
+                    ours = False
+                if ours:
+                    found.append(name)
+                elif name not in self._strays:
+                    self._strays.add(name)
+                    log.warning(
+                        "MODEL_DIR/%s is not a project folder (those are named by a Label Studio "
+                        "project id, like 7): ignored",
+                        name[:80],
+                    )
         return sorted(found, key=int)

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         None, description="With BASIC_AUTH_PASS, require HTTP basic auth on all but /health."
     )
     basic_auth_pass: SecretStr | None = Field(None, description="Password for BASIC_AUTH_USER.")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Host names the backend answers to besides IP addresses and `localhost`, "
+        "comma-separated (`ls-backend.internal,ml.example.com`; `.example.com` takes every name "
+        "under it, `*` any name). Unset: none more while HOST is a loopback address, this "
+        "machine's host name otherwise. Other names get a 400, so a web page cannot reach the "
+        "backend through a name of its own (DNS rebinding).",
+    )
     webhook_token: SecretStr | None = Field(
         None,
         description="A secret accepted on /webhook only (`Authorization: Bearer <token>`, "
@@ -114,6 +122,13 @@ class Settings(BaseSettings):
     )
     head_min_labels: int = Field(
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."
+    )
+    keep_versions: int = Field(
+        20,
+        ge=4,
+        description="Saved model versions kept per project besides the serving one and every "
+        "promoted one: the newest this many. The others are deleted after each training round "
+        "(their figures stay in the learning curve).",
     )
     lora_enabled: bool = Field(True, description="Train a LoRA adapter in the background.")
     lora_backbone: str = _lora("backbone")

@@ -24,6 +24,7 @@ def trained(tmp_path, monkeypatch):
     for i in range(8):  # stored before the first model wakes the head lane: one run for all
         project.store.apply(annotation_event(i, i, ["AB"[i % 2]], config=CONFIG, project=5))
     project.setup(CONFIG)
+    project.connect()
     worker.request("5", "head")
     assert worker.wait_idle(30)
     worker.stop()
@@ -81,6 +82,7 @@ def test_models_show_and_rollback_without_a_usable_version_say_why(tmp_path, mon
     monkeypatch.setenv("MODEL_DIR", str(tmp_path))
     get_settings.cache_clear()
     registry = project_registry(tmp_path / "5", StoreAddress(tmp_path, None, "5").open())
+    registry.root.mkdir(parents=True)  # a models folder without a version (reading makes none)
     with pytest.raises(SystemExit, match="no version serves; name one with --version"):
         cli.main(["models", "show", "--project", "5"])  # was a TypeError traceback
     with registry.lock():

@@ -42,10 +42,11 @@ def test_a_folder_in_model_dir_that_is_no_project_is_ignored_at_start(tmp_path, 
 
     for stray in ("0", "007", "backup", "99999999999"):
         (tmp_path / stray).mkdir()
-    (tmp_path / "12").mkdir()  # a project's folder (nothing in it yet)
     settings = Settings(model_dir=tmp_path, lora_enabled=False)
     projects = Projects(settings, encoder=HashEncoder())
-    with TestClient(create_app(settings, projects, start_scheduler(projects))) as client:
+    projects.project(12).store.count("tasks")  # a project's folder and its (empty) store
+    app = create_app(settings, projects, start_scheduler(projects))
+    with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/health").status_code == 200  # the start resumed every project
         assert set(client.get("/status").json()["projects"]) == {"12"}
     assert projects.known_projects() == ["12"]

@@ -5,11 +5,15 @@ Layout under a project's ``models/`` folder::
     v0007-head/   one finished version (model files, info.json, metrics, ...)
     .tmp-.../     a version being written; never read, removed on start
     current       the serving version's name, replaced atomically (``FilePointer``)
+    history.jsonl the info.json records of versions deleted by ``prune`` (the learning curve)
 
 A version directory appears only by ``rename`` of a fully written and fsynced
 temporary directory, and the pointer moves only after that, so a ``kill -9`` at
 any moment leaves the last good version serving. The server keeps the pointer in the
 project's database instead (``Pointer``), where every replica reads it.
+
+Retention (``prune``, after each round): the serving version, the last N and every promoted
+version stay; the others' files go, their records move to ``history.jsonl``.
 
 A rollback *pins* the pointer: the version rolled back to keeps serving while new rounds
 train and are saved, until the pin is lifted (``unpin``), so the next label does not undo it.
@@ -18,6 +22,7 @@ train and are saved, until the pin is lifted (``unpin``), so the next label does
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import time
@@ -26,10 +31,12 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from ls_backend.core.files import flock, write_dir_atomic, write_text_atomic
+from ls_backend.core.files import flock, fsync_dir, write_dir_atomic, write_text_atomic
 from ls_backend.core.kinds import ModelKind
 
 _VERSION = re.compile(r"^v(\d{4,})-([a-z]+)$")
+#: Where ``prune`` keeps the records of the versions it deleted.
+HISTORY = "history.jsonl"
 
 
 def version_number(name: str) -> int:
@@ -87,11 +94,14 @@ class Registry:
         pointer: Pointer | None = None,
         lock: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.root = root  # made by the first save: reading a registry creates nothing
         self.pointer = pointer or FilePointer(root / "current")
-        self._lock = lock or (lambda: flock(root / ".lock"))
+        self._lock = lock or self._file_lock
         self.moves = 0  # of the pointer, through this object
+
+    def _file_lock(self) -> AbstractContextManager[bool]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return flock(self.root / ".lock")
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -105,6 +115,8 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         found = [p.name for p in self.root.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=version_number)
 
@@ -128,6 +140,48 @@ class Registry:
         if not write_dir_atomic(self.root / name, write_version):
             raise FileExistsError(f"{name} appeared while it was written")
         return name
+
+    def prune(self, keep_last: int) -> list[str]:
+        """Delete every version that is not the serving one (pinned or not), one of the last
+        ``keep_last`` or promoted; returns their names. Their ``info.json`` records are kept in
+        HISTORY first (``history``). Call holding ``lock``: saves number from the last version,
+        which always stays."""
+        if keep_last < 1:
+            raise ValueError("keep_last must be at least 1: the next save numbers from it")
+        versions = self.versions()
+        kept = set(versions[-keep_last:]) | {self.pointer.read()}
+        doomed = [v for v in versions if v not in kept and not self.info(v).get("promoted")]
+        if not doomed:
+            return []
+        with open(self.root / HISTORY, "a", encoding="utf-8") as history:
+            for version in doomed:
+                history.write(json.dumps(self.info(version), sort_keys=True) + "\n")
+            history.flush()
+            os.fsync(history.fileno())
+        for version in doomed:  # renamed first: a crash mid-delete leaves no half version
+            gone = self.root / f".tmp-pruned-{version}"
+            (self.root / version).rename(gone)
+            shutil.rmtree(gone, ignore_errors=True)
+        fsync_dir(self.root)
+        return doomed
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every version's ``info.json`` record in version order, the pruned ones too."""
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            with open(self.root / HISTORY, encoding="utf-8") as history:
+                for line in history:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:  # a line cut by a crash while it was written
+                        continue
+                    records[str(record.get("version"))] = record
+        except FileNotFoundError:
+            pass
+        for version in self.versions():
+            records[version] = self.info(version)
+        known = [v for v in records if _VERSION.match(v)]
+        return [records[v] for v in sorted(known, key=version_number)]
 
     def path(self, version: str) -> Path:
         path = self.root / version

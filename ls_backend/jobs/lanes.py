@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from ls_backend import metrics
 from ls_backend.core.priority import BACKGROUND_NICENESS
 from ls_backend.core.tasks import NotEnoughLabels, Progress
-from ls_backend.projects import Project
+from ls_backend.projects import Project, ProjectView
 from ls_backend.store.annotations import AnnotationStore
 from ls_backend.store.pointer import StoreAddress
 
@@ -43,6 +43,8 @@ class Lane:
     #: ``2 * retry_s``, ... ; other failures count as handled (the next event retries).
     retries: ClassVar[int] = 0
     retry_s: ClassVar[float] = 0.0
+    #: A run that produced something is followed by the project's retention (``retain``).
+    retains: ClassVar[bool] = False
     #: Longest a run may take on an RQ worker before it is stopped.
     timeout_s: ClassVar[int] = 3600
     #: Niceness of the threads that run the lane in-process (``core.priority``): background
@@ -53,15 +55,21 @@ class Lane:
         """Whether ``event`` gives this lane work; a lane may record what it wants durably."""
         return False
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         """What a run covers: a run marks everything up to this done."""
         raise NotImplementedError
 
-    def done(self, project: Project) -> int:
+    def done(self, project: ProjectView) -> int:
         return project.store.lane_done(self.name)
 
-    def pending(self, project: Project) -> bool:
+    def pending(self, project: ProjectView) -> bool:
+        """Whether a run has work; reads the store only (a read-only view will do)."""
         return self.marker(project) > self.done(project)
+
+    def events_read(self, project: ProjectView) -> int | None:
+        """The logged events this lane still reads are those numbered after this (None: it
+        reads none). Older ones may be deleted (``retain``)."""
+        return None
 
     def hold(self, project: Project) -> float:
         """Seconds before the next run may start, though work is pending (0: now)."""
@@ -96,6 +104,30 @@ class Lanes:
 
     def woken_by(self, project: Project, event: str) -> list[str]:
         return [lane.name for lane in self if lane.wake(project, event)]
+
+
+#: Logged events younger than this stay whatever the lanes have read: a full read of Label
+#: Studio replays the events that came while it ran, the queue counts who labeled lately.
+EVENTS_KEPT_S = 86400.0
+
+
+def retain(project: Project, lanes: Lanes, keep_versions: int) -> dict[str, int]:
+    """The project's retention, after a round: versions that neither serve, nor are among the
+    newest ``keep_versions``, nor were promoted are deleted (under the registry's lock); logged
+    events that every lane reading events has read, older than EVENTS_KEPT_S, are deleted but
+    the newest of each action. Returns how many of each went."""
+    with project.registry.lock():
+        versions = project.registry.prune(keep_versions)
+    read = [n for n in (lane.events_read(project) for lane in lanes) if n is not None]
+    events = 0
+    if read:
+        events = project.store.prune_events(min(read), time.time() - EVENTS_KEPT_S)
+    if versions or events:
+        log.info(
+            "project %s: %d old versions and %d old events deleted",
+            project.key, len(versions), events,
+        )  # fmt: skip
+    return {"versions": len(versions), "events": events}
 
 
 # --- one run, whichever scheduler runs it ----------------------------------------------------
@@ -141,7 +173,7 @@ class ProgressRecord:
         return {**self.__dict__, "store": None}  # connections do not cross processes
 
 
-def read_status(project: Project, lane: str) -> JobStatus:
+def read_status(project: ProjectView, lane: str) -> JobStatus:
     stored = project.store.lane_status(lane)
     try:
         return JobStatus(**stored) if stored else JobStatus(project.key, lane)
@@ -149,7 +181,7 @@ def read_status(project: Project, lane: str) -> JobStatus:
         return JobStatus(project.key, lane)
 
 
-def shown_status(project: Project, lane: Lane) -> JobStatus:
+def shown_status(project: ProjectView, lane: Lane) -> JobStatus:
     """The lane's last run as /status shows it: ``queued`` when work waits and no run is in
     flight, unless the last run failed and is to be retried (the failure is the news)."""
     status = read_status(project, lane.name)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
-from ls_backend.jobs.lanes import Lanes, lane_lock, run_once, shown_status
-from ls_backend.projects import Project, Projects
+from ls_backend.jobs.lanes import Lanes, lane_lock, retain, run_once, shown_status
+from ls_backend.projects import Project, Projects, ProjectView
+from ls_backend.store.base import StoreMissing
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,22 @@ class Scheduler:
         for lane in self.lanes.woken_by(project, event):
             self.request(project.key, lane)
 
+    def pending(self) -> Iterator[tuple[str, str]]:
+        """Every (project, lane) with work pending, read from the stores only (``view``)."""
+        for key in self.projects.known_projects():
+            view = self.projects.view(key)
+            try:
+                with view.store.snapshot():
+                    names = [lane.name for lane in self.lanes if lane.pending(view)]
+            except StoreMissing:
+                continue
+            yield from ((key, name) for name in names)
+
     def resume(self) -> None:
         """Look at every lane with work pending: at start (what a killed or stopped process left
         is stored) and in a worker's sweeps."""
-        for key in self.projects.known_projects():
-            project = self.projects.project(key)
-            for lane in self.lanes:
-                if lane.pending(project):
-                    self.request(key, lane.name, sweep=True)
+        for key, name in self.pending():
+            self.request(key, name, sweep=True)
 
     def resume_soon(self) -> None:
         """``resume`` at start; while the store is away (PostgreSQL not up yet), again every
@@ -120,42 +129,72 @@ class Scheduler:
         threading.Thread(target=retry, name="resume", daemon=True).start()
 
     def drain(self, key: str, name: str) -> None:
-        """Run (key, lane) while work is pending, each run holding the lane's lock; never raises
-        for a run's own failure (``run_once``)."""
+        """One run of (key, lane) if work is pending, holding the lane's lock; never raises for
+        a run's own failure (``run_once``). Work still pending after the run goes to the back
+        of the line (``later``): a long job of one project (a large import is embedded a block
+        per run) takes turns with the other projects' runs instead of holding a thread."""
         project, lane = self.projects.project(key), self.lanes[name]
-        while not self.stopping() and lane.pending(project):
-            wait = lane.hold(project)
-            if wait > 0:  # paced (a head round under a stream of labels): look then
-                self.later(key, name, wait)
+        if self.stopping() or not lane.pending(project):
+            return
+        wait = lane.hold(project)
+        if wait > 0:  # paced (a head round under a stream of labels): look then
+            self.later(key, name, wait)
+            return
+        with lane_lock(project, lane) as mine:
+            if not mine:  # another process runs it
+                self.lock_busy(key, name)
                 return
-            with lane_lock(project, lane) as mine:
-                if not mine:  # another process runs it
-                    self.lock_busy(key, name)
-                    return
-                with self.running():
-                    status = run_once(project, lane)
-            if status.produced and lane.emits:
-                self.projects.emit(project, lane.emits)
-            if status.retries:  # a transient failure: back off, then retry
-                self.later(key, name, lane.retry_s * status.retries)
-                return
-            if self.requested_again(key, name):
-                return
+            with self.running():
+                status = run_once(project, lane)
+        if status.produced and lane.retains:
+            try:
+                retain(project, self.lanes, self.settings.keep_versions)
+            except Exception:  # the next round tries again; what serves is untouched
+                log.exception("project %s: retention failed", key)
+        if status.produced and lane.emits:
+            self.projects.emit(project, lane.emits)
+        if status.retries:  # a transient failure: back off, then retry
+            self.later(key, name, lane.retry_s * status.retries)
+        elif not self.requested_again(key, name) and not self.stopping() and lane.pending(project):
+            self.later(key, name, 0.0)
 
-    def status(self, project: Project, lane: str) -> dict[str, Any]:
+    def live(self, key: str, lane: str, status: dict[str, Any]) -> dict[str, Any]:
+        """``status`` (as the store says) with what only this process knows; a copy if changed."""
+        return status
+
+    def status(self, project: ProjectView, lane: str) -> dict[str, Any]:
         """The lane's last run as /status shows it."""
-        return asdict(shown_status(project, self.lanes[lane]))
+        return self.live(project.key, lane, asdict(shown_status(project, self.lanes[lane])))
+
+    def overview(
+        self, more: Callable[[ProjectView], dict[str, Any]] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Every project's serving version, counts and lanes (and ``more``, always the same
+        function), as /status shows them: read from the stores only (no migration, no write, no
+        model load), and again only from those written since the last look."""
+
+        def summary(view: ProjectView) -> dict[str, Any]:
+            return {
+                "model_version": view.registry.current(),
+                "annotations": view.store.count("annotations"),
+                "tasks": view.store.count("tasks"),
+                "jobs": {lane.name: asdict(shown_status(view, lane)) for lane in self.lanes},
+                **(more(view) if more else {}),
+            }
+
+        def live(key: str, shown: dict[str, Any]) -> dict[str, Any]:
+            jobs = {n: self.live(key, n, job) for n, job in shown["jobs"].items()}
+            same = all(jobs[n] is job for n, job in shown["jobs"].items())
+            return shown if same else {**shown, "jobs": jobs}  # the same object when unchanged
+
+        return {key: live(key, s) for key, s in self.projects.summaries("status", summary).items()}
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
         """For tests, benchmarks and the CLI: True once nothing waits or runs and no lane of a
         known project has work pending."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.busy() and not any(
-                lane.pending(self.projects.project(key))
-                for key in self.projects.known_projects()
-                for lane in self.lanes
-            ):
+            if not self.busy() and next(self.pending(), None) is None:
                 return True
             time.sleep(IDLE_POLL_S)
         return False

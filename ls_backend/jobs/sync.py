@@ -17,8 +17,9 @@ from ls_backend.labelstudio.client import (
     LabelStudioClient,
     LabelStudioError,
 )
+from ls_backend.labelstudio.queue import QueueState
 from ls_backend.labelstudio.sync import SYNC, Syncer, SyncTarget, webhook_check_due
-from ls_backend.projects import CONNECTED, MODEL_TRAINED, SYNC_REQUESTED, Project
+from ls_backend.projects import CONNECTED, MODEL_TRAINED, SYNC_REQUESTED, Project, ProjectView
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED
 
@@ -77,8 +78,18 @@ class SyncLane(Lane):
         store.want_lane(self.name, forced)
         return True
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         return project.store.lane_wanted(self.name)
+
+    def events_read(self, project: ProjectView) -> int | None:
+        # New labels are counted after the last push's; a replaced ranking whose predictions
+        # are not all deleted yet asks which tasks were labeled since it was pushed.
+        state = QueueState.load(project.store)
+        read = state.label_seq
+        replaced = [ranking.pushed for ranking in state.rankings[:-1]]
+        if replaced:
+            read = min(read, project.store.first_seq_since(min(replaced)) - 1)
+        return read
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
         return self.job(project, progress)

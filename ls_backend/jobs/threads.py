@@ -19,7 +19,7 @@ from typing import Any
 from ls_backend.core.priority import lower_thread_priority
 from ls_backend.jobs.lanes import Lane, Lanes
 from ls_backend.jobs.scheduler import MAX_SETTLE_S, Scheduler
-from ls_backend.projects import Project, Projects
+from ls_backend.projects import Projects
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,10 @@ class ThreadScheduler(Scheduler):
                 self._active.discard((key, name))
                 self._cond.notify()
 
-    def status(self, project: Project, lane: str) -> dict[str, Any]:
+    def live(self, key: str, lane: str, status: dict[str, Any]) -> dict[str, Any]:
         """Also ``failed`` with the error while something outside the runs keeps the lane
         from working."""
-        status = super().status(project, lane)
-        trouble = self._trouble.get((project.key, lane))
-        if trouble is not None:
-            status.update(state="failed", last_error=trouble[1])
-        return status
+        trouble = self._trouble.get((key, lane))
+        if trouble is None:
+            return status
+        return {**status, "state": "failed", "last_error": trouble[1]}

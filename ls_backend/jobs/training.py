@@ -23,7 +23,7 @@ from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
 from ls_backend.core.training import LabeledData, RoundResult, run_round
 from ls_backend.jobs import stopping
 from ls_backend.jobs.lanes import JobStatus, Lane, Lanes, read_status
-from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project
+from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project, ProjectView
 from ls_backend.settings import Settings
 from ls_backend.store.annotations import LABEL_ACTIONS, START_TRAINING
 from ls_backend.store.base import StoreUnavailable
@@ -121,6 +121,7 @@ class TrainingLane(Lane):
 
     kind: ClassVar[ModelKind]
     emits = MODEL_TRAINED
+    retains = True  # a round saves a version
     # A full disk or an unreachable database goes away without anyone restarting anything.
     retries = 6
     retry_s = 2.0
@@ -136,8 +137,11 @@ class TrainingLane(Lane):
     def wake(self, project: Project, event: str) -> bool:
         return event in TRAINING_EVENTS
 
-    def marker(self, project: Project) -> int:
+    def marker(self, project: ProjectView) -> int:
         return project.store.last_seq(LABEL_ACTIONS | {START_TRAINING})
+
+    def events_read(self, project: ProjectView) -> int | None:
+        return self.done(project)  # what is pending: events after the last run's marker
 
     def run(self, project: Project, progress: Progress) -> dict[str, Any]:
         for step in self.prepare:
@@ -214,13 +218,16 @@ class LoraLane(TrainingLane):
     def wake(self, project: Project, event: str) -> bool:
         return self.settings.lora_enabled and super().wake(project, event)
 
-    def pending(self, project: Project) -> bool:
+    def events_read(self, project: ProjectView) -> int | None:
+        return super().events_read(project) if self.settings.lora_enabled else None
+
+    def pending(self, project: ProjectView) -> bool:
         if not self.settings.lora_enabled:
             return False
         store, done = project.store, self.done(project)
         forced = store.training_requested() > done
         due = store.count_events(LABEL_ACTIONS, after=done) >= self.settings.lora_every
-        return forced or (due and len(store.labeled()) >= self.settings.lora_min_labels)
+        return forced or (due and store.count_labeled() >= self.settings.lora_min_labels)
 
     def train(
         self, project: Project, space: Any, data: LabeledData, progress: Progress

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,11 +60,11 @@ SYNC = "sync"
 #: A project's tasks are ranked on a growing uniform sample. The first ranking is pushed
 #: after FIRST_EMBED_S of embedding (on 2 cores 50-200 news-length texts, more short
 #: ones): an annotator who starts at the connect gets a ranked queue within seconds. Later
-#: runs embed up to EMBED_PER_RUN more (while people label: for GROWTH_SLICE_S, so the
-#: re-rank after new labels never waits long behind it) and push once the ranked sample is
-#: GROWTH_PUSH times what it was at the last push, or covers every task: each push costs
-#: Label Studio seconds of its database while people save (a 1,000-task import: 2 pushes
-#: of its own, 10,000: 4).
+#: runs embed up to EMBED_PER_RUN more (for RUN_SLICE_S at most; while people label, for
+#: GROWTH_SLICE_S, so the re-rank after new labels never waits long behind it) and push
+#: once the ranked sample is GROWTH_PUSH times what it was at the last push, or covers every
+#: task: each push costs Label Studio seconds of its database while people save (a
+#: 1,000-task import: 2 pushes of its own, 10,000: 4).
 FIRST_EMBED_S = 1.0
 #: Before the first ranking of a project, only its first FIRST_READ tasks are read (one page:
 #: 1-2 s of Label Studio); the next run reads them all.
@@ -70,6 +72,14 @@ FIRST_READ = 1000
 GROWTH_SLICE_S = 8.0
 GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
+#: A run embeds for at most RUN_SLICE_S, then ranks, pushes if due and asks for
+#: another run, which waits its turn behind the other projects' syncs: a large import does
+#: not hold a sync thread until it is all embedded.
+RUN_SLICE_S = 30.0
+#: Tasks kept in memory in task pools, over every project a process syncs (~1.5 kB of
+#: embeddings each, plus the text): past it the pools of the projects synced longest ago go
+#: (a pool is rebuilt from the embedding cache at its project's next sync).
+POOL_TASKS = 200_000
 #: Texts embedded between two looks at the clock and at labeling activity (0.1-0.6 s of
 #: news-length texts on one core): the first ranking's deadline overruns by one at most.
 PACE_BLOCK = 16
@@ -108,6 +118,9 @@ WRITE_PAUSE_S = 0.05
 class TaskPool:
     """A project's tasks as ranking sees them, kept in memory between syncs: ids (ascending),
     texts and embeddings. A refresh reads from the mirror and embeds only tasks it lacks."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -172,6 +185,40 @@ class TaskPool:
             self.ids, self.embeddings = self.ids[order], self.embeddings[order]
             self.texts = [self.texts[i] for i in order]
         return labeled[np.searchsorted(all_ids, self.ids)], waiting
+
+
+class TaskPools:
+    """The task pools of a process, by project, least recently synced first: at most ``tasks``
+    tasks in all (the pool in use stays, however big)."""
+
+    def __init__(self, tasks: int = POOL_TASKS) -> None:
+        self.tasks = tasks
+        self._pools: OrderedDict[str, TaskPool] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, dim: int) -> TaskPool:
+        """``key``'s pool (a new one if it has none, or it was evicted), now the most recent."""
+        with self._lock:
+            pool = self._pools.pop(key, None) or TaskPool(dim)
+            self._pools[key] = pool
+        self.fit(key)
+        return pool
+
+    def fit(self, key: str) -> None:
+        """Evict the least recently synced pools but ``key``'s until the rest fits."""
+        with self._lock:
+            total = sum(len(pool) for pool in self._pools.values())
+            for other in list(self._pools):
+                if total <= self.tasks:
+                    break
+                if other != key:
+                    total -= len(self._pools.pop(other))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._pools
+
+    def __len__(self) -> int:
+        return len(self._pools)
 
 
 def labeling(store: AnnotationStore) -> bool:
@@ -305,12 +352,13 @@ def _score_in_chunks(
 
 
 class Syncer:
-    """The sync lane's job: one Label Studio client and one task pool per project, per process."""
+    """The sync lane's job: one Label Studio client per process, and the task pools of the
+    projects it synced last (``TaskPools``)."""
 
     def __init__(self, client: LabelStudioClient, settings: Settings) -> None:
         self.client = client
         self.settings = settings
-        self.pools: dict[str, TaskPool] = {}
+        self.pools = TaskPools()
 
     def __call__(
         self, target: SyncTarget, progress: Progress | None = None, *, force: bool = False
@@ -353,15 +401,15 @@ class Syncer:
             report(0.0, "reading every task from Label Studio")
             state.baseline = self._full_read(target)
             lap("read", 0.3)
-        pool = self.pools.setdefault(target.key, TaskPool(target.encoder.dim))
+        pool = self.pools.get(target.key, target.encoder.dim)
 
         def rank() -> tuple[NDArray[np.bool_], int, Front]:
             config = target.config()
             now, first = time.monotonic(), serving is None
             if first:  # no ranking in the queue yet: one within seconds, on a first sample
                 deadline: float | None = now + FIRST_EMBED_S
-            else:  # grow the sample; while people label, in slices
-                deadline = now + GROWTH_SLICE_S if labeling(store) else None
+            else:  # grow the sample in slices, short ones while people label
+                deadline = now + (GROWTH_SLICE_S if labeling(store) else RUN_SLICE_S)
             labeled, waiting = pool.refresh(
                 store, config, target.encoder, EMBED_PER_RUN, deadline=deadline, urgent=first
             )
@@ -370,6 +418,7 @@ class Syncer:
             return labeled, waiting, rank_front(target.model(), config, pool, labeled, settings)
 
         labeled, waiting, front = rank()
+        self.pools.fit(target.key)
         lap("rank", 0.6)
 
         # The project's size, not the ranked sample's: what Label Studio's writes cost.

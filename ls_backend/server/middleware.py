@@ -1,12 +1,17 @@
-"""ASGI middleware: a request-body size limit and optional HTTP basic auth (with a
-webhook-only token)."""
+"""ASGI middleware: a request-body size limit, optional HTTP basic auth (with a webhook-only
+token), and what keeps other web sites out: known Host names only (DNS rebinding), JSON-only
+POSTs (a page's form cannot send JSON, nor can a cross-site fetch without a preflight we never
+answer), no framing."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+import ipaddress
 import json
+import socket
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -118,3 +123,129 @@ class BasicAuthMiddleware:
             return
         challenge = [(b"www-authenticate", b'Basic realm="ls-backend"')]
         await _reply(send, 401, "authentication required (HTTP basic auth)", challenge)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header: no port, no brackets, lower case, no trailing dot."""
+    header = header.strip()
+    if header.startswith("["):  # [::1]:9090
+        name = header[1 : header.find("]")] if "]" in header else header[1:]
+    elif header.count(":") == 1:
+        name = header.rsplit(":", 1)[0]
+    else:
+        name = header
+    return name.lower().rstrip(".")
+
+
+class HostPolicy:
+    """The Host names the backend answers to. IP addresses and ``localhost`` always: a DNS
+    rebinding attack needs a name the attacker controls, and a browser sends that name."""
+
+    ALWAYS = frozenset({"localhost"})
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        cleaned = {host_name(n) for n in names if n.strip()}
+        self.any_name = "*" in cleaned
+        self.suffixes = tuple(n for n in cleaned if n.startswith("."))
+        self.names = self.ALWAYS | {n for n in cleaned if not n.startswith(".")}
+
+    @classmethod
+    def for_server(cls, bound_to: str, allowed_hosts: str | None) -> HostPolicy:
+        """``ALLOWED_HOSTS`` when set; else none more on a loopback address (nothing else can
+        reach it), this machine's host name on any other."""
+        if allowed_hosts is not None:
+            return cls(allowed_hosts.split(","))
+        if host_name(bound_to) in cls.ALWAYS or (
+            _is_ip(host_name(bound_to)) and ipaddress.ip_address(host_name(bound_to)).is_loopback
+        ):
+            return cls()
+        return cls([socket.gethostname()])
+
+    def allows(self, header: str | None) -> bool:
+        if header is None or self.any_name:
+            return True  # no Host (HTTP/1.0): no name a page could have chosen
+        name = host_name(header)
+        return (
+            name in self.names
+            or _is_ip(name)
+            or name.endswith(self.suffixes)
+            or any(name == suffix[1:] for suffix in self.suffixes)
+        )
+
+
+class HostMiddleware:
+    """400 for a Host name that is not ours (``HostPolicy``)."""
+
+    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
+        self.app, self.policy = app, policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            raw = dict(scope["headers"]).get(b"host")
+            header = raw.decode("latin-1") if raw is not None else None
+            if not self.policy.allows(header):
+                shown = host_name(header or "")[:100]
+                message = (
+                    f"Host {shown!r} is not one of this backend's names: add it to "
+                    "ALLOWED_HOSTS if Label Studio or you reach the backend by it"
+                )
+                await _reply(send, 400, message, [])
+                return
+        await self.app(scope, receive, send)
+
+
+#: Methods a web page can send without a preflight only with a form's content types.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class JsonOnlyMiddleware:
+    """415 for a POST (or any unsafe method) whose Content-Type is not ``application/json``,
+    even without a body: Label Studio always sends JSON, a cross-site form or a no-cors fetch
+    never can."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
+            raw = dict(scope["headers"]).get(b"content-type", b"")
+            if raw.split(b";", 1)[0].strip().lower() != b"application/json":
+                message = (
+                    f"{scope['method']} requests must send Content-Type: application/json "
+                    f"(got {raw.decode('latin-1')[:60]!r})"
+                )
+                await _reply(send, 415, message, [])
+                return
+        await self.app(scope, receive, send)
+
+
+#: No page of ours may be framed by another site (clickjacking the rollback button).
+FRAME_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+]
+
+
+class NoFramingMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *FRAME_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, framed)

@@ -21,7 +21,7 @@ from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
 from ls_backend.jobs.stopping import details as plateau_details
 from ls_backend.labelstudio.config import TaskError
 from ls_backend.labelstudio.queue import QueueState
-from ls_backend.projects import Project
+from ls_backend.projects import Project, ProjectView
 
 #: Tasks of the queue, and suspected mislabels, the report lists; characters of text shown.
 QUEUE_SHOWN = 20
@@ -97,7 +97,7 @@ class ProjectReport(BaseModel):
     )
 
 
-def project_warnings(project: Project) -> list[str]:
+def project_warnings(project: ProjectView) -> list[str]:
     """What the admin must fix for the project to learn (its webhook in Label Studio)."""
     problem = project.store.webhook_problem()
     return [problem] if problem else []
@@ -120,8 +120,8 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     registry = project.registry
     serving = registry.current()
     pinned = registry.pinned() is not None
-    infos = [registry.info(v) for v in registry.versions()]
-    curve = core.learning_curve(infos, serving)
+    infos = [registry.info(v) for v in registry.versions()]  # the ones still on disk
+    curve = core.learning_curve(registry.history(), serving)  # the pruned ones' figures too
 
     confusions: list[core.Confusion] = []
     suspects: list[SuspectItem] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from ls_backend import __version__, metrics
 from ls_backend.core.registry import version_number
 from ls_backend.jobs import stopping
-from ls_backend.jobs.lanes import read_status
 from ls_backend.jobs.scheduler import Scheduler
 from ls_backend.labelstudio.config import ConfigError, TaskError
 from ls_backend.projects import (
@@ -30,6 +30,7 @@ from ls_backend.projects import (
     SYNC_REQUESTED,
     Project,
     Projects,
+    ProjectView,
     project_created,
 )
 from ls_backend.server import dashboard
@@ -68,6 +69,30 @@ class RollbackRequest(BaseModel):
         description="Keep it serving while new rounds train (they are saved, not served) until "
         'a request with `"pin": false` lifts the pin; `{"pin": false}` alone lifts it.',
     )
+
+
+class JsonParts:
+    """The JSON text of /status's per-project parts, each made once: a part is a new object
+    only when its store changed (``Scheduler.overview``), and serialising a thousand
+    projects' parts on every call took longer than reading them."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, tuple[object, str]] = {}
+        self._lock = threading.Lock()
+
+    def text(self, key: str, part: object) -> str:
+        held = self._texts.get(key)
+        if held is not None and held[0] is part:
+            return held[1]
+        text = json.dumps(part)
+        with self._lock:
+            self._texts[key] = (part, text)
+        return text
+
+    def forget_all_but(self, keys: set[str]) -> None:
+        with self._lock:
+            for gone in set(self._texts) - keys:
+                self._texts.pop(gone, None)
 
 
 class Limits:
@@ -165,26 +190,33 @@ def _jobs_of(request: Request, project: Project) -> dict[str, dict[str, Any]]:
     return {lane: scheduler.status(project, lane) for lane in scheduler.lanes.names()}
 
 
-@router.get("/status", summary="Jobs per project and lane, sync configuration")
-def status(request: Request) -> dict[str, Any]:
+def _more(view: ProjectView) -> dict[str, Any]:
+    return {
+        "stopping": stopping.summary(view.store.plateau()),
+        "warnings": project_warnings(view),
+    }
+
+
+def overview(scheduler: Scheduler) -> dict[str, dict[str, Any]]:
+    """Every project as /status shows it (read only; see ``Scheduler.overview``)."""
+    return scheduler.overview(_more)
+
+
+def _overview(request: Request) -> dict[str, dict[str, Any]]:
     projects = _projects(request)
     shown = {}
-    for key in projects.known_projects():
-        project = projects.project(key)
-        jobs = _jobs_of(request, project)
-        last = (jobs.get("head") or {}).get("last_result") or {}
-        shown[key] = {
-            "model_version": project.registry.current(),
-            "annotations": project.store.count("annotations"),
-            "tasks": project.store.count("tasks"),
-            "jobs": jobs,
-            "stopping": stopping.summary(project.store.plateau()),
-            "warnings": project_warnings(project),
-            # Regions and result items skipped in training, by kind (bad offsets, overlaps,
-            # unknown labels, relations): as this process last read the labels, else as the
-            # head lane's last run (in a worker process) did.
-            "label_problems": project.problems or last.get("label_problems", {}),
-        }
+    for key, entry in overview(_scheduler(request)).items():
+        # Regions and result items skipped in training, by kind (bad offsets, overlaps, unknown
+        # labels, relations): as this process last read the labels, else as the head lane's
+        # last run (in a worker process) did.
+        open_ = projects.opened(key)
+        last = (entry["jobs"].get("head") or {}).get("last_result") or {}
+        problems = (open_.problems if open_ else None) or last.get("label_problems", {})
+        shown[key] = {**entry, "label_problems": problems}  # entries are shared: not changed
+    return shown
+
+
+def _status(request: Request) -> dict[str, Any]:
     sync = (
         {"configured": True}
         if _settings(request).sync_configured
@@ -194,25 +226,33 @@ def status(request: Request) -> dict[str, Any]:
             "Studio's queue and re-read annotations on START_TRAINING",
         }
     )
-    return {"projects": shown, "sync": sync}
+    return {"projects": _overview(request), "sync": sync}
+
+
+@router.get("/status", summary="Jobs per project and lane, sync configuration")
+def status(request: Request) -> Response:
+    # Read only, and again only from stores written since the last call; serialised here,
+    # each project's part once (FastAPI's encoder walks every value of every project).
+    body = _status(request)
+    parts: JsonParts = request.app.state.status_parts
+    shown = body["projects"]
+    parts.forget_all_but(set(shown))
+    projects = ",".join(f"{json.dumps(key)}:{parts.text(key, part)}" for key, part in shown.items())
+    text = f'{{"projects":{{{projects}}},"sync":{json.dumps(body["sync"])}}}'
+    return Response(text, media_type="application/json")
 
 
 @router.get("/metrics", summary="Prometheus metrics")
 def prometheus(request: Request) -> Response:
-    projects, lanes = _projects(request), _scheduler(request).lanes
-
-    def shared_figures() -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
-        for key in projects.known_projects():
-            project = projects.project(key)
-            serving = project.registry.current()
-            runs = {}
-            for lane in lanes.names():
-                last = read_status(project, lane)
-                runs[lane] = (last.runs, last.failures)
+    def figures() -> Iterator[tuple[str, object, metrics.Figures]]:
+        for key, shown in _overview(request).items():  # the same object while unchanged
+            serving = shown["model_version"]
+            runs = {lane: (job["runs"], job["failures"]) for lane, job in shown["jobs"].items()}
             number = version_number(serving) if serving else 0
-            yield key, project.store.count("annotations"), number, runs
+            yield key, shown, (shown["annotations"], number, runs)
 
-    payload, content_type = metrics.render(metrics.SharedState(shared_figures))
+    shared: metrics.SharedState = request.app.state.shared_metrics
+    payload, content_type = metrics.render(shared.text(figures()))
     return Response(payload, media_type=content_type)
 
 
@@ -273,7 +313,7 @@ def root() -> RedirectResponse:
 
 @router.get("/ui", response_class=HTMLResponse, summary="The admin's dashboard: every project")
 def ui(request: Request) -> HTMLResponse:
-    body = status(request)
+    body = _status(request)
     return HTMLResponse(dashboard.overview(body["projects"], body["sync"]))
 
 
@@ -307,7 +347,7 @@ def _project(projects: Projects, raw: Any) -> Project:
 def _known(projects: Projects, raw: Any) -> Project:
     """A project this backend has state for; 404 otherwise (nothing is created for it)."""
     try:
-        project = projects.connected_project(raw)
+        project = projects.existing_project(raw)
     except ValueError as exc:
         raise ApiError(422, f"project: {exc}") from exc
     if project is None:

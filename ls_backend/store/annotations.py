@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -80,6 +82,13 @@ MIGRATIONS: list[list[str]] = [
     ["ALTER TABLE annotations ADD COLUMN updated_at TEXT"],  # out-of-order webhooks
     # The task a deleted annotation was on: a delete applied again after a read still knows.
     ["ALTER TABLE deleted_annotations ADD COLUMN task_id BIGINT"],
+    # Only /setup connects a project. A store from before /setup was recorded that received
+    # webhooks was connected then (the backend refused none), so it stays connected.
+    [
+        "INSERT INTO meta (key, value)"
+        " SELECT 'connected', (SELECT CAST(MIN(received) AS TEXT) FROM events)"
+        " WHERE EXISTS (SELECT 1 FROM events) ON CONFLICT (key) DO NOTHING"
+    ],
 ]
 
 
@@ -175,10 +184,13 @@ def _task_id(task: Any) -> int:
 
 
 class AnnotationStore:
-    def __init__(self, database: Database) -> None:
-        # Migrated on first use, not here: a process starts while PostgreSQL is away.
+    def __init__(self, database: Database, migrate: bool = True) -> None:
+        """``migrate``: bring the schema up to date on first use (not here: a process starts
+        while PostgreSQL is away); a store opened only to read what is there, for /status, is
+        never migrated."""
         self.database = database
-        self._migrated = False
+        self._migrated = not migrate
+        self._pinned = threading.local()
 
     def _ready(self) -> Database:
         if not self._migrated:
@@ -186,8 +198,23 @@ class AnnotationStore:
             self._migrated = True
         return self.database
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads in this block (in this thread) share one session: one connection, and with
+        PostgreSQL one transaction, instead of one each."""
+        if getattr(self._pinned, "session", None) is not None:
+            yield
+            return
+        with self._ready().session() as session:
+            self._pinned.session = session
+            try:
+                yield
+            finally:
+                self._pinned.session = None
+
     def _read(self) -> Any:
-        return self._ready().session()
+        pinned = getattr(self._pinned, "session", None)
+        return nullcontext(pinned) if pinned is not None else self._ready().session()
 
     def _tx(self) -> Any:
         return self._ready().session(write=True)
@@ -526,6 +553,28 @@ class AnnotationStore:
             except EventError:  # stored, so it applied once; nothing to redo
                 continue
 
+    def prune_events(self, upto: int, before: float) -> int:
+        """Delete the logged events numbered ``upto`` or less and received before ``before``
+        (a Unix time), except the newest of each action (``last_seq`` and ``last_received``
+        read those); returns how many went. Events are a log: every annotation and task they
+        brought is in its own table, so nothing stored is lost. Short transactions."""
+        newest = {int(r[0]) for r in self._all("SELECT MAX(seq) FROM events GROUP BY action")}
+        deleted, after = 0, 0
+        while True:
+            with self._tx() as db:
+                rows = db.execute(
+                    "SELECT seq FROM events WHERE seq > ? AND seq <= ? AND received < ?"
+                    " ORDER BY seq LIMIT ?",
+                    (after, upto, before, MIRROR_BATCH),
+                ).fetchall()
+                seqs = [int(r[0]) for r in rows]
+                doomed = [(seq,) for seq in seqs if seq not in newest]
+                db.executemany("DELETE FROM events WHERE seq = ?", doomed)
+            deleted += len(doomed)
+            if len(seqs) < MIRROR_BATCH:
+                return deleted
+            after = seqs[-1]
+
     # --- reading -----------------------------------------------------------------------------
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
@@ -595,6 +644,12 @@ class AnnotationStore:
         query = f"SELECT COALESCE(MAX(received), 0) FROM events WHERE action IN ({marks})"
         return float(self._one(query, list(actions))[0])
 
+    def first_seq_since(self, when: float) -> int:
+        """The number of the first event received at ``when`` or later (a Unix time); one
+        past the last event if none was."""
+        row = self._one("SELECT MIN(seq) FROM events WHERE received >= ?", (when,))
+        return int(row[0]) if row[0] is not None else self._last_event() + 1
+
     def count_events(self, actions: set[str], after: int) -> int:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COUNT(*) FROM events WHERE seq > ? AND action IN ({marks})"
@@ -611,6 +666,14 @@ class AnnotationStore:
         for task_id, annotation_id, data, result in rows:
             latest[task_id] = Labeled(task_id, annotation_id, json.loads(data), json.loads(result))
         return list(latest.values())
+
+    def count_labeled(self) -> int:
+        """How many labeled tasks ``labeled`` returns, without reading them."""
+        row = self._one(
+            "SELECT COUNT(DISTINCT a.task_id) FROM annotations a"
+            " JOIN tasks t ON t.task_id = a.task_id WHERE a.was_cancelled = 0"
+        )
+        return int(row[0])
 
     def count(self, table: str) -> int:
         if table not in {"events", "tasks", "annotations"}:

@@ -11,7 +11,7 @@ PostgreSQL, so processes on several machines take turns without a shared lock fi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -21,6 +21,10 @@ Migration = Sequence[str]
 
 class StoreUnavailable(RuntimeError):
     """The database cannot be reached (a PostgreSQL restart, a network cut)."""
+
+
+class StoreMissing(LookupError):
+    """A store opened read-only does not exist (a read never creates one)."""
 
 
 class Rows(Protocol):
@@ -58,4 +62,9 @@ class Database(Protocol):
     def lock(self, name: str, wait: bool = True) -> AbstractContextManager[bool]:
         """The lock ``name`` of this store, held by one thread of one process at a time (it
         goes with a killed process); yields whether it is held (always, when ``wait``)."""
+        ...
+
+    def stamp(self) -> Hashable | None:
+        """Something that changes whenever anyone commits to this store, cheap to get without
+        a connection; None when the engine cannot tell (then every read reads)."""
         ...

@@ -20,14 +20,15 @@ class StorePointer:
     """The registry's pointer, and its pin, in the project's store, where every replica and
     worker reads them. Each move is copied into the registry's ``current`` file too, so that a
     process that starts while the store is away serves what was serving (``last_written``); a
-    store from before the pointer lived there adopts that file."""
+    store from before the pointer lived there adopts that file (``readonly``: reads it, and
+    leaves the adoption to a writer)."""
 
-    def __init__(self, store: AnnotationStore, file: Path) -> None:
-        self.store, self.file = store, FilePointer(file)
+    def __init__(self, store: AnnotationStore, file: Path, readonly: bool = False) -> None:
+        self.store, self.file, self.readonly = store, FilePointer(file), readonly
 
     def read(self) -> str | None:
         name = self.store.serving_version()
-        if name is None and (name := self.file.read()) is not None:
+        if name is None and (name := self.file.read()) is not None and not self.readonly:
             self.store.set_serving_version(name, self.file.pinned())
         return name
 
@@ -46,11 +47,11 @@ class StorePointer:
         return self.file.read()
 
 
-def project_registry(project_dir: Path, store: AnnotationStore) -> Registry:
+def project_registry(project_dir: Path, store: AnnotationStore, readonly: bool = False) -> Registry:
     """The project's model registry: versions in ``models/``, the pointer and the writers' lock
-    in the store."""
+    in the store (``readonly``: for reading what serves, never writing)."""
     root = project_dir / "models"
-    pointer = StorePointer(store, root / "current")
+    pointer = StorePointer(store, root / "current", readonly)
     return Registry(root, pointer, lambda: store.database.lock("models"))
 
 

@@ -106,3 +106,26 @@ def test_a_rollback_pins_and_the_pin_survives_reopening(tmp_path):
     assert registry.current() == a
     registry.rollback(b, pin=False)
     assert registry.current() == b and registry.pinned() is None
+
+
+def test_prune_keeps_the_serving_the_newest_and_every_promoted_version(tmp_path):
+    """A version per label grew without bound (0.9 GB at 5,000 labels): a round prunes what
+    neither serves, nor is among the newest, nor was ever promoted; the curve keeps its figures."""
+    registry = Registry(tmp_path)
+    names = [
+        registry.save("head", write_marker(str(i)), {"promoted": i in (1, 4), "labels": i})
+        for i in range(1, 11)
+    ]
+    with registry.lock():
+        registry.set_current(names[2], pin=True)  # a rollback to a version never promoted
+        gone = registry.prune(keep_last=3)
+    kept = {names[0], names[2], names[3], *names[-3:]}  # promoted, serving, the newest 3
+    assert registry.versions() == sorted(kept)
+    assert sorted(gone) == sorted(set(names) - kept)
+    assert [r["version"] for r in registry.history()] == names  # every version's record
+    assert [r["labels"] for r in registry.history()] == list(range(1, 11))
+    assert registry.prune(keep_last=3) == []  # nothing more to delete
+    assert registry.save("head", write_marker("x"), {}) == "v0011-head"  # numbering goes on
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ValueError):
+        registry.prune(keep_last=0)

@@ -1,7 +1,6 @@
 """The lanes as an operator sees them: a full disk shows on /status and heals by itself, and a
 thousand projects cost no more threads or open files than a handful."""
 
-import gc
 import os
 import subprocess
 import threading
@@ -10,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from fakes import BackendProcess, annotation_event
+from fastapi.testclient import TestClient
 
-from ls_backend.projects import OPEN_PROJECTS
+from ls_backend.server.app import create_app
 from ls_backend.settings import Settings
+from ls_backend.store.databases import Databases
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="label" toName="text"><Choice value="A"/><Choice value="B"/></Choices></View>"""
@@ -97,14 +98,70 @@ def test_a_thousand_projects_hold_a_bounded_number_of_threads_and_open_files(tmp
             backend.project(key).setup(CONFIG)
             label(backend, key, 1)  # one label: each head lane runs, finds too few, stops
         assert backend.scheduler.wait_idle(120)
-        gc.collect()  # what a reference cycle still holds goes at the next collection anyway
         extra_threads = threading.active_count() - threads
-        extra_files = open_files() - files
+        app = create_app(backend.settings, backend.projects, backend.scheduler)
+        client = TestClient(app, base_url="http://localhost")  # no lifespan: no read-ahead
+        assert len(client.get("/status").json()["projects"]) == 1000
+        assert client.get("/metrics").status_code == 200
+        extra_files = open_files() - files  # no garbage collection first: 900 held 2,688
     finally:
         backend.scheduler.stop()
     assert (
         extra_threads <= sum(lane.threads for lane in backend.lanes) + 1
     )  # the lanes' threads, a dispatcher
-    # Open projects keep a connection (3 files: db, wal, shm) per thread that used them.
-    assert extra_files <= OPEN_PROJECTS * 3 * (sum(lane.threads for lane in backend.lanes) + 1)
+    # Idle SQLite connections are shared by every project (3 files each: db, wal, shm).
+    assert extra_files <= Databases.IDLE_CONNECTIONS * 3 + 20 < 400
     print(f"1,000 projects: +{extra_threads} threads, +{extra_files} open files")
+
+
+def test_rounds_prune_old_versions_and_the_events_every_lane_has_read(tmp_path, monkeypatch):
+    """A version per label and every event, for ever: after each round, versions that neither
+    serve, nor are among the newest KEEP_VERSIONS, nor were promoted go, and so do events every
+    lane that reads events has read; no annotation goes, and a lane that still needs events
+    (LoRA, enabled, not run yet) keeps them all."""
+    monkeypatch.setattr("ls_backend.jobs.lanes.EVENTS_KEPT_S", 0.0)  # no age floor here
+    settings = Settings(
+        model_dir=tmp_path / "models", lora_enabled=False, train_debounce_s=0.05, keep_versions=4
+    )
+    backend = BackendProcess(settings)
+    project = backend.project(1)
+    project.setup(CONFIG)
+
+    def label_one(i: int) -> None:
+        body = annotation_event(i + 1, 100 + i, ["AB"[i % 2]], config=CONFIG, project=1)
+        project.store.apply(body)
+        backend.scheduler.notify(project, body["action"])
+        assert backend.scheduler.wait_idle(60)
+
+    try:
+        for i in range(3):
+            label_one(i)
+        registry = project.registry
+        promoted = registry.versions()  # few labels: every round so far was promoted
+        assert all(registry.info(v)["promoted"] for v in promoted)
+        with registry.lock():
+            serving = registry.rollback(promoted[0])  # pinned: later rounds are not promoted
+        for i in range(3, 10):
+            label_one(i)
+    finally:
+        backend.scheduler.stop()
+    versions = registry.versions()
+    unpromoted = [v for v in versions if not registry.info(v).get("promoted")]
+    assert set(promoted) <= set(versions) and registry.current() == serving
+    assert len(unpromoted) == 4 and unpromoted == versions[-4:]  # the newest 4
+    saved = [r["version"] for r in registry.history()]
+    assert len(saved) == len(promoted) + 7 and len(versions) == len(promoted) + 4
+    assert project.store.count("annotations") == 10  # every label stays
+    assert project.store.count("events") == 1  # the newest label event only
+    assert project.store.last_seq({"ANNOTATION_CREATED"}) == 10
+
+    lora = Settings(model_dir=tmp_path / "lora", train_debounce_s=0.05, lora_min_labels=1000)
+    backend = BackendProcess(lora)
+    project = backend.project(1)
+    project.setup(CONFIG)
+    try:
+        for i in range(3):
+            label_one(i)
+    finally:
+        backend.scheduler.stop()
+    assert project.store.count("events") == 3  # LoRA has read none of them yet

@@ -211,9 +211,8 @@ def test_status_and_metrics_agree_whichever_replica_answers(replicas, workers):
     shared = ("ls_backend_project_", "ls_backend_lane_")
     answers = []
     for backend in replicas:
-        with TestClient(
-            create_app(backend.settings, backend.projects, backend.scheduler)
-        ) as client:
+        app = create_app(backend.settings, backend.projects, backend.scheduler)
+        with TestClient(app, base_url="http://localhost") as client:
             text = client.get("/metrics").text
             lines = sorted(line for line in text.splitlines() if line.startswith(shared))
             answers.append((client.get("/status").json()["projects"], lines))

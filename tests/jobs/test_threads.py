@@ -333,3 +333,32 @@ def test_a_label_after_a_quiet_spell_trains_at_once():
     assert head_hold(last, now=200.0) == 0.0  # a quiet spell since: at once
     slow = JobStatus("1", "head", started=0.0, finished=99.0)
     assert head_hold(slow, now=100.0) == HEAD_HOLD_MAX_S - 1.0
+
+
+def test_a_long_sync_takes_turns_with_the_other_projects(backend, monkeypatch):
+    """A large import is embedded a slice per run: another project's sync runs between its
+    slices instead of waiting for all of them (one sync thread here)."""
+    monkeypatch.setattr(SyncLane, "threads", 1)
+    left = {"1": 6, "2": 1}
+    runs: list[str] = []
+
+    def sliced_sync(project, progress):
+        time.sleep(0.1)
+        runs.append(project.key)
+        left[project.key] -= 1
+        if left[project.key]:
+            project.store.want_lane("sync")  # the rest of the import: another run
+        return {"left": left[project.key]}
+
+    attach(backend.lanes, backend.settings, sliced_sync, lambda project: 0)
+    big, small = backend.project(1), backend.project(2)
+    for project in (big, small):
+        project.setup(CONFIG)
+    backend.scheduler.notify(big, SYNC_REQUESTED)
+    deadline = time.monotonic() + 30
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend.scheduler.notify(small, SYNC_REQUESTED)
+    assert backend.scheduler.wait_idle(30)
+    assert runs.count("1") == 6 and runs.count("2") == 1
+    assert runs.index("2") < 4, runs  # not after the whole import (6)

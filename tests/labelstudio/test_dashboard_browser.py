@@ -88,7 +88,7 @@ def test_the_dashboard_shows_curve_queue_suspects_and_rolls_back(
                 wait_for(lambda n=i + 1: head_trained_on(backend, pid) == n, 120, f"{i + 1} labels")
         flipped = {task_ids[i] for i in FLIPPED}
         wait_for(lambda: lanes_idle(backend, pid), 120, "training and sync after the labels")
-        assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+        assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
         wait_for(lambda: lanes_idle(backend, pid), 120, "the requested sync")
         report = httpx.get(f"{backend.url}/projects/{pid}/report", timeout=60).json()
         served = ls.post(

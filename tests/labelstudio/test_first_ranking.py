@@ -111,3 +111,36 @@ def test_a_large_project_is_ranked_from_its_first_tasks_then_read_whole(tmp_path
         syncer(sync_target(project))
         assert project.store.mirror_counts()[0] == len(ids)
         assert QueueState.load(project.store).baseline is not None
+
+
+def test_a_run_embeds_a_slice_and_the_task_pools_stay_bounded(tmp_path, monkeypatch):
+    """A sync run of a large import embeds for RUN_SLICE_S and asks for another run (which
+    waits its turn behind other projects) instead of embedding it all; the pools of the
+    projects synced longest ago leave memory past POOL_TASKS."""
+    monkeypatch.setattr(sync, "RUN_SLICE_S", 0.5)
+    settings = Settings(model_dir=tmp_path, lora_enabled=False, sync_min_interval_s=0)
+    projects = Projects(settings, encoder=SlowEncoder())
+    client = QueueClient()
+    syncer = sync.Syncer(client, settings)
+    syncer.pools.tasks = 300
+    tasks = [{"id": i, "data": {"text": f"article {i}"}} for i in range(1, TASKS + 1)]
+    baseline = {"ls_tasks": TASKS, "ls_labeled": 0, "tasks": TASKS, "labeled": 0}
+    for key in (1, 2):
+        project = projects.project(key)
+        project.setup(CONFIG)
+        project.store.apply({"action": "TASKS_CREATED", "tasks": tasks, "project": {"id": key}})
+        QueueState(baseline=baseline).save(project.store)
+
+    first = syncer(sync_target(projects.project(1)), force=True)
+    wanted = projects.project(1).store.lane_wanted(sync.SYNC)
+    began = time.monotonic()
+    second = syncer(sync_target(projects.project(1)))
+    assert time.monotonic() - began < sync.RUN_SLICE_S + 3.0  # one slice, not the import
+    assert 0 < second["waiting_to_embed"] < first["waiting_to_embed"]
+    assert projects.project(1).store.lane_wanted(sync.SYNC) > wanted  # the rest: a later run
+    assert "1" in syncer.pools
+
+    syncer(sync_target(projects.project(2)), force=True)
+    assert "2" in syncer.pools and "1" not in syncer.pools  # over 300 tasks: the older goes
+    again = syncer(sync_target(projects.project(1)))  # rebuilt from the mirror
+    assert again["tasks"] > 0 and "1" in syncer.pools and "2" not in syncer.pools

@@ -86,7 +86,7 @@ def test_connecting_pushes_only_the_front_and_labels_replace_it_a_few_rows_at_a_
         label(client, task["id"], by_text[task["data"]["text"]])
         versions.add(queue_version(client, pid))
     runs = sync_runs(backend, pid)
-    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+    assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
     wait_for_sync(backend, pid, runs)
 
     stored = predictions_by_version(client, pid)
@@ -134,7 +134,7 @@ def test_an_exhausted_front_falls_back_and_a_missed_webhook_heals(
     # Back again: the webhooks it missed show in Label Studio's counters; the mirror is re-read
     # and the new front leaves out every task labeled meanwhile.
     backend.start()
-    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+    assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
 
     def healed_front():
         current = predictions_by_version(client, pid).get(queue_version(client, pid), [])

@@ -102,7 +102,7 @@ def test_queue_follows_the_ranking_new_tasks_are_served_and_labels_rerank(
     pid = project["id"]
     client = api(label_studio)
     label_studio.client.ml.create(project=pid, url=backend.url, title="ls-backend")
-    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+    assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
     wait_for_sync(backend, pid, 0)
 
     # The annotator's stream serves the backend's order exactly.
@@ -228,7 +228,7 @@ def test_the_api_key_never_appears_in_the_logs(
 ):
     project = make_ls_project(trec_labels, tasks=[{"text": r["text"]} for r in trec_test_rows[:5]])
     label_studio.client.ml.create(project=project["id"], url=backend.url, title="ls-backend")
-    assert httpx.post(f"{backend.url}/sync/{project['id']}").status_code == 202
+    assert httpx.post(f"{backend.url}/sync/{project['id']}", json={}).status_code == 202
     wait_for_sync(backend, project["id"], 0)
     log = backend.log_tail(1_000_000)
     assert "rank-" in log  # the sync did run and log what it sent

@@ -29,7 +29,9 @@ def make_client(tmp_path, encoder):
             **overrides,
         )
         projects = Projects(settings, encoder=encoder)
-        client = TestClient(create_app(settings, projects, start_scheduler(projects)))
+        client = TestClient(
+            create_app(settings, projects, start_scheduler(projects)), base_url="http://localhost"
+        )
         client.__enter__()
         clients.append(client)
         return client

@@ -13,7 +13,11 @@ def make_app():
     import tempfile
     from pathlib import Path
 
-    config = Settings(model_dir=Path(tempfile.mkdtemp()) / "models", lora_enabled=False)
+    config = Settings(
+        model_dir=Path(tempfile.mkdtemp()) / "models",
+        lora_enabled=False,
+        allowed_hosts="testserver",  # the name the ASGI test client sends
+    )
     return create_app(config, Projects(config, encoder=HashEncoder()))
 
 

@@ -32,10 +32,23 @@ def test_events_and_syncs_for_a_project_nobody_connected_are_refused(make_client
     client = make_client(label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40)
     reply = annotate(client, 1, 10, "great film", "Positive", project=55)
     assert reply.status_code == 403 and "not connected" in reply.json()["error"]
-    assert client.post("/sync/55").status_code == 403
+    assert client.post("/sync/55", json={}).status_code == 403
     assert not (tmp_path / "models" / "55").exists()  # nothing read, written or created
     setup(client, "55.1")
     assert annotate(client, 1, 10, "great film", "Positive", project=55).status_code == 200
+
+
+def test_a_prediction_with_a_label_config_does_not_connect_a_project(make_client, tmp_path):
+    client = make_client(label_studio_url="http://127.0.0.1:9", label_studio_api_key="k" * 40)
+    assert predict(client, ["a wonderful film"], project="424242.1").status_code == 200
+    assert (tmp_path / "models" / "424242").is_dir()  # it predicted, and saved its prototype
+    reply = client.post("/sync/424242", json={})
+    assert reply.status_code == 403 and "not connected" in reply.json()["error"]
+    reply = annotate(client, 1, 10, "great film", "Positive", project=424242)
+    assert reply.status_code == 403
+    setup(client, "424242.1")  # only /setup connects
+    assert annotate(client, 1, 10, "great film", "Positive", project=424242).status_code == 200
+    assert client.post("/sync/424242", json={}).status_code == 202
 
 
 def test_an_oversized_chunked_body_is_a_413_with_the_error_shape(make_client):

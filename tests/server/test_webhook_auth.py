@@ -60,7 +60,7 @@ def test_setup_records_the_url_label_studio_reached_us_by(make_client):
     connect(client)
     connect(client, **{"X-Forwarded-Host": "ml.example.org", "X-Forwarded-Proto": "https"})
     store = client.app.state.projects.project(7).store
-    assert set(store.setup_urls()) == {"http://testserver", "https://ml.example.org"}
+    assert set(store.setup_urls()) == {"http://localhost", "https://ml.example.org"}
 
 
 def test_a_webhook_problem_shows_on_status_and_the_dashboard(make_client):

@@ -1,6 +1,13 @@
+import time
+
 import pytest
 
-from ls_backend.store.annotations import MIGRATIONS, AnnotationStore, EventError
+from ls_backend.store.annotations import (
+    MIGRATIONS,
+    AnnotationStore,
+    EventError,
+    _legacy_version,
+)
 from ls_backend.store.sqlite import SqliteDatabase
 
 PROJECT = {"id": 3, "label_config": "<View/>"}
@@ -260,6 +267,24 @@ def test_the_serving_pointer_and_lane_status_live_in_the_store(make_database, tm
     assert store.lane_status("lora") is None
 
 
+def test_stores_that_received_webhooks_before_setup_was_recorded_stay_connected(make_database):
+    """Only /setup connects; a store from before it was recorded that took webhooks was
+    connected then (none were refused), one that only predicted was not."""
+    labeled, predicted = make_database("1"), make_database("2")
+    for database in (labeled, predicted):
+        database.migrate(MIGRATIONS[:3], _legacy_version)  # the schema before the step
+    with labeled.session(write=True) as db:
+        db.execute(
+            "INSERT INTO events (action, received, body) VALUES (?, ?, ?)",
+            ("ANNOTATION_CREATED", 1700000000.5, "{}"),
+        )
+    assert AnnotationStore(labeled).connected_at() == 1700000000.5
+    assert AnnotationStore(predicted).connected_at() is None
+    fresh = AnnotationStore(make_database("3"))
+    fresh.apply(annotation("ANNOTATION_CREATED", 1, 10, "a"))
+    assert AnnotationStore(make_database("3")).connected_at() is None  # applied once, at first
+
+
 def test_the_pin_lives_in_the_store_with_the_pointer(make_database, tmp_path):
     from ls_backend.core.registry import FilePointer
     from ls_backend.store.pointer import project_registry
@@ -332,3 +357,22 @@ def test_a_store_from_before_adopts_the_first_label_studio_it_meets(make_databas
     assert choices(store) == {10: "a", 11: "a"}
     reopened = AnnotationStore(make_database("3"))  # a bare store from before, upgraded
     assert reopened.label_studio() == {"created": 1767605400, "host": "http://ls:8080"}
+
+
+def test_prune_events_keeps_what_is_still_read_and_every_annotation(make_database):
+    """The event log only grew; pruning deletes events up to a number and before a time, but
+    never the newest of an action, nor any annotation or task they brought."""
+    store = AnnotationStore(make_database("1"))
+    for i in range(1, 8):
+        store.apply(annotation("ANNOTATION_CREATED", i, 100 + i, "a"))
+    store.apply({"action": "START_TRAINING", "project": PROJECT})  # event 8
+    store.apply(annotation("ANNOTATION_CREATED", 9, 109, "b"))  # event 9
+    assert store.prune_events(upto=5, before=0.0) == 0  # all received after time 0
+    assert store.prune_events(upto=5, before=time.time() + 1) == 5
+    assert store.count("events") == 4
+    assert store.count_events({"ANNOTATION_CREATED"}, after=5) == 3  # what lanes count: intact
+    assert store.prune_events(upto=9, before=time.time() + 1) == 2  # 6 and 7
+    assert store.last_seq({"ANNOTATION_CREATED"}) == 9 and store.training_requested() == 8
+    assert store.last_seq({"START_TRAINING"}) == 8  # the newest of each action stays
+    assert len(store.labeled()) == 8 and store.count("tasks") == 8  # no annotation lost
+    assert store.first_seq_since(0.0) == 8 and store.first_seq_since(time.time() + 1) == 10

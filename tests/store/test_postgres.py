@@ -18,7 +18,7 @@ def test_a_postgres_outage_refuses_webhooks_with_503_and_predictions_keep_servin
 ):
     settings = Settings(model_dir=tmp_path, database_url=database_url, lora_enabled=False)
     backend = Projects(settings, encoder=HashEncoder())
-    with TestClient(create_app(settings, backend)) as client:
+    with TestClient(create_app(settings, backend), base_url="http://localhost") as client:
         assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
         event = annotation_event(1, 10, ["A"], config=CONFIG)
         assert client.post("/webhook", json=event).status_code == 200
