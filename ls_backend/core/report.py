@@ -169,7 +169,9 @@ def out_of_fold_probs(
     probs = np.zeros((targets.size, space.size))
     for train, test in stratified_folds([int(t) for t in targets], min(folds, targets.size)):
         if np.unique(targets[train]).size < 2:
-            probs[test] = np.bincount(targets[train], minlength=space.size) / train.size
+            counts = np.bincount(targets[train], minlength=space.size)
+            # A fold with no training item (the first few labels) judges by the uniform prior.
+            probs[test] = counts / train.size if train.size else 1.0 / space.size
             continue
         head = LinearHead.fit(space, embeddings[train], targets[train], c=c)
         probs[test] = head.predict_proba(embeddings[test])[:, :, 0]
