@@ -69,6 +69,8 @@ FIRST_EMBED_S = 1.0
 #: Before the first ranking of a project, only its first FIRST_READ tasks are read (one page:
 #: 1-2 s of Label Studio); the next run reads them all.
 FIRST_READ = 1000
+#: Tasks per page of a full read (Label Studio's largest).
+READ_PAGE = 1000
 #: While people label, a full read of Label Studio pages at most this share of the time (each
 #: page costs it 0.5-1.5 s of CPU that their saves wait for).
 READ_DUTY = 0.25
@@ -542,8 +544,8 @@ class Syncer:
     def _full_read(self, target: SyncTarget, limit: int | None = None) -> dict[str, int] | None:
         """Fill the mirror from every task in Label Studio; returns the counts to compare
         later ones with (each side's own, so a counter that counts differently is no alarm).
-        With ``limit``, a project of that many tasks or more gets only its first ``limit`` (None
-        returned: the read may not be whole). While people label, each page is followed by a
+        With ``limit``, a project of more tasks gets only its first ``limit`` and one more (None
+        returned: the read is not whole). While people label, each page is followed by a
         pause, so the read takes at most READ_DUTY of Label Studio's time from their saves."""
         project_id, store = target.project_id, target.store
         label_config = self.client.get_project(project_id).get("label_config")
@@ -554,10 +556,12 @@ class Syncer:
             if labeling(store):
                 time.sleep(took * (1 / READ_DUTY - 1))
 
-        tasks = self.client.iter_tasks(project_id, after_page=pace)
+        # One page for a first read: ``limit`` tasks, and one more to know whether that is all.
+        size = READ_PAGE if limit is None else limit + 1
+        tasks = self.client.iter_tasks(project_id, page_size=size, after_page=pace)
         if limit is not None:
-            first = list(itertools.islice(tasks, limit))
-            if len(first) == limit:  # maybe more (exactly ``limit``: the next run reads again)
+            first = list(itertools.islice(tasks, limit + 1))
+            if len(first) > limit:
                 # Tasks come in id order: a prefix, whole up to its last id.
                 store.replace_tasks((t["id"], t["data"], bool(t["annotations"])) for t in first)
                 log.info("project %s: read its first %d tasks", project_id, len(first))

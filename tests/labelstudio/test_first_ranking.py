@@ -102,11 +102,11 @@ def test_a_large_project_is_ranked_from_its_first_tasks_then_read_whole(tmp_path
         wanted = project.store.lane_wanted(sync.SYNC)
         first = syncer(sync_target(project))
         pages = [p for m, p in ls.requests if m == "GET" and p == "/api/tasks"]
-        assert len(pages) == 1  # pages of 1,000: the first only
-        assert project.store.mirror_counts()[0] == sync.FIRST_READ
+        assert len(pages) == 1  # one page: the first 1,000 tasks and one more
+        assert project.store.mirror_counts()[0] == sync.FIRST_READ + 1
         assert first["pushed"]
         ranked = QueueState.load(project.store).serving
-        assert ranked is not None and set(ranked.tasks) <= set(ids[: sync.FIRST_READ])
+        assert ranked is not None and set(ranked.tasks) <= set(ids[: sync.FIRST_READ + 1])
         assert project.store.lane_wanted(sync.SYNC) > wanted  # the rest is read next
         syncer(sync_target(project))
         assert project.store.mirror_counts()[0] == len(ids)
