@@ -173,7 +173,7 @@ def test_next_follows_the_span_uncertainty_ranking_pushed_with_regions(label_stu
     config = client.get(f"/api/projects/{project.id}").json()["label_config"]
     wait_for(lambda: setup_version(synced, project.id, config).endswith("-head"))
     runs = max(sync_runs(synced, project.id), 0)
-    assert httpx.post(f"{synced.url}/sync/{project.id}").status_code == 202
+    assert httpx.post(f"{synced.url}/sync/{project.id}", json={}).status_code == 202
     wait_for(
         lambda: sync_runs(synced, project.id) > runs and lanes_idle(synced, project.id),
         what="a sync to finish",

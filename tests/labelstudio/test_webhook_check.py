@@ -41,6 +41,8 @@ def backend(label_studio, tmp_path):
         "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token,
         "SYNC_MIN_INTERVAL_S": "0.5",
+        # Connected by the machine's own dotless name below, as a compose service name is.
+        "ALLOWED_HOSTS": dotless_loopback_name() or "",
     }
     server = BackendServer(tmp_path / "models", env=env).start()
     yield server
@@ -61,7 +63,7 @@ def test_a_deleted_webhook_is_reported_with_the_fix_and_cleared_once_it_is_back(
     (hook,) = [h for h in client.get("/api/webhooks/", params={"project": pid}).json()
                if h["url"] == ours]  # fmt: skip
     assert client.delete(f"/api/webhooks/{hook['id']}/").status_code == 204
-    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202  # an admin looks
+    assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202  # an admin looks
     (warning,) = wait_for(lambda: warnings_of(backend, pid), what="the missing webhook reported")
     assert f"no webhook for {ours}" in warning and "Settings -> Webhooks" in warning
     assert html.escape(warning) in httpx.get(f"{backend.url}/ui").text
@@ -72,7 +74,7 @@ def test_a_deleted_webhook_is_reported_with_the_fix_and_cleared_once_it_is_back(
         json={"project": pid, "url": ours, "send_payload": True, "send_for_all_actions": True},
     )
     assert created.status_code == 201, created.text
-    assert httpx.post(f"{backend.url}/sync/{pid}").status_code == 202
+    assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
     wait_for(lambda: warnings_of(backend, pid) == [], what="the warning to clear")
 
 
