@@ -44,7 +44,7 @@ def test_a_folder_in_model_dir_that_is_no_project_is_ignored_at_start(tmp_path, 
         (tmp_path / stray).mkdir()
     settings = Settings(model_dir=tmp_path, lora_enabled=False)
     projects = Projects(settings, encoder=HashEncoder())
-    projects.project(12).store.count("tasks")  # a project's folder and its (empty) store
+    projects.project(12).setup(CONFIG)  # a project's folder, its store and first model
     app = create_app(settings, projects, start_scheduler(projects))
     with TestClient(app, base_url="http://localhost") as client:
         assert client.get("/health").status_code == 200  # the start resumed every project
