@@ -251,12 +251,6 @@ class LoraClassifier:
             raise ValueError(f"targets shaped {targets.shape}, expected {expected}")
         return torch.as_tensor(targets, dtype=torch.long)
 
-    def b_penalty(self) -> torch.Tensor:
-        """STAR: sum of squared lora_B entries, pulling the update toward the base model
-        (0 for a full fine-tune: there is no lora_B)."""
-        squares = [p.pow(2).sum() for n, p in self.model.named_parameters() if "lora_B" in n]
-        return torch.stack(squares).sum() if squares else torch.zeros((), device=self.device)
-
     def merged(self) -> Any:
         """A copy of the model as plain transformers (the adapter merged into the backbone's
         weights, the head kept): what loads anywhere without peft. This one is untouched."""
@@ -286,7 +280,7 @@ class LoraClassifier:
         cfg = self.config
         y = self._check_targets(texts, targets)
         held_out = (eval_texts, eval_targets) if eval_targets is not None and eval_texts else None
-        before = self._snapshot()
+        before = trainable_state(self.model)
         torch.manual_seed(cfg.seed)
         steps_per_epoch = -(-len(texts) // cfg.batch_size)
         epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
@@ -320,19 +314,19 @@ class LoraClassifier:
                         metrics.update(self.evaluate(*held_out))
                         key = (metrics["eval_accuracy"], -metrics["eval_loss"])
                         if best is None or key > best:
-                            best, best_epoch, best_state = key, epoch, self._snapshot()
+                            best, best_epoch, best_state = key, epoch, trainable_state(self.model)
                     history.append(metrics)
                     bar.set_postfix({k: round(v, 3) for k, v in metrics.items() if k != "epoch"})
                     if progress is not None:
                         progress(epoch, epochs, metrics)
             except BaseException:
-                self._restore(before)
+                load_state(self.model, before)
                 raise
             finally:
                 self.model.eval()
                 bar.close()
             if held_out is not None:
-                self._restore(best_state)
+                load_state(self.model, best_state)
         self.fit_result = FitResult(history, best_epoch)
         return self.fit_result
 
@@ -348,20 +342,6 @@ class LoraClassifier:
             loss = nn.functional.nll_loss(probs.double().clamp_min(1e-12).log(), y)
         return {"eval_accuracy": float(correct.float().mean()), "eval_loss": float(loss)}
 
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _restore(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, param in self.model.named_parameters():
-                if name in state:
-                    param.copy_(state[name])
-
-    def _autocast(self, amp: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-        if amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=amp)
-
     # --- inference --------------------------------------------------------------------------
 
     def predict_proba(
@@ -376,8 +356,8 @@ class LoraClassifier:
         # Similar lengths in a batch means less padding: sort, predict, write back in place.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         amp = autocast_dtype(self.config.mixed_precision, self.device)
-        mode = mc_dropout(self.model) if samples > 1 else _eval_mode(self.model)
-        with self._lock, mode, torch.inference_mode(), self._autocast(amp):
+        mode = mc_dropout(self.model) if samples > 1 else eval_mode(self.model)
+        with self._lock, mode, torch.inference_mode(), autocast(self.device, amp):
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
                 batch = self._batch([texts[i] for i in rows])
@@ -406,11 +386,11 @@ class _Stepper:
     def __call__(self, texts: list[str], targets: torch.Tensor) -> float:
         clf = self.clf
         batch = clf._batch(texts)
-        with clf._autocast(self.amp):
+        with autocast(clf.device, self.amp):
             logits = clf.model(**batch).logits
         loss = clf._loss(logits, targets.to(clf.device))
         if clf.config.b_decay > 0:
-            loss = loss + clf.config.b_decay * clf.b_penalty()
+            loss = loss + clf.config.b_decay * b_penalty(clf.model, clf.device)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(self.scaler.scale(loss))
         self.scaler.unscale_(self.optimizer)
@@ -421,10 +401,41 @@ class _Stepper:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     was_training = model.training
     model.eval()
     try:
         yield model
     finally:
         model.train(was_training)
+
+
+# --- shared by the adapters of every task kind ------------------------------------------------
+
+
+def b_penalty(model: nn.Module, device: torch.device) -> torch.Tensor:
+    """STAR: sum of squared lora_B entries, pulling the update toward the base model (0 for a
+    full fine-tune: there is no lora_B)."""
+    squares = [p.pow(2).sum() for n, p in model.named_parameters() if "lora_B" in n]
+    return torch.stack(squares).sum() if squares else torch.zeros((), device=device)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the weights being trained (to go back to the best epoch, or to the start)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state:
+                param.copy_(state[name])
+
+
+def autocast(
+    device: torch.device, amp: torch.dtype | None
+) -> contextlib.AbstractContextManager[Any]:
+    """Mixed precision in ``amp`` on ``device`` (None: full precision)."""
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp)

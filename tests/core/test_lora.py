@@ -24,7 +24,7 @@ from transformers import (
 from ls_backend.core.configs import LoraTrainConfig
 from ls_backend.core.embeddings import resolve_model_path
 from ls_backend.core.labels import LabelSpace
-from ls_backend.core.lora import LoraClassifier, find_target_modules
+from ls_backend.core.lora import LoraClassifier, b_penalty, find_target_modules
 
 TREC = Path(__file__).resolve().parents[3] / "shared" / "data" / "trec"
 SPACE = LabelSpace(("positive", "negative"))
@@ -78,7 +78,7 @@ def tiny_config(backbone: str, **overrides: Any) -> LoraTrainConfig:
 
 
 def lora_b_norm(clf: LoraClassifier) -> float:
-    return float(torch.sqrt(clf.b_penalty().detach()))
+    return float(torch.sqrt(b_penalty(clf.model, clf.device).detach()))
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,10 @@ MC dropout at inference, and only the adapter and the fresh classifier are saved
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,15 @@ from ls_backend.core.lora import (
     TRAIN_CONFIG_FILE,
     FitResult,
     ProgressCallback,
+    autocast,
     autocast_dtype,
+    b_penalty,
+    eval_mode,
     find_target_modules,
+    load_state,
     mc_dropout,
     resolve_device,
+    trainable_state,
 )
 from ls_backend.core.spans.alignment import TokenizedText, decode_spans, spans_to_tags
 from ls_backend.core.spans.metrics import evaluate_spans
@@ -178,16 +182,6 @@ class LoraSpanTagger:
 
     # --- training ---------------------------------------------------------------------------
 
-    def b_penalty(self) -> torch.Tensor:
-        """STAR: sum of squared lora_B entries, pulling the update toward the base model."""
-        squares = [p.pow(2).sum() for n, p in self.model.named_parameters() if "lora_B" in n]
-        return torch.stack(squares).sum()
-
-    def _autocast(self, amp: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-        if amp is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=amp)
-
     def fit(
         self,
         texts: Sequence[str],
@@ -203,7 +197,7 @@ class LoraSpanTagger:
         cfg = self.config
         examples = self._examples(texts, spans)
         held_out = eval_spans is not None and bool(eval_texts)
-        before = self._snapshot()
+        before = trainable_state(self.model)
         torch.manual_seed(cfg.seed)
         steps_per_epoch = -(-len(examples) // cfg.batch_size)
         epochs = max(cfg.epochs, -(-cfg.min_steps // steps_per_epoch))
@@ -226,13 +220,13 @@ class LoraSpanTagger:
                     for start in range(0, len(order), cfg.batch_size):
                         batch = [examples[i] for i in order[start : start + cfg.batch_size]]
                         inputs, targets = self._tensors(batch)
-                        with self._autocast(amp):
+                        with autocast(self.device, amp):
                             logits = self.model(**inputs).logits
                         loss = nn.functional.cross_entropy(
                             logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE
                         )
                         if cfg.b_decay > 0:
-                            loss = loss + cfg.b_decay * self.b_penalty()
+                            loss = loss + cfg.b_decay * b_penalty(self.model, self.device)
                         optimizer.zero_grad(set_to_none=True)
                         torch.autograd.backward(scaler.scale(loss))
                         scaler.unscale_(optimizer)
@@ -255,29 +249,20 @@ class LoraSpanTagger:
                             best, best_epoch, best_state = (
                                 metrics["eval_f1"],
                                 epoch,
-                                self._snapshot(),
+                                trainable_state(self.model),
                             )
                     history.append(metrics)
                     if progress is not None:
                         progress(epoch, epochs, metrics)
             except BaseException:
-                self._restore(before)
+                load_state(self.model, before)
                 raise
             finally:
                 self.model.eval()
             if held_out:
-                self._restore(best_state)
+                load_state(self.model, best_state)
         self.fit_result = FitResult(history, best_epoch)
         return self.fit_result
-
-    def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _restore(self, state: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, param in self.model.named_parameters():
-                if name in state:
-                    param.copy_(state[name])
 
     # --- inference --------------------------------------------------------------------------
 
@@ -296,8 +281,8 @@ class LoraSpanTagger:
         order = sorted(range(len(pieces)), key=lambda p: pieces[p][2] - pieces[p][1])
         head = len(self.tokenizer.prefix)
         amp = autocast_dtype(self.config.mixed_precision, self.device)
-        mode = mc_dropout(self.model) if samples > 1 else _eval_mode(self.model)
-        with self._lock, mode, torch.inference_mode(), self._autocast(amp):
+        mode = mc_dropout(self.model) if samples > 1 else eval_mode(self.model)
+        with self._lock, mode, torch.inference_mode(), autocast(self.device, amp):
             for begin in range(0, len(order), batch_size):
                 rows = order[begin : begin + batch_size]
                 ids, mask = self.tokenizer.batch(
@@ -333,13 +318,3 @@ class LoraSpanTagger:
     ) -> list[list[Span]]:
         probs, units = self.predict_proba(texts, mc_samples)
         return decode_spans(probs, units, self.space).spans
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
