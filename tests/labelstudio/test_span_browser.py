@@ -13,7 +13,7 @@ from backend_server import BackendServer  # noqa: E402
 from fakes import wait_for  # noqa: E402
 from labelstudio_server import PASSWORD, USERNAME  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
-from test_span_integration import NER, sentence  # noqa: E402
+from span_tasks import NER, annotate, sentence  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,18 +40,7 @@ def test_pre_annotated_regions_render_and_a_submit_keeps_them(label_studio, tmp_
             timeout=60,
         )
         for n, task_id in enumerate(task_ids[:12]):
-            text, spans = sentence(n)
-            result = [
-                {
-                    "id": f"r{n}-{k}",
-                    "from_name": "label",
-                    "to_name": "text",
-                    "type": "labels",
-                    "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
-                }
-                for k, (s, e, label) in enumerate(spans)
-            ]
-            client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+            annotate(client, task_id, n)
 
         def head_serves() -> bool:
             reply = httpx.post(

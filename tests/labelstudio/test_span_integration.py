@@ -8,26 +8,9 @@ import httpx
 import pytest
 from backend_server import BackendServer
 from fakes import wait_for
+from span_tasks import NER, annotate, sentence
 
 pytestmark = pytest.mark.integration
-
-NER = """<View>
-  <Labels name="label" toName="text">
-    <Label value="PER" background="red"/>
-    <Label value="LOC" background="darkorange"/>
-  </Labels>
-  <Text name="text" value="$text"/>
-</View>"""
-PEOPLE = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Ivan", "Julia"]
-PLACES = ["Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Dublin", "Prague", "Oslo"]
-
-
-def sentence(i: int) -> tuple[str, list[tuple[int, int, str]]]:
-    person, place = PEOPLE[i % len(PEOPLE)], PLACES[(7 * i + 2) % len(PLACES)]
-    # Repeated spaces and a non-ASCII word before the place: offsets are code points.
-    text = f"{person}  flew to {place} via Zürich on day {i} ."
-    at = text.index(place)
-    return text, [(0, len(person), "PER"), (at, at + len(place), "LOC")]
 
 
 def api(label_studio) -> httpx.Client:
@@ -80,18 +63,7 @@ def test_span_annotations_train_and_regions_come_back_with_their_offsets(label_s
     assert first.endswith("-prototype")
 
     for n, task_id in enumerate(task_ids[:12]):
-        text, spans = sentence(n)
-        result = [
-            {
-                "id": f"r{n}-{k}",
-                "from_name": "label",
-                "to_name": "text",
-                "type": "labels",
-                "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
-            }
-            for k, (s, e, label) in enumerate(spans)
-        ]
-        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+        created = annotate(client, task_id, n)
         assert created.status_code == 201, created.text
     # "No entity here" is a label too.
     empty = client.post(f"/api/tasks/{task_ids[12]}/annotations", json={"result": []})
@@ -157,18 +129,7 @@ def test_next_follows_the_span_uncertainty_ranking_pushed_with_regions(label_stu
     sdk.ml.create(project=project.id, url=synced.url, title="ls-backend")
     client = api(label_studio)
     for n, task_id in enumerate(task_ids[:10]):
-        text, spans = sentence(n)
-        result = [
-            {
-                "id": f"r{n}-{k}",
-                "from_name": "label",
-                "to_name": "text",
-                "type": "labels",
-                "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
-            }
-            for k, (s, e, label) in enumerate(spans)
-        ]
-        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+        created = annotate(client, task_id, n)
         assert created.status_code == 201, created.text
     config = client.get(f"/api/projects/{project.id}").json()["label_config"]
     wait_for(lambda: setup_version(synced, project.id, config).endswith("-head"))
