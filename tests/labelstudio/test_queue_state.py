@@ -2,6 +2,7 @@
 
 import time
 
+from ls_backend.core.pacing import Pacer
 from ls_backend.labelstudio.queue import HOLD_S, QueueState, Ranking
 
 TASKS = list(range(1, 21))
@@ -175,7 +176,9 @@ def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(
     # nobody can hold them
     client, syncer, store, state = two_pushes_one_by_one(make_database, tmp_path, monkeypatch)
     client.calls.clear()
-    deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
+    deleted, more = syncer._forget_stale(
+        1, state, store, cap=200, report=lambda *_: None, pacer=Pacer(1.0)
+    )
     assert (deleted, more) == (3, False)
     assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
     assert [r.tasks for r in QueueState.load(store).rankings] == [[4, 5]]
@@ -193,4 +196,6 @@ def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(
         store.want_lane("sync")
 
     monkeypatch.setattr(client, "delete_prediction", delete_then_promote)
-    assert syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None) == (1, False)
+    assert syncer._forget_stale(
+        1, state, store, cap=200, report=lambda *_: None, pacer=Pacer(1.0)
+    ) == (1, False)
