@@ -153,3 +153,38 @@ def test_scores_of_chunks_join_part_by_part() -> None:
     assert isinstance(both.predictions, ScoredParts) and len(both) == 3
     assert both.predictions[0].predictions.shape[0] == 3
     assert len(both.predictions[1].predictions) == 3
+
+
+def test_a_lora_round_gives_each_part_an_adapter_that_loads_back(tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from ls_backend.core.embeddings import resolve_model_path
+    from ls_backend.core.lora import LoraTrainConfig
+
+    backbone = tmp_path / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded"))
+    tokenizer.save_pretrained(backbone)
+    torch.manual_seed(0)
+    tiny = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)  # fmt: skip
+    BertModel(tiny).save_pretrained(backbone)
+    lora = LoraTrainConfig(backbone=str(backbone), max_length=16, epochs=2, min_steps=0,
+                           batch_size=8)  # fmt: skip
+    registry = Registry(tmp_path / "models")
+    labels = names().astype(np.float32)
+    prototype = MULTI.prototype(SPACE, labels)
+    prototype.version = save_prototype(registry, prototype, "test", MULTI.kind)
+    config = RoundConfig(eval_min_labels=30)
+    head = run_round(MULTI, "head", registry, SPACE, data(45), lambda: prototype, config,
+                     label_embeddings=labels)  # fmt: skip
+    serving = MULTI.load(registry.path(head.version), head.version)
+    result = run_round(MULTI, "lora", registry, SPACE, data(45), lambda: serving,
+                       RoundConfig(eval_min_labels=30, lora=lora), label_embeddings=labels)  # fmt: skip
+    assert result.kind is ModelKind.LORA
+    model = MULTI.load(registry.path(result.version), result.version)
+    assert all(p.lora is not None for p in model.parts)
+    assert model.family == f"lora:{backbone}+lora:{backbone}"
+    assert model.without_adapter().kind is ModelKind.HEAD
+    scored = score(model, ["Carol drove to Vienna on day 99 ."])
+    assert scored.uncertainty.shape == (1,)
