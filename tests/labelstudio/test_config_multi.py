@@ -150,3 +150,17 @@ def test_the_queue_ranks_a_pool_by_the_combined_uncertainty(tmp_path):
     assert all(p["result"] and p["result"][0]["type"] == "choices" for p in front.results)
     assert all(label.startswith("topic: ") for label in front.labels)
     assert all(0.0 <= u <= 1.0 for u in front.uncertainty)
+
+
+def test_two_choices_on_one_text_each_get_a_classifier():
+    xml = BOTH.replace(
+        '<Labels name="entities" toName="text"><Label value="PER"/><Label value="LOC"/></Labels>',
+        '<Choices name="mood" toName="text" choice="multiple"><Choice value="calm"/></Choices>',
+    )
+    config = parse_config(xml)
+    assert [(p.from_name, p.kind) for p in config.parts] == [
+        ("topic", TaskKind.CLASSIFICATION),
+        ("mood", TaskKind.CLASSIFICATION),
+    ]
+    # Only the topic answered: the multi-label part says nothing (not "none applies").
+    assert config.labels_of([choice("topic")]) == (["travel"], None)
