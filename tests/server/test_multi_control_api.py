@@ -111,6 +111,8 @@ def test_choices_and_labels_are_both_predicted_and_both_learn(make_client):
     # The admin's views of such a project.
     status = client.get("/status")
     assert status.status_code == 200
+    stopping = status.json()["projects"]["9"]["stopping"]
+    assert stopping["verdict"] is None and "multi" in stopping["note"]  # computed, not failed
     report = client.get("/projects/9/report")
     assert report.status_code == 200, report.text
     body = report.json()
