@@ -16,6 +16,7 @@ from ls_backend.core import report as core
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
+from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import TaskKind
 from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
 from ls_backend.jobs.stopping import details as plateau_details
@@ -126,8 +127,9 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     confusions: list[core.Confusion] = []
     suspects: list[SuspectItem] = []
     spans = config.kind is TaskKind.SPANS
-    if spans:
-        suspects_note = "not computed for span projects yet"
+    several = config.kind is TaskKind.MULTI
+    if spans or several:
+        suspects_note = f"not computed for {_kind_words(config.kind)} yet"
     elif space.multi_label:
         suspects_note = "not computed for multi-label projects"
     elif len(data) < SUSPECT_MIN_LABELS or np.unique(data.targets).size < 2:
@@ -157,8 +159,8 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
 
     queue, queue_version, queue_note = _queue(project, base)
     stopping, stopping_note = (
-        (None, "not computed for span projects yet")
-        if spans
+        (None, f"not computed for {_kind_words(config.kind)} yet")
+        if spans or several
         else _stopping(project, space, infos, config)
     )
     return ProjectReport(
@@ -171,11 +173,7 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         jobs=jobs,
         learning_curve=curve,
         gain_per_100_labels=core.gain_per_100_labels(curve),
-        label_distribution=_span_counts(space.labels, data.targets)
-        if spans
-        else core.label_distribution(space, data.targets)
-        if len(data)
-        else dict.fromkeys(space.labels, 0),
+        label_distribution=_distribution(config.kind, space, data.targets),
         confusions=confusions,
         suspects=suspects,
         suspects_note=suspects_note,
@@ -187,6 +185,27 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
         stopping_note=stopping_note,
         label_studio_url=base,
         warnings=project_warnings(project),
+    )
+
+
+def _kind_words(kind: TaskKind) -> str:
+    return "projects with several controls" if kind is TaskKind.MULTI else "span projects"
+
+
+def _distribution(kind: TaskKind, space: Any, targets: Any) -> dict[str, int]:
+    """Labels per class (entity type, for spans); ``<control>: <label>`` for several."""
+    if kind is TaskKind.MULTI:
+        counts: dict[str, int] = {}
+        for j, part in enumerate(space.parts):
+            own = [t[j] for t in targets if t[j] is not None]
+            part_targets = task_of(part.kind).targets(part.space, own)
+            found = _distribution(part.kind, part.space, part_targets)
+            counts.update({f"{part.name}: {label}": n for label, n in found.items()})
+        return counts
+    if kind is TaskKind.SPANS:
+        return _span_counts(space.labels, targets)
+    return (
+        core.label_distribution(space, targets) if len(targets) else dict.fromkeys(space.labels, 0)
     )
 
 
