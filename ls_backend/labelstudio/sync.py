@@ -107,7 +107,8 @@ FORGET_S = 10.0
 FORGET_BUSY_S = 1.0
 #: Label Studio's bulk prediction import refreshes the counters of every task in the project
 #: (legacy path of 1.23: 0.03 s at 1,000 tasks, 0.33 s at 10,000, 3.3 s at 100,000, holding
-#: SQLite); past this many tasks a push creates its predictions one request each (~85 ms).
+#: SQLite; 1-4.5 s at 1,000 on PostgreSQL on 2 cores); past this many tasks, and while people
+#: label, a push creates its predictions one request each (~85 ms), each a turn.
 BULK_PUSH_MAX_TASKS = 10_000
 #: Predictions created before the queue switches to a one-by-one push's ranking.
 QUEUE_HEAD = 10
@@ -455,8 +456,9 @@ class Syncer:
                 labeled, waiting, front = rank()
                 outcome["healed"] = True
                 lap("heal", 0.7)
-            with target.pacer.turn(labeling=store.labeling(), urgent=serving is None):
-                version = self._push(project_id, state, front, store, project_tasks)
+            version = self._push(
+                project_id, state, front, store, target.pacer, project_tasks, serving is None
+            )
             state.label_seq, state.forced_seq = label_seq, forced_seq
             state.complete, state.ranked = waiting == 0 and not partial, len(pool.ids)
             state.save(store)
@@ -606,8 +608,17 @@ class Syncer:
         state: QueueState,
         front: Front,
         store: AnnotationStore,
+        pacer: Pacer,
         project_tasks: int = 0,
+        urgent: bool = False,
     ) -> str:
+        """Push ``front`` as a new ranking; every request to Label Studio is a turn of
+        background work (none paced when ``urgent``: a project's first ranking)."""
+        labeling = store.labeling()
+
+        def turn() -> AbstractContextManager[None]:
+            return pacer.turn(labeling=labeling, urgent=urgent)
+
         state.pushes += 1
         stamp = time.strftime("%Y%m%dT%H%M%S")
         version = f"rank-{front.model_version}-{stamp}-{state.pushes}"
@@ -636,22 +647,26 @@ class Syncer:
                 front.tasks, front.results, priorities(len(front.tasks)), strict=True
             )
         ]
-        if project_tasks <= BULK_PUSH_MAX_TASKS:
-            if items:
-                self.client.import_predictions(project_id, items)
-            self.client.set_queue(project_id, version)
+        if project_tasks <= BULK_PUSH_MAX_TASKS and (urgent or not labeling):
+            with turn():
+                if items:
+                    self.client.import_predictions(project_id, items)
+                self.client.set_queue(project_id, version)
             return version
         # One by one: the queue switches once its head is in, the rest follow behind it
         # (positions past the head; an annotator cannot get there in the seconds this takes).
         ranking = state.rankings[-1]
         for position, item in enumerate(items):
             if position == QUEUE_HEAD:
-                self.client.set_queue(project_id, version)
+                with turn():
+                    self.client.set_queue(project_id, version)
             elif position > QUEUE_HEAD:
                 time.sleep(WRITE_PAUSE_S)
-            ranking.ids.append(self.client.create_prediction(item))  # deletes need no read
+            with turn():
+                ranking.ids.append(self.client.create_prediction(item))  # deletes need no read
         if len(items) <= QUEUE_HEAD:
-            self.client.set_queue(project_id, version)
+            with turn():
+                self.client.set_queue(project_id, version)
         return version
 
     def _forget_stale(
