@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import importlib.util
 import statistics
 import subprocess
 import sys
@@ -31,9 +32,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from annotator import dataset  # noqa: E402
 from labelstudio_server import ensure_template, running_server  # noqa: E402
+
+# The texts of benchmarks/annotator.py (whose name the tests' browser annotator also has).
+_spec = importlib.util.spec_from_file_location("annotator_bench", ROOT / "benchmarks/annotator.py")
+assert _spec is not None and _spec.loader is not None
+annotator_bench = sys.modules["annotator_bench"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(annotator_bench)
 
 BURN = """
 import os, torch
@@ -99,7 +104,7 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=30)
     parser.add_argument("--loads", default="idle,burn,encode,hook,idle")
     args = parser.parse_args()
-    data = dataset("long", args.tasks)
+    data = annotator_bench.dataset("long", args.tasks)
     template, _ = ensure_template()
     with tempfile.TemporaryDirectory() as tmp, running_server(template, Path(tmp)) as studio:
         project = studio.client.projects.create(title="contention", label_config=data.config)
