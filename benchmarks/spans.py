@@ -120,9 +120,12 @@ def load_split(
 def sentence_vectors(texts: list[str], runtime: str, cache: Path) -> NDArray[np.float32]:
     """The sentence encoder's vectors (what the server's diversity uses), cached."""
     from ls_backend.core.embeddings import Encoder
+    from ls_backend.store.databases import Databases
 
     encoder = Encoder(
-        cache=cache / "sentences.sqlite", runtime=runtime, export_dir=cache / "export"
+        cache=Databases.embedding_cache_at(cache / "sentences.sqlite"),
+        runtime=runtime,
+        export_dir=cache / "export",
     )
     return encoder.encode(texts)
 

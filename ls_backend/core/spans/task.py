@@ -183,11 +183,15 @@ class Spans:
         return SpanModel.load(path, version, device)
 
     def _head(
-        self, space: SpanLabelSpace, texts: Sequence[str], gold: list[list[Span]]
+        self,
+        space: SpanLabelSpace,
+        texts: Sequence[str],
+        gold: list[list[Span]],
+        init: SpanHead | None = None,
     ) -> SpanHead:
         if not any(gold):
             raise NotEnoughLabels("no entity labeled yet (only sentences without one)")
-        return SpanHead.fit(space, self.source.vectors(texts), gold)
+        return SpanHead.fit(space, self.source.vectors(texts), gold, init=init)
 
     def fit_head(
         self,
@@ -197,7 +201,12 @@ class Spans:
         label_embeddings: Embeddings | None,
         like: Model | None = None,
     ) -> SpanModel:
-        return SpanModel("", space, self._head(space, data.texts, _gold(data)), fitted=True)
+        # The served fit starts from the evaluated fit's weights (``like``: the same labels
+        # less the held-out fifth): at 1,000 ATIS sentences 10 iterations from there take
+        # 0.4 CPU s against 1.1 s for 30 from zero, at the same entity F1 (RESULTS, "Spans").
+        init = like.head if isinstance(like, SpanModel) else None
+        head = self._head(space, data.texts, _gold(data), init)
+        return SpanModel("", space, head, fitted=True)
 
     def fit_lora(
         self,
