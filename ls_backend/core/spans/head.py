@@ -177,9 +177,9 @@ class SpanHead:
         scale = x.std(axis=0) + 1e-6
         z = ((x - mean) / scale).astype(np.float32)
         start = None
-        if init is not None and init.trained and init.space == space:
-            if init.coef.shape[0] == x.shape[1]:
-                start = init._start(classes, mean, scale)
+        same = init is not None and init.trained and init.space == space
+        if init is not None and same and init.coef.shape[0] == x.shape[1]:
+            start = init._start(classes, mean, scale)
         iterations = config.max_iter if start is None else config.warm_iter
         # torch already owns the cores in a server process: one BLAS thread is faster here.
         with threadpool_limits(limits=1):

@@ -60,9 +60,7 @@ def out_of_fold(
     if k < 2:
         return OutOfFold(predicted, TokenProbs(probs, offsets), units)
     for train, test in stratified_folds([int(bool(g)) for g in gold], k):
-        head = SpanHead.fit(
-            space, [vectors[i] for i in train], [gold[i] for i in train], config
-        )
+        head = SpanHead.fit(space, [vectors[i] for i in train], [gold[i] for i in train], config)
         if not head.trained:
             continue
         part = head.predict_proba([vectors[i] for i in test])
@@ -188,10 +186,9 @@ def _flagged_units(
     sub /= sub.sum(axis=1, keepdims=True)
     mapped = np.searchsorted(present, given)
     offsets = oof.probs.offsets
-    rows = range(len(gold))
-    labels = [mapped[offsets[i] : offsets[i + 1]].tolist() for i in rows if offsets[i + 1] > offsets[i]]
-    probs = [sub[offsets[i] : offsets[i + 1]] for i in rows if offsets[i + 1] > offsets[i]]
-    kept = [i for i in rows if offsets[i + 1] > offsets[i]]
+    kept = [i for i in range(len(gold)) if offsets[i + 1] > offsets[i]]  # with a word
+    labels = [mapped[offsets[i] : offsets[i + 1]].tolist() for i in kept]
+    probs = [sub[offsets[i] : offsets[i + 1]] for i in kept]
     # n_jobs=1: a pool forked from a multi-threaded server can hang (core.report says why).
     issues = find_label_issues(labels, probs, n_jobs=1)
     return {(kept[i], int(j)) for i, j in issues}

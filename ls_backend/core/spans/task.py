@@ -20,12 +20,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ls_backend.core.configs import RoundConfig
-from ls_backend.core.evaluation import stratified_folds
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.spans.alignment import decode_spans
 from ls_backend.core.spans.head import SpanHead
 from ls_backend.core.spans.metrics import counts, evaluate_spans, paired_f1_terms
+from ls_backend.core.spans.quality import FOLDS, out_of_fold
 from ls_backend.core.spans.tokens import TokenEncoder, TokenVectors
 from ls_backend.core.spans.types import Span, SpanLabelSpace, TokenProbs
 from ls_backend.core.spans.uncertainty import SPAN_MEASURES, span_uncertainty_figures
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 #: ranking (RIPL +24.0% on ATIS over 5 seeds, +11.9% on CoNLL over 2; mnlp and the mean
 #: entropy fell below random on CoNLL): benchmarks/RESULTS.md, "Spans".
 DEFAULT_MEASURE = "entropy_sum"
-#: Folds of the out-of-fold figures below ``eval_min_labels``, at most.
-KFOLD = 5
+#: Folds of the out-of-fold figures below ``eval_min_labels``, at most (the dashboard's too).
+KFOLD = FOLDS
 #: Token vectors kept per process (about 30 kB a sentence): labeled texts are encoded once,
 #: not on every round.
 VECTOR_CACHE = 5000
@@ -79,6 +79,11 @@ class TokenVectorSource:
             if self._encoder is None:
                 self._encoder = self._make()
             return self._encoder
+
+    def cached(self, texts: Sequence[str]) -> list[str]:
+        """Those of ``texts`` whose vectors are at hand (what needs no encoder), in order."""
+        with self._lock:
+            return [t for t in texts if t in self._cache]
 
     def vectors(self, texts: Sequence[str]) -> list[TokenVectors]:
         with self._lock:
@@ -267,20 +272,10 @@ class Spans:
         label_embeddings: Embeddings | None,
     ) -> Evaluation | None:
         gold = _gold(data)
-        k = min(KFOLD, len(data))
-        if k < 2 or sum(bool(g) for g in gold) < 2:
+        if len(data) < 2 or sum(bool(g) for g in gold) < 2:
             return None
-        predicted: list[list[Span]] = [[] for _ in gold]
-        for train, test in stratified_folds(self.strata(space, gold), k):
-            try:
-                head = self._head(space, [data.texts[i] for i in train], [gold[i] for i in train])
-            except NotEnoughLabels:
-                continue  # this fold saw no entity: it predicts none
-            model = SpanModel("", space, head, fitted=True)
-            items, _ = model.predict([data.texts[i] for i in test], self.source)
-            for i, item in zip(test, items, strict=True):
-                predicted[i] = item.spans
-        return self._figures(space, predicted, gold)
+        oof = out_of_fold(space, self.source.vectors(data.texts), gold, KFOLD)
+        return self._figures(space, oof.predicted, gold)
 
     def paired(
         self, candidate: Evaluation, baseline: Evaluation
