@@ -135,9 +135,10 @@ _SPAN_DECISIONS: OrderedDict[tuple[str, str, str], list[list[Span]]] = OrderedDi
 def _spread(versions: list[tuple[dict[str, Any], Model]], most: int) -> list[Any]:
     """At most ``most`` of the versions (oldest first), the newest always among them: those
     whose label count is a multiple of the smallest power of two that leaves few enough,
-    so a version chosen once stays chosen (its spans are kept) as labels come."""
+    so a version chosen once stays chosen (its spans are kept) until the labels double."""
     step = 1
-    while sum(1 for i, _ in versions if int(i.get("labels", 0)) % step == 0) >= most:
+    counts = [int(info.get("labels", 0)) for info, _ in versions]
+    while step < 1 << 30 and sum(1 for n in counts if n % step == 0) >= most:
         step *= 2
     newest = versions[-1:]
     kept = [v for v in versions[:-1] if int(v[0].get("labels", 0)) % step == 0]
