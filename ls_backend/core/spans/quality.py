@@ -9,6 +9,7 @@ a region's figure reads as "the probability that these words are an X".
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ def _flagged_units(
     space: SpanLabelSpace, gold: Sequence[Sequence[Span]], oof: OutOfFold
 ) -> set[tuple[int, int]]:
     """(sentence, unit) pairs that cleanlab's token-level confident learning flags, on type
-    marginals (the classes present only: it needs each one counted)."""
+    marginals (the classes present only: it needs each one seen)."""
     from cleanlab.token_classification.filter import find_label_issues
 
     marginals = type_marginals(space, oof.probs.mean())
@@ -179,8 +180,8 @@ def _flagged_units(
         base = int(oof.probs.offsets[i])
         for s in spans:
             given[base + covered(oof.units[i], s)] = 1 + space.label_index(s.label)
-    present, counts = np.unique(given, return_counts=True)
-    if present.size < 2 or (counts < 2).any():
+    present = np.unique(given)
+    if present.size < 2:
         return set()
     sub = marginals[:, present] + 1e-6
     sub /= sub.sum(axis=1, keepdims=True)
@@ -190,7 +191,10 @@ def _flagged_units(
     labels = [mapped[offsets[i] : offsets[i + 1]].tolist() for i in kept]
     probs = [sub[offsets[i] : offsets[i + 1]] for i in kept]
     # n_jobs=1: a pool forked from a multi-threaded server can hang (core.report says why).
-    issues = find_label_issues(labels, probs, n_jobs=1)
+    # A rare entity type (one word labeled) is judged too, with a warning per type: quiet.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        issues = find_label_issues(labels, probs, n_jobs=1)
     return {(kept[i], int(j)) for i, j in issues}
 
 
