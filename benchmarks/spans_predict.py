@@ -1,7 +1,7 @@
 """A span project's POST /predict, timed through the app, beside raw torch token embedding.
 
     OMP_NUM_THREADS=2 python benchmarks/spans_predict.py [--labels 300] [--tasks 640]
-        [--single 200] [--runtime torch]
+        [--single 200] [--runtime torch] [--topic]
 
 A NER config over CoNLL-2003's types; ``--labels`` random train sentences arrive as webhook
 annotations (their gold spans as regions) and train the head lane; then, on test sentences
@@ -9,7 +9,9 @@ the backend has never seen (a cold embedding cache):
 - single-sentence latency p50/p99 of POST /predict (one task a request);
 - batch throughput, 64 tasks a request, and its ratio to raw torch token embedding of the
   same texts (the whole MiniLM, its HF tokenizer, batches of 64, no backend);
-and the head round's own time (``train_seconds``) at ``--labels`` sentences.
+and the head round's own time (``train_seconds``) at ``--labels`` sentences. ``--topic`` adds
+a task-level ``<Choices>`` on the same text (whether a person is named), so the project is
+served both controls (a classifier on sentence embeddings beside the span head).
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ CONFIG = (
     + "".join(f'<Label value="{name}"/>' for name in LABELS)
     + '</Labels><Text name="text" value="$text"/></View>'
 )
+TOPIC = (
+    '<Choices name="topic" toName="text"><Choice value="person"/><Choice value="other"/>'
+    "</Choices></View>"
+)
 
 
-def event(i: int, row: dict) -> dict:
-    result = [
+def event(i: int, row: dict, config: str = CONFIG) -> dict:
+    result: list[dict] = [
         {
             "from_name": "label",
             "to_name": "text",
@@ -51,17 +57,27 @@ def event(i: int, row: dict) -> dict:
         }
         for s in row["spans"]
     ]
+    if "topic" in config:
+        person = any(s["label"] == "PER" for s in row["spans"])
+        result.append(
+            {
+                "from_name": "topic",
+                "to_name": "text",
+                "type": "choices",
+                "value": {"choices": ["person" if person else "other"]},
+            }
+        )
     return {
         "action": "ANNOTATION_CREATED",
         "annotation": {"id": i + 1, "task": i + 1, "was_cancelled": False, "result": result},
         "task": {"id": i + 1, "data": {"text": row["text"]}},
-        "project": {"id": 1, "label_config": CONFIG},
+        "project": {"id": 1, "label_config": config},
     }
 
 
-def body(texts: list[str], first_id: int) -> dict:
+def body(texts: list[str], first_id: int, config: str = CONFIG) -> dict:
     tasks = [{"id": first_id + i, "data": {"text": t}} for i, t in enumerate(texts)]
-    return {"tasks": tasks, "project": "1.1700000000", "label_config": CONFIG}
+    return {"tasks": tasks, "project": "1.1700000000", "label_config": config}
 
 
 def raw_torch(texts: list[str], batch: int) -> float:
@@ -95,7 +111,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--runtime", default="torch", help="EMBEDDING_BACKEND")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--topic", action="store_true", help="a <Choices> beside the <Labels>")
     args = parser.parse_args()
+    config = CONFIG.replace("</View>", TOPIC) if args.topic else CONFIG
 
     train = read_rows(split_path(args.data, "conll2003", "train"))
     test = read_rows(split_path(args.data, "conll2003", "test"))
@@ -109,10 +127,11 @@ def main() -> None:
             model_dir=Path(root), lora_enabled=False, embedding_backend=args.runtime
         )
         projects = Projects(settings)
-        with TestClient(create_app(settings, projects, start_scheduler(projects))) as client:
-            client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG})
+        app = create_app(settings, projects, start_scheduler(projects))
+        with TestClient(app, base_url="http://localhost") as client:
+            client.post("/setup", json={"project": "1.1700000000", "schema": config})
             for i, row in enumerate(labeled):
-                client.post("/webhook", json=event(i, row))
+                client.post("/webhook", json=event(i, row, config))
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 head = client.get("/status").json()["projects"]["1"]["jobs"]["head"]
@@ -121,21 +140,24 @@ def main() -> None:
                     break
                 time.sleep(0.5)
             info = projects.project(1).registry.info(done["version"]) if done else {}
+            metrics = done.get("metrics", {})
+            f1 = metrics.get("parts", {}).get("label", metrics).get("entity_f1", float("nan"))
+            topic = metrics.get("parts", {}).get("topic", {}).get("accuracy")
             print(
                 f"head round at {done.get('labels')} labels: {info.get('train_seconds')} s, "
-                f"held-out entity F1 {done.get('metrics', {}).get('entity_f1', float('nan')):.3f}"
+                f"held-out entity F1 {f1:.3f}" + (f", topic accuracy {topic:.3f}" if topic else "")
             )
-            client.post("/predict", json=body(["Warm-up sentence in Paris ."], 10**6))
+            client.post("/predict", json=body(["Warm-up sentence in Paris ."], 10**6, config))
             times = []
             for i, text in enumerate(singles):
                 started = time.perf_counter()
-                reply = client.post("/predict", json=body([text], 2 * 10**6 + i))
+                reply = client.post("/predict", json=body([text], 2 * 10**6 + i, config))
                 times.append(time.perf_counter() - started)
                 assert reply.status_code == 200, reply.text
             started = time.perf_counter()
             for begin in range(0, len(batched), args.batch):
                 chunk = batched[begin : begin + args.batch]
-                reply = client.post("/predict", json=body(chunk, 3 * 10**6 + begin))
+                reply = client.post("/predict", json=body(chunk, 3 * 10**6 + begin, config))
                 assert reply.status_code == 200, reply.text
             served = len(batched) / (time.perf_counter() - started)
     raw = raw_torch(batched, args.batch)

@@ -24,6 +24,7 @@ import numpy as np
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.heads import label_prototype_texts
 from ls_backend.core.labels import Embeddings
+from ls_backend.core.pacing import Pacer
 from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import Model, Scored, Task
@@ -31,7 +32,7 @@ from ls_backend.core.training import LabeledData, save_prototype
 from ls_backend.labelstudio import predictions, webhooks
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings
-from ls_backend.store.annotations import AnnotationStore
+from ls_backend.store.annotations import LABEL_ACTIONS, SKIPPED, AnnotationStore
 from ls_backend.store.base import StoreMissing, StoreUnavailable
 from ls_backend.store.databases import Databases
 from ls_backend.store.pointer import StoreAddress, StorePointer, project_registry
@@ -391,6 +392,8 @@ class Projects:
         self._open: OrderedDict[str, Project] = OrderedDict()
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
+        #: The turns of this process's background work (``core.pacing``).
+        self.pacer = Pacer(settings.background_duty)
         self._summaries: dict[str, dict[str, tuple[Any, Any]]] = {}  # name -> key -> (stamp, value)
         self._summaries_lock = threading.Lock()  # one look at a time: the next reuses it
         self._store_away_until = 0.0  # monotonic
@@ -414,6 +417,8 @@ class Projects:
 
     def emit(self, project: Project, event: str) -> None:
         """``event`` happened to ``project`` (a webhook action or one of this module's)."""
+        if event in LABEL_ACTIONS or event == SKIPPED:
+            self.pacer.label_seen()  # an annotator is saving: background work holds off
         for listener in self._listeners:
             listener(project, event)
 

@@ -38,3 +38,38 @@ def annotate(client: httpx.Client, task_id: int, n: int) -> httpx.Response:
         for k, (s, e, label) in enumerate(spans)
     ]
     return client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
+
+
+#: The NER template with a task-level ``<Choices>`` beside its ``<Labels>``: both are served.
+NER_AND_TOPIC = NER.replace(
+    '  <Text name="text" value="$text"/>',
+    '  <Text name="text" value="$text"/>\n'
+    '  <Choices name="topic" toName="text">\n'
+    '    <Choice value="trip"/><Choice value="other"/>\n'
+    "  </Choices>",
+)
+
+
+def annotate_both(client: httpx.Client, task_id: int, n: int, topic: str) -> httpx.Response:
+    """``annotate``'s regions and a ``topic`` choice, in one annotation."""
+    text, spans = sentence(n)
+    result = [
+        {
+            "id": f"r{n}-{k}",
+            "from_name": "label",
+            "to_name": "text",
+            "type": "labels",
+            "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
+        }
+        for k, (s, e, label) in enumerate(spans)
+    ]
+    result.append(
+        {
+            "id": f"c{n}",
+            "from_name": "topic",
+            "to_name": "text",
+            "type": "choices",
+            "value": {"choices": [topic]},
+        }
+    )
+    return client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})

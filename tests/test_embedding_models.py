@@ -108,7 +108,9 @@ def test_a_project_on_mpnet_predicts_trains_head_and_adapter_and_ranks(mpnet, tm
 
     # What a sync does with the serving model: embed the mirror's tasks, rank the unlabeled.
     pool = TaskPool(projects.encoder.dim)
-    labeled, waiting = pool.refresh(project.store, project.config(), projects.encoder)
+    labeled, waiting = pool.refresh(
+        project.store, project.config(), projects.encoder, projects.pacer
+    )
     assert waiting == 0 and pool.embeddings.shape == (70, DIM)
     front = rank_front(project.model(), project.config(), pool, labeled, settings)
     assert len(front.tasks) == 30 and set(front.tasks) <= {500 + i for i in range(30)}

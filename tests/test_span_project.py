@@ -82,7 +82,7 @@ def test_a_span_project_trains_head_and_adapter_and_ranks_by_span_uncertainty(tm
         assert "Emma flew to Rome on day 3 ."[value["start"] : value["end"]] == value["text"]
 
     pool = TaskPool(projects.encoder.dim)
-    done, waiting = pool.refresh(project.store, project.config(), projects.encoder)
+    done, waiting = pool.refresh(project.store, project.config(), projects.encoder, projects.pacer)
     assert waiting == 0 and int(done.sum()) == 40
     model = project.model().without_adapter()  # the head: a deterministic order to check
     front = rank_front(model, project.config(), pool, done, settings)

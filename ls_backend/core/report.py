@@ -54,8 +54,9 @@ def learning_curve(infos: Sequence[Mapping[str, Any]], serving: str | None) -> l
                 version=str(info["version"]),
                 kind=str(info.get("kind", "")),
                 labels=int(info.get("labels", 0)),
-                # A span project's headline figure is entity F1, in accuracy's place.
-                accuracy=metrics.get("accuracy", metrics.get("entity_f1")),
+                # A span project's headline figure is entity F1, in accuracy's place; one of
+                # several controls', the mean of theirs (``core.composite``).
+                accuracy=metrics.get("accuracy", metrics.get("entity_f1", metrics.get("score"))),
                 macro_f1=metrics.get("macro_f1"),
                 evaluation=info.get("evaluation"),
                 promoted=bool(info.get("promoted")),

@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 from ls_backend.core.classification import CLASSIFICATION
+from ls_backend.core.composite import Composite
 from ls_backend.core.spans.task import SPANS
 from ls_backend.core.tasks import Task, TaskKind
 
 TASKS: dict[TaskKind, Task] = {CLASSIFICATION.kind: CLASSIFICATION, SPANS.kind: SPANS}
+#: Several controls on one text: a part of one of the kinds above per control.
+TASKS[TaskKind.MULTI] = Composite(dict(TASKS))
 
 
 def task_of(kind: TaskKind | str) -> Task:

@@ -37,6 +37,9 @@ class TaskKind(str, Enum):
     CLASSIFICATION = "classification"
     #: ``<Labels>`` on a text: spans of characters, one label each (named entities).
     SPANS = "spans"
+    #: Several controls on one text (``<Choices>`` and ``<Labels>``, two ``<Labels>``): a model
+    #: of its kind per control, predicted and trained together (``core.composite``).
+    MULTI = "multi"
 
 
 class Model(Protocol):
@@ -93,9 +96,16 @@ class Scored:
         return int(self.uncertainty.shape[0])
 
 
+class ScoredParts(tuple[Scored, ...]):
+    """The predictions of a model made of parts (``core.composite``): each part's ``Scored``
+    of the same items, in part order."""
+
+
 def _joined(values: Sequence[Any]) -> Any:
     if values[0] is None:
         return None
+    if isinstance(values[0], ScoredParts):
+        return ScoredParts(joined([v[j] for v in values]) for j in range(len(values[0])))
     if isinstance(values[0], np.ndarray):
         return np.concatenate(values)
     return [item for value in values for item in value]

@@ -34,7 +34,7 @@ from ls_backend.core.finetune import (
     register,
 )
 from ls_backend.core.labels import LabelSpace
-from ls_backend.core.tasks import Progress
+from ls_backend.core.tasks import Progress, TaskKind
 from ls_backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,11 @@ def run(
         project = Projects(settings).connected_project(request.project)
         if project is None:
             raise FinetuneError(f"project {request.project} is unknown under {settings.model_dir}")
+        if project.task.kind is not TaskKind.CLASSIFICATION:
+            raise FinetuneError(
+                f"project {project.key} is a {project.task.kind.value} project: finetune "
+                "trains classifiers (<Choices> alone) only"
+            )
         space, labeled, skipped = project.labeled_data()
         data = Labeled(labeled.texts, np.asarray(labeled.targets), list(labeled.strata_keys))
         test = None

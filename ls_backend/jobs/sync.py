@@ -35,6 +35,7 @@ def sync_target(project: Project) -> SyncTarget:
         key=project.key,
         store=project.store,
         encoder=project.encoder,
+        pacer=project.projects.pacer,
         config=project.config,
         model=project.model,
         adopt_config=project.setup,

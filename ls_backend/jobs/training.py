@@ -196,7 +196,13 @@ class HeadLane(TrainingLane):
     threads = 2
 
     def hold(self, project: Project) -> float:
-        return head_hold(read_status(project, self.name), time.time())
+        paced = project.projects.pacer.wait_s(labeling=project.store.labeling())
+        return max(head_hold(read_status(project, self.name), time.time()), paced)
+
+    def run(self, project: Project, progress: Progress) -> dict[str, Any]:
+        # A turn of the process's background work (``core.pacing``), labels read inside it.
+        with project.projects.pacer.turn(labeling=project.store.labeling()):
+            return super().run(project, progress)
 
     def after(self, project: Project, space: Any, data: LabeledData) -> None:
         # The stopping signal over the head's versions; a failure costs the signal, never

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -252,10 +253,10 @@ class LabelStudioClient:
         include_predictions: bool = False,
         only_labeled: bool = False,
         task_ids: Sequence[int] | None = None,
-        after_page: Callable[[float], None] | None = None,
+        each_page: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> Iterator[Task]:
         """Every task of the project (or those of ``task_ids``), in id order, page by page;
-        ``after_page(seconds)`` is told what each page took Label Studio, before the next.
+        each page's request runs inside ``each_page()`` (a turn of background work).
 
         Pages are read by number, so a task imported mid-read may shift a page; ids already
         yielded are skipped, and a later sync picks up anything missed. A page that comes
@@ -281,13 +282,10 @@ class LabelStudioClient:
             selected = {"all": False, "included": [int(t) for t in task_ids]}
             params["query"] = json.dumps({"selectedItems": selected})
         seen: set[int] = set()
-        page, took = 1, 0.0
+        page = 1
         while True:
-            if page > 1 and after_page is not None:
-                after_page(took)
-            started = time.perf_counter()
-            body = self._request("GET", "api/tasks/", params={**params, "page": page}) or {}
-            took = time.perf_counter() - started
+            with each_page() if each_page is not None else nullcontext():
+                body = self._request("GET", "api/tasks/", params={**params, "page": page}) or {}
             raw_tasks = body.get("tasks") or []
             total = int(body.get("total") or 0)
             new = [raw for raw in raw_tasks if raw["id"] not in seen]

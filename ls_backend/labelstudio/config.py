@@ -8,6 +8,7 @@ Studio itself accepts.
 from __future__ import annotations
 
 import html
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from typing import Any, Protocol
 
 from label_studio_sdk.label_interface import LabelInterface
 
+from ls_backend.core.composite import CompositeSpace, Part
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.spans.types import Span, SpanLabelSpace
 from ls_backend.core.spans.validation import check_regions
 from ls_backend.core.tasks import TaskKind
+
+log = logging.getLogger(__name__)
 
 TEXT_TAGS = {"text", "hypertext"}
 _TAG = re.compile(r"<[^>]+>")
@@ -229,16 +233,88 @@ Reader = Callable[[Any, Any, TextField], LabelConfig]
 READERS: dict[str, Reader] = {"choices": ClassificationConfig.read, "labels": SpanConfig.read}
 
 
-@lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
-def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig:
-    """The first control of ``label_config`` the backend serves: by ``READERS``' order of tags,
-    then the config's order. ``<Choices>`` comes first, so a config that also has
-    ``<Labels>`` (served alone since spans came) keeps the model it had."""
-    try:
-        interface = LabelInterface(label_config)
-    except Exception as exc:  # the SDK raises assorted errors on bad XML
-        raise ConfigError(f"label config could not be parsed: {exc}") from exc
+@dataclass(frozen=True)
+class CompositeConfig:
+    """Several served controls on one text (``<Choices>`` and ``<Labels>``, two ``<Labels>``):
+    a part per control, read by its own reader (``parts``), in the served order.
+
+    An annotation labels a part when it holds a result item of that control; one that holds
+    items of other controls only says nothing for it: a ``<Labels>`` control without a region
+    beside a chosen class is not "no entity here" (the annotator may have answered only the
+    choice; read as "no entity", every such annotation would teach the span model to miss
+    entities). An annotation with no item of any control reads as each control alone reads
+    it: "no entity here" for every ``<Labels>`` (as in a span-only project), nothing for a
+    single-choice ``<Choices>``."""
+
+    parts: tuple[LabelConfig, ...]
+    space: CompositeSpace
+    #: Controls of the config that are not served, and why (bound to another text).
+    not_served: tuple[str, ...] = ()
+    kind: TaskKind = TaskKind.MULTI
+
+    @classmethod
+    def of(cls, parts: list[LabelConfig], not_served: list[str]) -> CompositeConfig:
+        space = CompositeSpace(tuple(Part(p.from_name, p.kind, p.space) for p in parts))
+        return cls(tuple(parts), space, tuple(not_served))
+
+    @property
+    def from_name(self) -> str:
+        return self.parts[0].from_name
+
+    @property
+    def to_name(self) -> str:
+        return self.parts[0].to_name
+
+    def text_of(self, task: dict[str, Any]) -> str:
+        return self.parts[0].text_of(task)  # every part reads the same text
+
+    def labels_of(self, result: Any) -> tuple[Any | None, ...] | None:
+        """What the annotation says for each part (None: nothing for that control); None when
+        it says nothing for any."""
+        if not isinstance(result, list):
+            return None
+        names = {p.from_name for p in self.parts}
+        said = {i.get("from_name") for i in result if isinstance(i, dict)} & names
+        chosen = []
+        for part in self.parts:
+            if said and part.from_name not in said:
+                chosen.append(None)
+                continue
+            # A sibling control's items are no stray result of this one.
+            own = [
+                i
+                for i in result
+                if not isinstance(i, dict) or i.get("from_name") not in names - {part.from_name}
+            ]
+            chosen.append(part.labels_of(own))
+        return tuple(chosen) if any(c is not None for c in chosen) else None
+
+    def check(
+        self, text: str, labels: tuple[Any | None, ...]
+    ) -> tuple[tuple[Any | None, ...] | None, list[str]]:
+        """Each part's check; a part whose labels are bad does not train (the others do). The
+        problem lines name the control after their kind."""
+        kept, lines = [], []
+        for part, chosen in zip(self.parts, labels, strict=True):
+            if chosen is None:
+                kept.append(None)
+                continue
+            good, found = part.check(text, chosen)
+            kept.append(good)
+            for line in found:
+                kind, _, rest = line.partition(":")
+                lines.append(f"{kind}: {part.from_name}:{rest}")
+        return (tuple(kept) if any(k is not None for k in kept) else None), lines
+
+    def result_item(self, value: Any, **extra: Any) -> dict[str, Any]:
+        return self.parts[0].result_item(value, **extra)
+
+
+def _served(interface: Any, max_chars: int | None) -> tuple[list[LabelConfig], list[str]]:
+    """Every control the backend serves, by ``READERS``' order of tags, then the config's
+    order (each on the first object tag it may be bound to); and why the others are not."""
     objects = {obj.name: obj for obj in interface.objects}
+    served: list[LabelConfig] = []
     passed: list[str] = []  # why the controls that might have been ours are not
     controls = sorted(
         (c for c in interface.controls if c.tag.lower() in READERS),
@@ -251,11 +327,40 @@ def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig
             if obj is None or obj.tag.lower() not in TEXT_TAGS:
                 continue
             try:
-                return reader(control, obj, TextField.of(obj, max_chars))
+                served.append(reader(control, obj, TextField.of(obj, max_chars)))
+                break
             except NotServed as exc:
                 passed.append(str(exc))
-    problem = (
-        "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> tag, "
-        "or a <Labels> tag bound to a <Text> tag"
-    )
-    raise ConfigError(f"{problem} ({'; '.join(dict.fromkeys(passed))})" if passed else problem)
+    return served, passed
+
+
+@lru_cache(maxsize=64)  # parsed on every /setup and /predict call: Label Studio resends it
+def parse_config(label_config: str, max_chars: int | None = None) -> LabelConfig:
+    """What of ``label_config`` the backend serves: its one control's reader when it has one
+    (``<Choices>`` comes first in ``READERS``), a ``CompositeConfig`` of every served control
+    that reads the first one's text when it has several; controls on another text are not
+    served (logged, and listed in ``not_served``)."""
+    try:
+        interface = LabelInterface(label_config)
+    except Exception as exc:  # the SDK raises assorted errors on bad XML
+        raise ConfigError(f"label config could not be parsed: {exc}") from exc
+    served, passed = _served(interface, max_chars)
+    if not served:
+        problem = (
+            "label config needs a <Choices> tag bound (toName) to a <Text> or <HyperText> "
+            "tag, or a <Labels> tag bound to a <Text> tag"
+        )
+        raise ConfigError(f"{problem} ({'; '.join(dict.fromkeys(passed))})" if passed else problem)
+    first = served[0]
+    same = [c for c in served if c.to_name == first.to_name]
+    other = [
+        f"{c.from_name} is bound to the text '{c.to_name}', not '{first.to_name}' (several "
+        "controls are served on one text only)"
+        for c in served
+        if c.to_name != first.to_name
+    ]
+    for line in other:
+        log.warning("label config: %s: not served", line)
+    if len(same) == 1:
+        return first
+    return CompositeConfig.of(same, other)

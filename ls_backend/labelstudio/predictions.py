@@ -13,7 +13,7 @@ from numpy.typing import NDArray
 from ls_backend.core.model import decided_labels
 from ls_backend.core.spans.types import Span
 from ls_backend.core.tasks import Scored, TaskKind
-from ls_backend.labelstudio.config import LabelConfig
+from ls_backend.labelstudio.config import CompositeConfig, LabelConfig
 
 #: Labels whose probability and figures a prediction reports (the most probable ones); with
 #: more, ``labels_cut`` says how many there are.
@@ -128,9 +128,46 @@ class SpansFormat:
         )
 
 
+class PartsFormat:
+    """Several controls (``CompositeConfig``): each part's result items by its own format, in
+    one prediction; the task's ``score`` is the least confident part's (its least confident
+    decision, as a span prediction's is), and the parts' combined uncertainty (what the queue
+    ranks by) rides on the first item's ``uncertainty`` as ``combined``."""
+
+    def predictions(
+        self, config: LabelConfig, scored: Scored, rows: NDArray[np.int64]
+    ) -> list[Prediction]:
+        assert isinstance(config, CompositeConfig)
+        parts = [
+            FORMATS[part.kind].predictions(part, part_scored, rows)
+            for part, part_scored in zip(config.parts, scored.predictions, strict=True)
+        ]
+        results = []
+        for i, row in enumerate(rows):
+            items = [item for part in parts for item in part[i]["result"]]
+            if items:
+                first = items[0] = dict(items[0])
+                combined = round(float(scored.uncertainty[row]), 6)
+                first["uncertainty"] = {**first.get("uncertainty", {}), "combined": combined}
+            score = min(part[i]["score"] for part in parts)
+            results.append({"result": items, "score": score, "model_version": scored.model.version})
+        return results
+
+    def summary(self, prediction: Prediction) -> str:
+        by_control: dict[str, list[str]] = {}
+        for item in prediction["result"]:
+            value = item.get("value", {})
+            said = value.get("choices") or [
+                f"{value.get('text')} ({(value.get('labels') or ['?'])[0]})"
+            ]
+            by_control.setdefault(str(item.get("from_name")), []).extend(map(str, said))
+        return "; ".join(f"{name}: {', '.join(said)}" for name, said in by_control.items())
+
+
 FORMATS: dict[TaskKind, Format] = {
     TaskKind.CLASSIFICATION: ChoicesFormat(),
     TaskKind.SPANS: SpansFormat(),
+    TaskKind.MULTI: PartsFormat(),
 }
 
 

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from ls_backend.core.embeddings import Encoder
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
+from ls_backend.core.pacing import Pacer
 from ls_backend.core.ranking import rank_pool_explained
 from ls_backend.core.requeue import push_reason
 from ls_backend.core.task_registry import task_of
@@ -69,11 +71,11 @@ FIRST_EMBED_S = 1.0
 #: Before the first ranking of a project, only its first FIRST_READ tasks are read (one page:
 #: 1-2 s of Label Studio); the next run reads them all.
 FIRST_READ = 1000
-#: Tasks per page of a full read (Label Studio's largest).
+#: Tasks per page of a full read (Label Studio's largest); while people label, pages of
+#: READ_PAGE_LABELING, each a turn (``core.pacing``): a page of 1,000 holds Label Studio
+#: 0.5-1.5 s, and a save that comes meanwhile waits for it.
 READ_PAGE = 1000
-#: While people label, a full read of Label Studio pages at most this share of the time (each
-#: page costs it 0.5-1.5 s of CPU that their saves wait for).
-READ_DUTY = 0.25
+READ_PAGE_LABELING = 200
 GROWTH_SLICE_S = 8.0
 GROWTH_PUSH = 4
 EMBED_PER_RUN = 4096
@@ -85,13 +87,9 @@ RUN_SLICE_S = 30.0
 #: embeddings each, plus the text): past it the pools of the projects synced longest ago go
 #: (a pool is rebuilt from the embedding cache at its project's next sync).
 POOL_TASKS = 200_000
-#: Texts embedded between two looks at the clock and at labeling activity (0.1-0.6 s of
-#: news-length texts on one core): the first ranking's deadline overruns by one at most.
+#: Texts embedded in one turn (0.1-0.6 s of news-length texts on one core): the first
+#: ranking's deadline overruns by one at most.
 PACE_BLOCK = 16
-#: Labeling counts as going on for this long after the last label or skip; meanwhile
-#: embedding runs this share of the time (on a low-priority thread: core.priority).
-ACTIVE_PACE_S = 30.0
-ACTIVE_DUTY = 0.25
 #: With an adapter serving, only this many of the head's most uncertain tasks go through the
 #: adapter (MC dropout over a whole pool is minutes on a CPU).
 ADAPTER_CANDIDATES = 1000
@@ -109,7 +107,8 @@ FORGET_S = 10.0
 FORGET_BUSY_S = 1.0
 #: Label Studio's bulk prediction import refreshes the counters of every task in the project
 #: (legacy path of 1.23: 0.03 s at 1,000 tasks, 0.33 s at 10,000, 3.3 s at 100,000, holding
-#: SQLite); past this many tasks a push creates its predictions one request each (~85 ms).
+#: SQLite; 1-4.5 s at 1,000 on PostgreSQL on 2 cores); past this many tasks, and while people
+#: label, a push creates its predictions one request each (~85 ms), each a turn.
 BULK_PUSH_MAX_TASKS = 10_000
 #: Predictions created before the queue switches to a one-by-one push's ranking.
 QUEUE_HEAD = 10
@@ -144,6 +143,7 @@ class TaskPool:
         store: AnnotationStore,
         config: LabelConfig,
         encoder: Encoder,
+        pacer: Pacer,
         budget: int = EMBED_PER_RUN,
         rng: np.random.Generator | None = None,
         deadline: float | None = None,
@@ -180,7 +180,7 @@ class TaskPool:
                 continue
             ids.append(task_id)
         if ids:
-            vectors = _embed_paced(texts, encoder, store, deadline, urgent)
+            vectors = _embed_paced(texts, encoder, store, pacer, deadline, urgent)
             done = len(vectors)
             waiting -= done
             self.ids = np.concatenate([self.ids, np.asarray(ids[:done], dtype=np.int64)])
@@ -226,32 +226,25 @@ class TaskPools:
         return len(self._pools)
 
 
-def labeling(store: AnnotationStore) -> bool:
-    """Someone labeled or skipped a task in the last ACTIVE_PACE_S."""
-    return time.time() - store.last_received(LABEL_ACTIONS | {SKIPPED}) < ACTIVE_PACE_S
-
-
 def _embed_paced(
     texts: list[str],
     encoder: Encoder,
     store: AnnotationStore,
+    pacer: Pacer,
     deadline: float | None = None,
     urgent: bool = False,
 ) -> Embeddings:
-    """Embed the first texts in blocks (each cached as it is done) until ``deadline``; while
-    people label, and unless ``urgent``, run ACTIVE_DUTY of the time: on a small box Label
-    Studio needs the CPU for their saves. Returns the embeddings of ``texts[:n]``, n >= one
-    block."""
+    """Embed the first texts in blocks (each cached as it is done, each a turn of ``pacer``)
+    until ``deadline``; ``urgent`` blocks are not paced. Returns the embeddings of
+    ``texts[:n]``, n >= one block."""
     parts = [np.zeros((0, encoder.dim), dtype=np.float32)]
     for start in tqdm(
         range(0, len(texts), PACE_BLOCK), desc="embedding", disable=len(texts) < 1000
     ):
         if deadline is not None and start and time.monotonic() > deadline:
             break
-        began = time.monotonic()
-        parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
-        if not urgent and labeling(store):
-            time.sleep((time.monotonic() - began) * (1 / ACTIVE_DUTY - 1))
+        with pacer.turn(labeling=store.labeling(), urgent=urgent):
+            parts.append(encoder.encode(texts[start : start + PACE_BLOCK], background=True))
     return np.concatenate(parts)
 
 
@@ -280,6 +273,8 @@ class SyncTarget:
     key: str
     store: AnnotationStore
     encoder: Encoder
+    #: The process's background turns (``core.pacing``).
+    pacer: Pacer
     config: Callable[[], LabelConfig]
     model: Callable[[], Model]
     #: Adopt a label config read from Label Studio (the project's /setup).
@@ -414,9 +409,15 @@ class Syncer:
             if first:  # no ranking in the queue yet: one within seconds, on a first sample
                 deadline: float | None = now + FIRST_EMBED_S
             else:  # grow the sample in slices, short ones while people label
-                deadline = now + (GROWTH_SLICE_S if labeling(store) else RUN_SLICE_S)
+                deadline = now + (GROWTH_SLICE_S if store.labeling() else RUN_SLICE_S)
             labeled, waiting = pool.refresh(
-                store, config, target.encoder, EMBED_PER_RUN, deadline=deadline, urgent=first
+                store,
+                config,
+                target.encoder,
+                target.pacer,
+                EMBED_PER_RUN,
+                deadline=deadline,
+                urgent=first,
             )
             lap("embed", 0.5)
             # One model for the whole ranking, even if a promotion lands meanwhile.
@@ -455,13 +456,17 @@ class Syncer:
                 labeled, waiting, front = rank()
                 outcome["healed"] = True
                 lap("heal", 0.7)
-            version = self._push(project_id, state, front, store, project_tasks)
+            version = self._push(
+                project_id, state, front, store, target.pacer, project_tasks, serving is None
+            )
             state.label_seq, state.forced_seq = label_seq, forced_seq
             state.complete, state.ranked = waiting == 0 and not partial, len(pool.ids)
             state.save(store)
             lap("push", 0.8)
             outcome.update(ranking_version=version, pushed=len(front.tasks))
-        outcome["deleted"], more = self._forget_stale(project_id, state, store, cap, report)
+        outcome["deleted"], more = self._forget_stale(
+            project_id, state, store, cap, report, target.pacer
+        )
         lap("forget", 1.0)
         # The rest of a large import or of the old predictions, or a push the backlog held
         # back that may go now: the next run looks again.
@@ -545,20 +550,21 @@ class Syncer:
         """Fill the mirror from every task in Label Studio; returns the counts to compare
         later ones with (each side's own, so a counter that counts differently is no alarm).
         With ``limit``, a project of more tasks gets only its first ``limit`` and one more (None
-        returned: the read is not whole). While people label, each page is followed by a
-        pause, so the read takes at most READ_DUTY of Label Studio's time from their saves."""
+        returned: the read is not whole), at once. Otherwise each page is a turn of background
+        work, of READ_PAGE_LABELING tasks while people label."""
         project_id, store = target.project_id, target.store
         label_config = self.client.get_project(project_id).get("label_config")
         if label_config:
             target.adopt_config(label_config)
 
-        def pace(took: float) -> None:
-            if labeling(store):
-                time.sleep(took * (1 / READ_DUTY - 1))
+        busy = store.labeling()
+
+        def turn() -> AbstractContextManager[None]:
+            return target.pacer.turn(labeling=busy, urgent=limit is not None)
 
         # One page for a first read: ``limit`` tasks, and one more to know whether that is all.
-        size = READ_PAGE if limit is None else limit + 1
-        tasks = self.client.iter_tasks(project_id, page_size=size, after_page=pace)
+        size = limit + 1 if limit is not None else READ_PAGE_LABELING if busy else READ_PAGE
+        tasks = self.client.iter_tasks(project_id, page_size=size, each_page=turn)
         if limit is not None:
             first = list(itertools.islice(tasks, limit + 1))
             if len(first) > limit:
@@ -602,8 +608,17 @@ class Syncer:
         state: QueueState,
         front: Front,
         store: AnnotationStore,
+        pacer: Pacer,
         project_tasks: int = 0,
+        urgent: bool = False,
     ) -> str:
+        """Push ``front`` as a new ranking; every request to Label Studio is a turn of
+        background work (none paced when ``urgent``: a project's first ranking)."""
+        labeling = store.labeling()
+
+        def turn() -> AbstractContextManager[None]:
+            return pacer.turn(labeling=labeling, urgent=urgent)
+
         state.pushes += 1
         stamp = time.strftime("%Y%m%dT%H%M%S")
         version = f"rank-{front.model_version}-{stamp}-{state.pushes}"
@@ -632,22 +647,26 @@ class Syncer:
                 front.tasks, front.results, priorities(len(front.tasks)), strict=True
             )
         ]
-        if project_tasks <= BULK_PUSH_MAX_TASKS:
-            if items:
-                self.client.import_predictions(project_id, items)
-            self.client.set_queue(project_id, version)
+        if project_tasks <= BULK_PUSH_MAX_TASKS and (urgent or not labeling):
+            with turn():
+                if items:
+                    self.client.import_predictions(project_id, items)
+                self.client.set_queue(project_id, version)
             return version
         # One by one: the queue switches once its head is in, the rest follow behind it
         # (positions past the head; an annotator cannot get there in the seconds this takes).
         ranking = state.rankings[-1]
         for position, item in enumerate(items):
             if position == QUEUE_HEAD:
-                self.client.set_queue(project_id, version)
+                with turn():
+                    self.client.set_queue(project_id, version)
             elif position > QUEUE_HEAD:
                 time.sleep(WRITE_PAUSE_S)
-            ranking.ids.append(self.client.create_prediction(item))  # deletes need no read
+            with turn():
+                ranking.ids.append(self.client.create_prediction(item))  # deletes need no read
         if len(items) <= QUEUE_HEAD:
-            self.client.set_queue(project_id, version)
+            with turn():
+                self.client.set_queue(project_id, version)
         return version
 
     def _forget_stale(
@@ -657,6 +676,7 @@ class Syncer:
         store: AnnotationStore,
         cap: int,
         report: Progress,
+        pacer: Pacer,
     ) -> tuple[int, bool]:
         """Delete replaced rankings' predictions, keeping those an annotator may have open.
 
@@ -696,7 +716,8 @@ class Syncer:
                 return deleted, True
             if not busy and interrupted():
                 return deleted, False
-            self.client.delete_prediction(prediction_id)
+            with pacer.turn(labeling=busy):
+                self.client.delete_prediction(prediction_id)
             deleted += 1
             time.sleep(WRITE_PAUSE_S)
             return None

@@ -24,6 +24,7 @@ from ls_backend.core.spans import quality
 from ls_backend.core.spans.quality import OutOfFold, out_of_fold
 from ls_backend.core.spans.task import Spans
 from ls_backend.core.spans.types import SpanLabelSpace
+from ls_backend.core.task_registry import task_of
 from ls_backend.core.tasks import TaskKind
 from ls_backend.core.training import LabeledData
 from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
@@ -191,14 +192,26 @@ def build_report(project: Project, jobs: dict[str, dict[str, Any]]) -> ProjectRe
     )
 
 
+def _class_counts(space: LabelSpace, targets: Any) -> dict[str, int]:
+    """Labels per class."""
+    return (
+        core.label_distribution(space, targets) if len(targets) else dict.fromkeys(space.labels, 0)
+    )
+
+
+def _span_counts(space: SpanLabelSpace, targets: list[list[Any]]) -> dict[str, int]:
+    """Labeled regions per entity type."""
+    counts = dict.fromkeys(space.labels, 0)
+    for row in targets:
+        for span in row:
+            counts[span.label] = counts.get(span.label, 0) + 1
+    return counts
+
+
 def _classification_labels(project: Project, space: LabelSpace, data: LabeledData) -> LabelFigures:
     """Labels per class; confusions and suspected mislabels from 5-fold out-of-fold
     probabilities of the light head (single-label projects)."""
-    figures = LabelFigures(
-        core.label_distribution(space, data.targets)
-        if len(data)
-        else dict.fromkeys(space.labels, 0)
-    )
+    figures = LabelFigures(_class_counts(space, data.targets))
     if space.multi_label:
         figures.suspects_note = "not computed for multi-label projects"
         return figures
@@ -265,11 +278,7 @@ def _excerpt(text: str, start: int, end: int) -> str:
 def _span_labels(project: Project, space: SpanLabelSpace, data: LabeledData) -> LabelFigures:
     """Labeled regions per entity type; confusions between types and suspected mislabeled
     regions from 5-fold out-of-fold predictions of the light span head."""
-    counts = dict.fromkeys(space.labels, 0)
-    for row in data.targets:
-        for span in row:
-            counts[span.label] = counts.get(span.label, 0) + 1
-    figures = LabelFigures(counts)
+    figures = LabelFigures(_span_counts(space, data.targets))
     entities = sum(1 for row in data.targets if row)
     if len(data) < SUSPECT_MIN_LABELS or entities < 2:
         need = f"needs {SUSPECT_MIN_LABELS} labeled sentences, 2 of them with an entity"
@@ -409,6 +418,23 @@ def _stopping(
     return signal, note
 
 
+def _part_counts(space: Any, targets: Any) -> dict[str, int]:
+    """Several controls: ``<control>: <label>`` counts, each part as its kind counts."""
+    counts: dict[str, int] = {}
+    for j, part in enumerate(space.parts):
+        own = [t[j] for t in targets if t[j] is not None]
+        found = KINDS[part.kind].distribution(
+            part.space, task_of(part.kind).targets(part.space, own)
+        )
+        counts.update({f"{part.name}: {label}": n for label, n in found.items()})
+    return counts
+
+
+def _multi_labels(project: Project, space: Any, data: LabeledData) -> LabelFigures:
+    note = "not computed for projects with several controls yet"
+    return LabelFigures(_part_counts(space, data.targets), suspects_note=note)
+
+
 def _no_stabilizing(
     project: Project, space: Any, infos: list[dict[str, Any]], config: Any
 ) -> tuple[core.StopSignal | None, str]:
@@ -416,6 +442,12 @@ def _no_stabilizing(
         "kappa over class decisions is for classification; the stopping signal above "
         "judges span projects by entity F1"
     )
+
+
+def _not_yet(
+    project: Project, space: Any, infos: list[dict[str, Any]], config: Any
+) -> tuple[core.StopSignal | None, str]:
+    return None, "not computed for projects with several controls yet"
 
 
 @dataclass(frozen=True)
@@ -427,10 +459,12 @@ class ReportKind:
     stabilizing: Callable[
         [Project, Any, list[dict[str, Any]], Any], tuple[core.StopSignal | None, str]
     ]
+    distribution: Callable[[Any, Any], dict[str, int]]  # (space, targets): labels per class
 
 
 #: One entry per kind of task (``core.task_registry``); a kind without one gets notes.
 KINDS: dict[TaskKind, ReportKind] = {
-    TaskKind.CLASSIFICATION: ReportKind(_classification_labels, _stopping),
-    TaskKind.SPANS: ReportKind(_span_labels, _no_stabilizing),
+    TaskKind.CLASSIFICATION: ReportKind(_classification_labels, _stopping, _class_counts),
+    TaskKind.SPANS: ReportKind(_span_labels, _no_stabilizing, _span_counts),
+    TaskKind.MULTI: ReportKind(_multi_labels, _not_yet, _part_counts),
 }

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ls_backend.core.pacing import labeling_since
 from ls_backend.store.base import Database, Session
 
 LABEL_ACTIONS = {
@@ -637,6 +638,10 @@ class AnnotationStore:
         marks = ",".join("?" * len(actions))
         query = f"SELECT COALESCE(MAX(seq), 0) FROM events WHERE action IN ({marks})"
         return int(self._one(query, list(actions))[0])
+
+    def labeling(self) -> bool:
+        """Someone labeled or skipped a task lately (``core.pacing``), through any process."""
+        return labeling_since(self.last_received(LABEL_ACTIONS | {SKIPPED}))
 
     def last_received(self, actions: set[str]) -> float:
         """When the newest event of ``actions`` arrived (a Unix time; 0 if none did)."""

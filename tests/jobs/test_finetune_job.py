@@ -101,6 +101,18 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(settings_env, tmp_path, c
     assert not out.exists()
 
 
+def test_a_project_with_several_controls_is_refused_clearly(settings_env, tmp_path, capsys):
+    several = CONFIG.replace(
+        "</View>", '<Labels name="ents" toName="text"><Label value="X"/></Labels></View>'
+    )
+    projects = Projects(Settings(model_dir=settings_env), encoder=HashEncoder())
+    state = projects.project(5)
+    state.setup(several)
+    state.connect()
+    with pytest.raises(SystemExit, match="multi project: finetune trains classifiers"):
+        cli.main(["finetune", "--project", "5", "--out", str(tmp_path / "final"), *TINY])
+
+
 def test_a_dataset_file_fine_tunes_and_scores_its_test_file(settings_env, tmp_path, capsys):
     rows = [{"text": f"{WORDS[x]} film {i}", "label": x} for i, x in enumerate("AB" * 6)]
     train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"

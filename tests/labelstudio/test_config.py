@@ -74,8 +74,9 @@ def test_a_per_region_choices_listed_first_is_not_taken_for_the_tasks_one():
         '<Choice value="Real"/><Choice value="Fictional"/></Choices>'
         f"{TASK_LEVEL}</View>"
     )
-    config = parse_config(xml)
-    assert config.from_name == "sentiment" and config.space.labels == ("Pos", "Neg")
+    config = parse_config(xml)  # the task-level Choices first, then the Labels beside it
+    assert [p.from_name for p in config.parts] == ["sentiment", "span"]
+    assert config.parts[0].space.labels == ("Pos", "Neg")
 
 
 def test_a_config_whose_only_choices_is_per_region_says_so():

@@ -18,6 +18,7 @@ from backend_server import BackendServer
 from fake_label_studio import TOKEN, FakeLabelStudio, Hold
 from fakes import HashEncoder, annotation_event, text_classification_config, wait_for
 
+from ls_backend.core.pacing import Pacer
 from ls_backend.labelstudio.client import IncompleteRead, LabelStudioClient, RetryPolicy
 from ls_backend.labelstudio.config import parse_config
 from ls_backend.labelstudio.sync import Syncer, SyncTarget
@@ -59,6 +60,7 @@ def syncer_for(ls: FakeLabelStudio, store: AnnotationStore) -> tuple[Syncer, Syn
         key="1",
         store=store,
         encoder=HashEncoder(),
+        pacer=Pacer(1.0),
         config=lambda: parse_config(CONFIG),
         model=lambda: None,  # a read ranks nothing
         adopt_config=lambda xml: None,

@@ -31,6 +31,9 @@ def backend(label_studio, tmp_path):
         "SYNC_EVERY": "3",
         "SYNC_MIN_INTERVAL_S": "0.5",
         "SYNC_QUIET_S": "1",
+        # These streams label as fast as the API answers: the queue's rules are tested here,
+        # not the pacing that spaces background work out for people (tests/core/test_pacing).
+        "BACKGROUND_DUTY": "1",
     }
     server = BackendServer(tmp_path / "models", env=env).start()
     yield server

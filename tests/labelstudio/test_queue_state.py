@@ -2,6 +2,7 @@
 
 import time
 
+from ls_backend.core.pacing import Pacer
 from ls_backend.labelstudio.queue import HOLD_S, QueueState, Ranking
 
 TASKS = list(range(1, 21))
@@ -74,8 +75,8 @@ def test_two_pushes_of_one_model_in_the_same_second_get_distinct_versions(make_d
     syncer = Syncer(client, Settings(model_dir=tmp_path))
     store, state = AnnotationStore(make_database("1")), QueueState()
     front = Front([1, 2], [{"result": []}, {"result": []}], "v0002-head")
-    first = syncer._push(1, state, front, store)
-    second = syncer._push(1, state, front, store)
+    first = syncer._push(1, state, front, store, Pacer(1.0))
+    second = syncer._push(1, state, front, store, Pacer(1.0))
     assert first != second and client.queued == [first, second]
     # Both are remembered until their predictions are gone (the first is now stale).
     assert [r.version for r in QueueState.load(store).rankings] == [first, second]
@@ -125,15 +126,42 @@ def test_a_large_project_gets_its_front_one_prediction_at_a_time_queue_after_the
     store, state = AnnotationStore(make_database("1")), QueueState()
     tasks = list(range(1, 16))
     front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
-    syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS + 1)
+    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=sync.BULK_PUSH_MAX_TASKS + 1)
     head = [f"create {t}" for t in tasks[: sync.QUEUE_HEAD]]
     rest = [f"create {t}" for t in tasks[sync.QUEUE_HEAD :]]
     # No bulk import (it rewrites every task's counters); the queue serves the head at once.
     assert client.calls == [*head, "queue", *rest]
 
     client.calls.clear()
-    syncer._push(1, state, front, store, project_tasks=sync.BULK_PUSH_MAX_TASKS)
+    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=sync.BULK_PUSH_MAX_TASKS)
     assert client.calls == [f"import {len(tasks)}", "queue"]
+
+
+def test_while_people_label_a_push_goes_one_prediction_at_a_time_but_the_first_at_once(
+    make_database, tmp_path, monkeypatch
+):
+    from fakes import annotation_event, text_classification_config
+
+    from ls_backend.labelstudio import sync
+    from ls_backend.settings import Settings
+    from ls_backend.store.annotations import AnnotationStore
+
+    monkeypatch.setattr(sync, "WRITE_PAUSE_S", 0.0)
+    client = RecordingClient()
+    syncer = sync.Syncer(client, Settings(model_dir=tmp_path))
+    store, state = AnnotationStore(make_database("1")), QueueState()
+    config = text_classification_config(["a", "b"])
+    store.apply(annotation_event(1, 99, ["a"], text="labeled just now", config=config))
+    tasks = list(range(1, 16))
+    front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
+    # A bulk import refreshes every task's counters: seconds of Label Studio on PostgreSQL,
+    # while someone waits for their save.
+    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=1_000)
+    head = [f"create {t}" for t in tasks[: sync.QUEUE_HEAD]]
+    assert client.calls == [*head, "queue", *[f"create {t}" for t in tasks[sync.QUEUE_HEAD :]]]
+    client.calls.clear()
+    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=1_000, urgent=True)
+    assert client.calls == [f"import {len(tasks)}", "queue"]  # the first ranking: at once
 
 
 def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_path):
@@ -163,7 +191,7 @@ def two_pushes_one_by_one(make_database, tmp_path, monkeypatch):
     big = sync.BULK_PUSH_MAX_TASKS + 1
     for tasks in ([1, 2, 3], [4, 5]):
         front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
-        syncer._push(1, state, front, store, project_tasks=big)
+        syncer._push(1, state, front, store, Pacer(1.0), project_tasks=big)
     state.rankings[0].stale_since = time.time() - HOLD_S - 1
     return client, syncer, store, state
 
@@ -175,7 +203,9 @@ def test_predictions_pushed_one_by_one_are_deleted_without_reading_them_back(
     # nobody can hold them
     client, syncer, store, state = two_pushes_one_by_one(make_database, tmp_path, monkeypatch)
     client.calls.clear()
-    deleted, more = syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None)
+    deleted, more = syncer._forget_stale(
+        1, state, store, cap=200, report=lambda *_: None, pacer=Pacer(1.0)
+    )
     assert (deleted, more) == (3, False)
     assert client.calls == ["delete 1001", "delete 1002", "delete 1003"]  # no read
     assert [r.tasks for r in QueueState.load(store).rankings] == [[4, 5]]
@@ -193,4 +223,6 @@ def test_deleting_old_predictions_stops_when_a_new_ranking_is_wanted(
         store.want_lane("sync")
 
     monkeypatch.setattr(client, "delete_prediction", delete_then_promote)
-    assert syncer._forget_stale(1, state, store, cap=200, report=lambda *_: None) == (1, False)
+    assert syncer._forget_stale(
+        1, state, store, cap=200, report=lambda *_: None, pacer=Pacer(1.0)
+    ) == (1, False)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from backend_server import BackendServer
 from fakes import wait_for
-from span_tasks import NER, annotate, sentence
+from span_tasks import NER, NER_AND_TOPIC, annotate, annotate_both, sentence
 
 pytestmark = pytest.mark.integration
 
@@ -91,6 +91,59 @@ def test_span_annotations_train_and_regions_come_back_with_their_offsets(label_s
         assert text[value["start"] : value["end"]] == value["text"]
         assert value["labels"][0] in {"PER", "LOC"} and 0 < region["score"] <= 1
     assert 0 <= predictions[0]["score"] <= 1
+
+
+def test_choices_and_labels_on_one_text_train_through_webhooks_and_both_come_back(
+    label_studio, backend
+):
+    sdk = label_studio.client
+    project = sdk.projects.create(title="spans and a choice", label_config=NER_AND_TOPIC)
+    texts = [sentence(i)[0] for i in range(20)] + [f"It rained on day {i} ." for i in range(8)]
+    imported = sdk.projects.import_tasks(
+        id=project.id, request=[{"text": t} for t in texts], return_task_ids=True
+    )
+    task_ids = list(imported.task_ids or [])
+    connect(label_studio, project.id, backend)
+    client = api(label_studio)
+    config = client.get(f"/api/projects/{project.id}").json()["label_config"]
+    assert setup_version(backend, project.id, config).endswith("-prototype")
+    for n, task_id in enumerate(task_ids[:10]):  # regions and a choice in one annotation
+        created = annotate_both(client, task_id, n, "trip")
+        assert created.status_code == 201, created.text
+    for task_id in task_ids[20:25]:  # a choice alone: trains the classifier only
+        choice = {"from_name": "topic", "to_name": "text", "type": "choices",
+                  "value": {"choices": ["other"]}}  # fmt: skip
+        created = client.post(f"/api/tasks/{task_id}/annotations", json={"result": [choice]})
+        assert created.status_code == 201, created.text
+
+    wait_for(lambda: setup_version(backend, project.id, config).endswith("-head"))
+    wait_for(lambda: lanes_idle(backend, project.id))
+    version = setup_version(backend, project.id, config)
+    status = httpx.get(f"{backend.url}/status").json()["projects"][str(project.id)]
+    head = status["jobs"]["head"]["last_result"]
+    assert head["labels"] == 15 and status["label_problems"] == {}
+    parts = head["metrics"]["parts"]
+    assert parts["topic"]["n"] == 15 and parts["label"]["n"] == 10
+
+    # Label Studio asks for a sentence's prediction: one prediction with both controls.
+    task_id = task_ids[15]
+    reply = client.post(
+        "/api/dm/actions",
+        params={"id": "retrieve_tasks_predictions", "project": project.id},
+        json={"selectedItems": {"all": False, "included": [task_id]}},
+    )
+    assert reply.status_code == 200, reply.text
+    wait_for(lambda: any(p["model_version"] == version for p in predictions_of(client, task_id)))
+    (prediction,) = [p for p in predictions_of(client, task_id) if p["model_version"] == version]
+    by_type = {}
+    for item in prediction["result"]:
+        by_type.setdefault(item["type"], []).append(item)
+    assert by_type["choices"][0]["value"]["choices"] == ["trip"]
+    text = texts[15]
+    assert by_type["labels"], prediction
+    for region in by_type["labels"]:
+        value = region["value"]
+        assert text[value["start"] : value["end"]] == value["text"]
 
 
 @pytest.fixture(scope="module")

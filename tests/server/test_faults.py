@@ -56,7 +56,7 @@ def victim(model_dir: str, first_id: int, acks_path: str) -> None:
     """Store events as /webhook does, noting each one acknowledged; head rounds train meanwhile
     (back to back: the kills are to land inside runs, not in the spacing between them)."""
     training.HEAD_DUTY = 1.0
-    backend = BackendProcess(settings(Path(model_dir)))
+    backend = BackendProcess(settings(Path(model_dir)).model_copy(update={"background_duty": 1.0}))
     project = backend.project(1)
     project.setup(CONFIG)
     fd = os.open(acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
