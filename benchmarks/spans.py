@@ -120,9 +120,12 @@ def load_split(
 def sentence_vectors(texts: list[str], runtime: str, cache: Path) -> NDArray[np.float32]:
     """The sentence encoder's vectors (what the server's diversity uses), cached."""
     from ls_backend.core.embeddings import Encoder
+    from ls_backend.store.databases import Databases
 
     encoder = Encoder(
-        cache=cache / "sentences.sqlite", runtime=runtime, export_dir=cache / "export"
+        cache=Databases.embedding_cache_at(cache / "sentences.sqlite"),
+        runtime=runtime,
+        export_dir=cache / "export",
     )
     return encoder.encode(texts)
 
@@ -601,30 +604,59 @@ def speed_command(args: argparse.Namespace) -> None:
             )
 
 
+def split_tags(split: Split, index: NDArray[np.int64], space: SpanLabelSpace) -> NDArray[np.int64]:
+    """Gold tags of every unit of the sentences ``index``."""
+    parts = [spans_to_tags(split.units[i], split.gold[i], space)[0] for i in index]
+    return np.concatenate(parts)
+
+
 def round_times_command(args: argparse.Namespace) -> None:
-    """Head refit time (features from cached vectors + fit) at 100 / 1,000 / 5,000 labeled
-    sentences: the median wall and CPU seconds of ``--repeat`` fits."""
-    print("| data set | labeled sentences | units | tags seen | refit s | CPU s |")
-    print("|---|---|---|---|---|---|")
+    """A server round's head fits at 100 / 1,000 / 5,000 labeled sentences, as ``run_round``
+    makes them with ``Spans.fit_head`` (each fit building its features from cached vectors):
+    the evaluated fit on all but a held-out fifth, started from the serving version's
+    evaluated fit (here: the same fit ``--new`` sentences earlier), then the served fit on
+    every label started from the evaluated one. Beside it, the round before warm starts: the
+    same two fits from zero. Medians of ``--repeat``, wall and CPU seconds."""
+    print(
+        "| data set | labeled sentences | units | tags seen | evaluated fit s | served fit s "
+        "| round s (CPU s) | before: two fits from zero s (CPU s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         train = load_split(args.data, name, "train", args.runtime, args.cache)
         space = space_from_spans(train.gold)
         for n in [int(v) for v in args.sizes.split(",")]:
             n = min(n, len(train))
-            idx = np.sort(np.random.default_rng(0).choice(len(train), n, replace=False))
-            tags = np.concatenate(
-                [spans_to_tags(train.units[i], train.gold[i], space)[0] for i in idx]
+            rng = np.random.default_rng(0)
+            idx = np.sort(rng.choice(len(train), n, replace=False))
+            kept_order = rng.permutation(idx)[: n - n // 5]  # the held-out fifth left out
+            kept = np.sort(kept_order)
+            earlier = np.sort(kept_order[: max(1, kept.size - args.new)])
+            previous = SpanHead.fit_arrays(
+                space, features(train, earlier), split_tags(train, earlier, space)
             )
-            times, cpu = [], []
+            times: dict[str, list[float]] = {k: [] for k in ("ev", "served", "cpu", "old", "oc")}
             for _ in range(args.repeat):
                 t0, c0 = time.perf_counter(), time.process_time()
-                x = features(train, idx)
-                head = SpanHead.fit_arrays(space, x, tags)
-                times.append(time.perf_counter() - t0)
-                cpu.append(time.process_time() - c0)  # what a busy machine does not inflate
+                x_kept, y_kept = features(train, kept), split_tags(train, kept, space)
+                evaluated = SpanHead.fit_arrays(space, x_kept, y_kept, init=previous)
+                t1 = time.perf_counter()
+                x_all, y_all = features(train, idx), split_tags(train, idx, space)
+                served = SpanHead.fit_arrays(space, x_all, y_all, init=evaluated)
+                t2 = time.perf_counter()
+                times["cpu"].append(time.process_time() - c0)  # a busy machine inflates wall
+                times["ev"].append(t1 - t0)
+                times["served"].append(t2 - t1)
+                t3, c3 = time.perf_counter(), time.process_time()
+                SpanHead.fit_arrays(space, features(train, kept), split_tags(train, kept, space))
+                SpanHead.fit_arrays(space, features(train, idx), split_tags(train, idx, space))
+                times["old"].append(time.perf_counter() - t3)
+                times["oc"].append(time.process_time() - c3)
+            m = {k: float(np.median(v)) for k, v in times.items()}
             print(
-                f"| {name} | {n} | {tags.size} | {head.classes.size} | {np.median(times):.2f} | "
-                f"{np.median(cpu):.2f} |",
+                f"| {name} | {n} | {int(train.rows(idx).size)} | {served.classes.size} | "
+                f"{m['ev']:.2f} | {m['served']:.2f} | {m['ev'] + m['served']:.2f} "
+                f"({m['cpu']:.2f}) | {m['old']:.2f} ({m['oc']:.2f}) |",
                 flush=True,
             )
 
@@ -723,10 +755,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     speed.add_argument("--tasks", type=int, default=640)
     speed.add_argument("--single", type=int, default=200)
     speed.add_argument("--threads", type=int, default=2)
-    rounds = sub.add_parser("rounds", help="head refit time by labeled sentences")
+    rounds = sub.add_parser("rounds", help="a server round's head fits by labeled sentences")
     rounds.add_argument("--datasets", default="conll2003,atis_slots")
     rounds.add_argument("--sizes", default="100,1000,5000")
     rounds.add_argument("--repeat", type=int, default=3)
+    rounds.add_argument(
+        "--new", type=int, default=10, help="sentences labeled since the serving version"
+    )
     lora = sub.add_parser("lora", help="LoRA token classification on CPU vs the head")
     lora.add_argument("--dataset", required=True)
     lora.add_argument("--labels", type=int, default=300)

@@ -5,7 +5,8 @@ Protocol (AL_REFERENCE.md): the pool is the train split, stratified-subsampled t
 top ``batch`` items of its order each round up to ``budget``, and is evaluated on the test
 split (optionally stratified-subsampled to ``test_size``) after every round.
 
-Models (the one loop, ``simulate``, with a different ``Fit``):
+Models (the one loop, ``simulate``, with a different ``Fit``; span data runs the same loop
+with what its kind provides, ``LoopKind``: ``bench.spans.SpanData``):
 - ``head``: the light head on frozen embeddings, refit every round (fast on CPU);
 - ``lora``: a fresh LoRA classifier from the backbone every round (the server's lora lane),
   ranking with its MC-dropout probabilities; diversity still uses the embeddings;
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -303,36 +305,114 @@ class ServedLoraFit(ServedFit):
         return Predicted(self._test_probs(data, model), probs, scores)
 
 
+@dataclass(frozen=True)
+class Judged:
+    """One round's predictions on the test split, as the loop records them."""
+
+    decisions: Any  # what the next round's agreement is computed against
+    accuracy: float  # the kind's headline metric (accuracy; entity F1 for spans)
+    macro_f1: float
+    ece: float
+
+
+class LoopKind(Protocol):
+    """What a kind of data gives the one loop (``simulate``): everything else, the rounds,
+    the batches, the timing and what a run records, is shared."""
+
+    def first(self, data: Any, seed: int, init: int) -> NDArray[np.int64]:
+        """The ``init`` random labels every strategy of a seed starts from."""
+        ...
+
+    def ask(self, strategy: str, last: bool) -> Any:
+        """What the ``Fit`` is asked to predict of the pool (its third argument)."""
+        ...
+
+    def judge(self, data: Any, predicted: Any) -> Judged: ...
+
+    def agreement(self, before: Any, now: Any) -> float:
+        """Agreement of two rounds' test decisions (the stabilizing-predictions figure)."""
+        ...
+
+    def order(
+        self,
+        strategy: str,
+        data: Any,
+        predicted: Any,
+        labeled: NDArray[np.int64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
+        """The pool's rows in the order the strategy labels them."""
+        ...
+
+
+class Classes:
+    """Classification data (``BenchData``): accuracy, kappa, the server's rankings."""
+
+    def first(self, data: BenchData, seed: int, init: int) -> NDArray[np.int64]:
+        return np.random.default_rng(seed).choice(data.pool_y.size, init, replace=False)
+
+    def ask(self, strategy: str, last: bool) -> bool:
+        return not last and strategy not in PROB_FREE
+
+    def judge(self, data: BenchData, predicted: Predicted) -> Judged:
+        pred = decided(predicted.test)
+        return Judged(
+            pred,
+            float((pred == data.test_y).mean()),
+            float(f1_score(data.test_y, pred, average="macro", zero_division=0)),
+            calibration_error(predicted.test, data.test_y),
+        )
+
+    def agreement(self, before: NDArray[np.int64], now: NDArray[np.int64]) -> float:
+        return cohen_kappa(before, now)
+
+    def order(
+        self,
+        strategy: str,
+        data: BenchData,
+        predicted: Predicted,
+        labeled: NDArray[np.int64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
+        return rank_pool(
+            strategy, predicted.pool, data.pool_x, labeled, rng=rng, scores=predicted.scores
+        )
+
+
+CLASSES = Classes()
+
+
 def simulate(
-    data: BenchData,
+    data: Any,
     strategy: str,
     seed: int,
     init: int,
     batch: int,
     budget: int,
-    fit: Fit = fit_predict,
+    fit: Callable[[Any, NDArray[np.int64], Any], Any] = fit_predict,
     on_round: Callable[[], object] | None = None,
+    kind: LoopKind = CLASSES,
 ) -> Run:
-    labeled = np.random.default_rng(seed).choice(data.pool_y.size, init, replace=False)
+    """One strategy, one seed: fit, judge on the test split, label the strategy's next
+    ``batch``, until ``budget`` labels; ``kind``: what the data's kind provides."""
+    labeled = kind.first(data, seed, init)
     rng = np.random.default_rng([seed, 1])  # the strategy's own tie-breaking
     run = Run()
-    previous: NDArray[np.int64] | None = None
+    previous: Any = None
     while True:
         start = time.perf_counter()
         last = labeled.size >= budget
-        predicted = fit(data, labeled, not last and strategy not in PROB_FREE)
-        pred = decided(predicted.test)
+        predicted = fit(data, labeled, kind.ask(strategy, last))
+        judged = kind.judge(data, predicted)
         run.labels.append(int(labeled.size))
-        run.ece.append(calibration_error(predicted.test, data.test_y))
-        run.accuracy.append(float((pred == data.test_y).mean()))
-        run.macro_f1.append(float(f1_score(data.test_y, pred, average="macro", zero_division=0)))
+        run.ece.append(judged.ece)
+        run.accuracy.append(judged.accuracy)
+        run.macro_f1.append(judged.macro_f1)
         if previous is not None:
-            run.kappas.append(cohen_kappa(previous, pred))
-        previous = pred
+            run.kappas.append(kind.agreement(previous, judged.decisions))
+        previous = judged.decisions
         if not last:
-            order = rank_pool(
-                strategy, predicted.pool, data.pool_x, labeled, rng=rng, scores=predicted.scores
-            )
+            order = kind.order(strategy, data, predicted, labeled, rng)
             # Sorted, so the fit does not depend on the order within a batch: otherwise float
             # rounding alone sends two strategies with the same picks down different paths.
             picks = order[: min(batch, budget - labeled.size)]
@@ -358,14 +438,15 @@ def ceiling(data: BenchData) -> float:
 
 
 def run_strategies(
-    data: BenchData,
+    data: Any,
     strategies: Sequence[str],
     seeds: int,
     init: int,
     batch: int,
     budget: int,
-    fit_for: Callable[[int], Fit],
+    fit_for: Callable[[int], Any],
     desc: str,
+    kind: LoopKind = CLASSES,
 ) -> dict[str, list[Run]]:
     """``simulate`` every strategy for every seed, each with a fresh ``Fit`` for the seed."""
     runs: dict[str, list[Run]] = {name: [] for name in strategies}
@@ -376,7 +457,7 @@ def run_strategies(
                 bar.set_postfix(strategy=name, seed=seed)
                 step = partial(bar.update, 1)
                 fit = fit_for(seed)
-                runs[name].append(simulate(data, name, seed, init, batch, budget, fit, step))
+                runs[name].append(simulate(data, name, seed, init, batch, budget, fit, step, kind))
     return runs
 
 

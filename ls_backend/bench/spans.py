@@ -15,7 +15,6 @@ uncertainty, entropy summed over words), ``default:<measure>`` and a measure of
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ls_backend.bench.data import read_rows, subsample_rows
-from ls_backend.bench.simulate import Run
+from ls_backend.bench.simulate import Judged, Run, run_strategies, simulate
 from ls_backend.core.configs import RoundConfig
 from ls_backend.core.embeddings import EMBEDDED_MODEL, Encoder
 from ls_backend.core.evaluation import expected_calibration_error, paired_gain
@@ -249,6 +248,44 @@ def _measure(strategy: str) -> tuple[str, str | None]:
     return "scores", strategy
 
 
+class SpanData:
+    """Span data (``SpanBenchData``) in the one loop: entity F1, the agreement of two
+    rounds' spans, the server's ranking over a span measure (or the measure alone)."""
+
+    def first(self, data: SpanBenchData, seed: int, init: int) -> NDArray[np.int64]:
+        n = len(data.pool_texts)
+        return np.sort(np.random.default_rng(seed).choice(n, init, replace=False))
+
+    def ask(self, strategy: str, last: bool) -> str | None:
+        return None if last else _measure(strategy)[1]
+
+    def judge(self, data: SpanBenchData, predicted: SpanPredicted) -> Judged:
+        f1, macro, ece = _figures(data, predicted.test)
+        return Judged(predicted.test, f1, macro, ece)
+
+    def agreement(self, before: list[list[Span]], now: list[list[Span]]) -> float:
+        return _agreement(before, now)
+
+    def order(
+        self,
+        strategy: str,
+        data: SpanBenchData,
+        predicted: SpanPredicted,
+        labeled: NDArray[np.int64],
+        rng: np.random.Generator,
+    ) -> NDArray[np.int64]:
+        how, _ = _measure(strategy)
+        scores = predicted.pool_scores
+        if how == "scores":
+            assert scores is not None
+            shuffled = rng.permutation(np.setdiff1d(np.arange(len(data.pool_texts)), labeled))
+            return shuffled[np.argsort(-scores[shuffled], kind="stable")]
+        return rank_pool(how, None, data.pool_x, labeled, rng=rng, scores=scores)
+
+
+SPAN_DATA = SpanData()
+
+
 def simulate_spans(
     data: SpanBenchData,
     strategy: str,
@@ -259,41 +296,7 @@ def simulate_spans(
     fit: SpanFit,
     on_round: Callable[[], object] | None = None,
 ) -> Run:
-    n = len(data.pool_texts)
-    labeled = np.sort(np.random.default_rng(seed).choice(n, init, replace=False))
-    rng = np.random.default_rng([seed, 1])
-    how, measure = _measure(strategy)
-    run = Run()
-    previous: list[list[Span]] | None = None
-    while True:
-        start = time.perf_counter()
-        last = labeled.size >= budget
-        out = fit(data, labeled, None if last else measure)
-        f1, macro, ece = _figures(data, out.test)
-        run.labels.append(int(labeled.size))
-        run.accuracy.append(f1)
-        run.macro_f1.append(macro)
-        run.ece.append(ece)
-        if previous is not None:
-            run.kappas.append(_agreement(previous, out.test))
-        previous = out.test
-        if not last:
-            unlabeled = np.setdiff1d(np.arange(n), labeled)
-            if how == "scores":
-                assert out.pool_scores is not None
-                shuffled = rng.permutation(unlabeled)
-                order = shuffled[np.argsort(-out.pool_scores[shuffled], kind="stable")]
-            else:
-                order = rank_pool(how, None, data.pool_x, labeled, rng=rng, scores=out.pool_scores)
-            picks = order[: min(batch, budget - labeled.size)]
-            labeled = np.sort(np.concatenate([labeled, picks]))
-        run.seconds.append(time.perf_counter() - start)
-        if on_round is not None:
-            on_round()
-        if last:
-            run.acquired = labeled.tolist()
-            run.promotions = dict(getattr(fit, "promotions", {}))
-            return run
+    return simulate(data, strategy, seed, init, batch, budget, fit, on_round, SPAN_DATA)
 
 
 def run_span_strategies(
@@ -305,21 +308,7 @@ def run_span_strategies(
     budget: int,
     fit_for: Callable[[int], SpanFit],
 ) -> dict[str, list[Run]]:
-    from tqdm import tqdm
-
-    runs: dict[str, list[Run]] = {name: [] for name in strategies}
-    rounds = 1 + -(-(budget - init) // batch)
-    with tqdm(total=len(strategies) * seeds * rounds, desc="spans", unit="round") as bar:
-        for seed in range(seeds):
-            for name in strategies:
-                bar.set_postfix(strategy=name, seed=seed)
-                fit = fit_for(seed)
-                runs[name].append(
-                    simulate_spans(
-                        data, name, seed, init, batch, budget, fit, lambda: bar.update(1)
-                    )
-                )
-    return runs
+    return run_strategies(data, strategies, seeds, init, batch, budget, fit_for, "spans", SPAN_DATA)
 
 
 def span_ceiling(data: SpanBenchData, task: Spans) -> float:

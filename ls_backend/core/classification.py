@@ -73,6 +73,8 @@ class Classification:
         config: RoundConfig,
         label_embeddings: Embeddings | None,
         like: Model | None = None,
+        *,
+        start: Model | None = None,  # a closed-form-ish fit: nothing to start from
     ) -> ModelVersion:
         prior = label_embeddings if config.head_prior else None
         # The served fit keeps the prior strength its evaluated fit chose (as the adapter

@@ -238,6 +238,8 @@ class Composite:
         config: RoundConfig,
         label_embeddings: Embeddings | None,
         like: Model | None = None,
+        *,
+        start: Model | None = None,
     ) -> CompositeModel:
         dim = int(data.embeddings.shape[1]) if data.embeddings.ndim == 2 else 0
         parts: list[Model] = []
@@ -246,11 +248,16 @@ class Composite:
             task, names = self._task(part), self._names(space, label_embeddings, dim, j)
             prior = names if label_embeddings is not None else None
             part_like = like.parts[j] if isinstance(like, CompositeModel) else None
+            part_start = start.parts[j] if isinstance(start, CompositeModel) else None
             part_data = self._part_data(space, data, j)
             try:
                 if not len(part_data):
                     raise NotEnoughLabels("no annotation labels it yet")
-                parts.append(task.fit_head(part.space, part_data, config, prior, like=part_like))
+                parts.append(
+                    task.fit_head(
+                        part.space, part_data, config, prior, like=part_like, start=part_start
+                    )
+                )
                 fitted += 1
             except NotEnoughLabels as exc:
                 why.append(f"{part.name}: {exc}")

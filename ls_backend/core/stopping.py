@@ -280,11 +280,39 @@ def plateau_signal(
         raise ValueError("one label count per version's decisions")
     if not labels:
         raise ValueError("the signal needs at least one version")
-    n = int(labels[-1])
     t = 1.0
     if oof_probs is not None and oof_targets is not None:
         t = temperature(oof_probs, oof_targets)
     accuracy = judged_accuracy(calibrated(newest_probs, t), decisions)
+    classes = int(newest_probs.shape[1])
+    return curve_signal(
+        labels, accuracy, classes, earlier, label_counts, point, horizon, log_sd, metric, t
+    )
+
+
+def curve_signal(
+    labels: Sequence[int],
+    estimates: Sequence[float] | NDArray[np.float64],
+    classes: int,
+    earlier: Sequence[tuple[int, float | None]] = (),
+    label_counts: Sequence[int] | None = None,
+    point: float = POINT,
+    horizon: int = HORIZON,
+    log_sd: float = FORECAST_LOG_SD,
+    metric: str = "accuracy",
+    temperature: float = 1.0,
+) -> PlateauSignal:
+    """The stopping signal from each version's estimated metric on the stop set
+    (``estimates[k]``, judged by the newest version, as ``plateau_signal`` judges accuracy;
+    a kind whose metric is another one brings its own judge): the power law, the forecast
+    and the rule. ``classes``: of the label config (the floor ``stop_floor``)."""
+    if len(labels) != len(estimates):
+        raise ValueError("one label count per version's estimate")
+    if not labels:
+        raise ValueError("the signal needs at least one version")
+    n = int(labels[-1])
+    t = temperature
+    accuracy = np.asarray(estimates, dtype=np.float64)
     counts = np.asarray(labels, dtype=np.float64)
     back = counts <= n - horizon
     recent = float(accuracy[-1] - accuracy[back][-1]) if back.any() else None
@@ -314,7 +342,7 @@ def plateau_signal(
     history = sorted((int(m), g) for m, g in earlier if m < n) + [(n, gain)]
     seen = [m for m, _ in history]
     forecasts = [g for _, g in history]
-    floor = stop_floor(int(newest_probs.shape[1]), label_counts)
+    floor = stop_floor(classes, label_counts)
     plateau = persistent_stop(seen, forecasts, point, min_stop=floor)
     new_class = unseen is not None and unseen >= point
     stop = plateau and not new_class

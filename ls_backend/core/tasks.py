@@ -161,9 +161,13 @@ class Task(Protocol):
         config: RoundConfig,
         label_embeddings: Embeddings | None,
         like: Model | None = None,
+        *,
+        start: Model | None = None,
     ) -> Model:
         """The light head on ``data`` (raises ``NotEnoughLabels`` when it cannot fit yet);
-        ``like``: the evaluated fit whose choices (a prior's strength) the served fit keeps."""
+        ``like``: the evaluated fit whose choices (a prior's strength) the served fit keeps;
+        ``start``: a fit on some of ``data``'s labels and none outside them (the serving
+        version's evaluated fit) that an iterative fit may start from (or ignore)."""
         ...
 
     def fit_lora(

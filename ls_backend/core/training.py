@@ -125,7 +125,11 @@ def run_round(
             data.strata_keys, task.strata(space, data.targets), config.eval_fraction
         )
         train_data, eval_data = data.take(train_idx), data.take(held_idx)
-        evaluated = task.fit_head(space, train_data, config, label_embeddings)
+        # The serving version's evaluated fit never saw a label of today's held-out side
+        # (sides are stable per task): the evaluated fit may start from it.
+        current = load_current()
+        start = None if current is None else _evaluated_fit(task, registry, current)
+        evaluated = task.fit_head(space, train_data, config, label_embeddings, start=start)
         candidate = task.fit_head(space, data, config, label_embeddings, like=evaluated)
         if kind is ModelKind.LORA:
             evaluated, candidate = _adapters(

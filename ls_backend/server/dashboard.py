@@ -13,7 +13,7 @@ from typing import Any
 
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.report import CurvePoint, StopSignal
-from ls_backend.server.report import ProjectReport
+from ls_backend.server.report import ProjectReport, SuspectItem
 
 #: How often the page asks /status for job progress.
 POLL_MS = 3000
@@ -179,9 +179,10 @@ def _axis(x0: int, y0: int, w: int, h: int, xmax: float, ymin: float, ymax: floa
     )
 
 
-def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
-    """Accuracy (blue) and macro-F1 (orange) of every scored version against its labels:
-    circles heads, squares adapters, hollow when not promoted, a ring on the serving one."""
+def learning_curve_svg(points: Sequence[CurvePoint], metric: str = "accuracy") -> str:
+    """The task's metric (blue: accuracy, or entity F1 for spans) and macro-F1 (orange) of
+    every scored version against its labels: circles heads, squares adapters, hollow when
+    not promoted, a ring on the serving one."""
     scored = [p for p in points if p.accuracy is not None]
     if not scored:
         return "<p class=muted>No version has been evaluated yet (zero-shot serves).</p>"
@@ -195,15 +196,16 @@ def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
         return x0 + w * labels / xmax, y0 + h - h * (value - ymin) / (1.0 - ymin)
 
     marks = []
-    for metric, colour, css in (("accuracy", "#3b6fd4", "acc"), ("macro_f1", "#e07b1f", "f1")):
-        line = [(p, getattr(p, metric)) for p in scored if getattr(p, metric) is not None]
+    names = {"accuracy": metric, "macro_f1": "macro-F1"}
+    for field, colour, css in (("accuracy", "#3b6fd4", "acc"), ("macro_f1", "#e07b1f", "f1")):
+        line = [(p, getattr(p, field)) for p in scored if getattr(p, field) is not None]
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (at(p.labels, v) for p, v in line))
         marks.append(f'<polyline points="{path}" fill=none stroke="{colour}" opacity=".35"/>')
         for p, value in line:
             x, y = at(p.labels, value)
             fill = colour if p.promoted else "#fff"
             tip = (
-                f"{p.version}: {metric.replace('_', '-')} {value:.3f} at {p.labels} labels "
+                f"{p.version}: {names[field]} {value:.3f} at {p.labels} labels "
                 f"({p.evaluation}; {'promoted' if p.promoted else 'not promoted'}"
                 f"{'; serving' if p.serving else ''})"
             )
@@ -216,15 +218,15 @@ def learning_curve_svg(points: Sequence[CurvePoint]) -> str:
             else:
                 tag, where = "circle", f"cx={x:.1f} cy={y:.1f} r=4"
             marks.append(f"<{tag} {where} {attrs}><title>{escape(tip)}</title></{tag}>")
-            if p.serving and metric == "accuracy":
+            if p.serving and field == "accuracy":
                 marks.append(
                     f'<circle cx={x:.1f} cy={y:.1f} r=9 fill=none stroke="#1e7d32" '
                     f'stroke-width=2 class=serving-mark data-version="{escape(p.version)}"/>'
                     f'<text x={x + 11:.1f} y={y - 8:.1f} fill="#1e7d32">serving</text>'
                 )
     legend = (
-        f"<text x={x0 + 8} y={y0 + h + 30}>● accuracy (blue), macro-F1 (orange) on held-out "
-        "labels · ■ LoRA · hollow: not promoted · ring: serving</text>"
+        f"<text x={x0 + 8} y={y0 + h + 30}>● {escape(metric)} (blue), macro-F1 (orange) on "
+        "held-out labels · ■ LoRA · hollow: not promoted · ring: serving</text>"
     )
     return (
         f'<svg id=learning-curve viewBox="0 0 {x0 + w + 60} {y0 + h + 40}" width="100%" '
@@ -278,8 +280,8 @@ def plateau_html(plateau: dict[str, Any]) -> str:
         f'<p id=plateau class="stop {verdict}">{escape(plateau["verdict"])}</p>'
         f"<p id=plateau-gain>{escape(figures)}</p>{plateau_svg(plateau)}"
         f"<p class=muted>{escape(plateau['note'])}. Rule: {escape(plateau['rule'])} "
-        "(a learning curve fitted to the versions' accuracy on the project's tasks, judged "
-        "by the newest version: README, 'When to stop').</p>"
+        f"(a learning curve fitted to the versions' {escape(metric)} on the project's tasks, "
+        "judged by the newest version: README, 'When to stop').</p>"
     )
 
 
@@ -309,7 +311,8 @@ def plateau_svg(plateau: dict[str, Any]) -> str:
     line = f'<polyline points="{path}" fill=none stroke="#1e7d32"/>' if path else ""
     return (
         f'<svg id=plateau-plot viewBox="0 0 {x0 + w + 60} {y0 + h + 24}" width="100%" role=img '
-        f'aria-label="estimated accuracy of each version and the fitted curve">'
+        f'aria-label="estimated {escape(plateau.get("metric", "accuracy"))} of each version '
+        f'and the fitted curve">'
         f"{_axis(x0, y0, w, h, xmax, ymin, ymax)}{line}{dots}</svg>"
     )
 
@@ -322,21 +325,33 @@ def _link(url: str | None, text: str) -> str:
     return f'<a href="{escape(url)}" target=_blank>{escape(text)}</a>' if url else escape(text)
 
 
+def _suspect_text(s: SuspectItem) -> str:
+    """The suspect's text; a region's words in bold where the suspect is a region."""
+    if s.region is None or not s.region or s.region not in s.text:
+        return escape(s.text)
+    at = s.text.find(s.region)
+    if s.start is not None and s.text.startswith(s.region, max(0, s.start)):
+        at = s.start  # the region where it is, not an earlier copy of its words
+    end = at + len(s.region)
+    return f"{escape(s.text[:at])}<b>{escape(s.region)}</b>{escape(s.text[end:])}"
+
+
 def project_page(report: ProjectReport) -> str:
     key = report.project
     jobs = "".join(
         f"<tr><th>{escape(lane)} lane</th>{_job_cell(key, lane, job)}</tr>"
         for lane, job in report.jobs.items()
     )
+    short = "acc" if report.metric == "accuracy" else report.metric
     versions = "".join(
         f'<option value="{escape(p.version)}"{" selected" if p.serving else ""}>'
         f"{escape(p.version)} ({p.labels} labels"
-        f"{f', acc {p.accuracy:.3f}' if p.accuracy is not None else ''}"
+        f"{f', {short} {p.accuracy:.3f}' if p.accuracy is not None else ''}"
         f"{'' if p.promoted else ', not promoted'})</option>"
         for p in reversed(report.learning_curve)
     )
     gain = (
-        f"{100 * report.gain_per_100_labels:+.1f} accuracy points per 100 labels lately"
+        f"{100 * report.gain_per_100_labels:+.1f} {report.metric} points per 100 labels lately"
         if report.gain_per_100_labels is not None
         else "a gain per 100 labels shows once versions of one kind are 50 labels apart"
     )
@@ -358,7 +373,8 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
 </section>"""
 
     curve = f"""<section><h2>Is the model getting better?</h2>
-{learning_curve_svg(report.learning_curve)}<p class=muted>{escape(gain)}</p></section>"""
+{learning_curve_svg(report.learning_curve, report.metric)}<p class=muted>{escape(gain)}</p>
+</section>"""
 
     if report.stopping is not None:
         verdict = "yes" if report.stopping.stop else "no"
@@ -386,8 +402,13 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
         if conf
         else "<p class=muted>nothing to show yet</p>"
     )
+    conf_note = (
+        f"<p id=confusions-note class=muted>{escape(report.confusions_note)}</p>"
+        if report.confusions_note
+        else ""
+    )
     labels = f"""<section><h2>Labels</h2><table>{dist}</table>
-<h2 style="margin-top:12px">Most confused (out-of-fold)</h2>{conf_table}</section>"""
+<h2 style="margin-top:12px">Most confused (out-of-fold)</h2>{conf_table}{conf_note}</section>"""
 
     rows = "".join(
         f"<tr><td class=num>{q.position}</td><td>{_link(q.url, str(q.task_id))}</td>"
@@ -409,15 +430,17 @@ skips included), {report.tasks} tasks mirrored</td></tr>{jobs}</table>
 <p class=muted>{escape(report.queue_note)}{ranking}</p></section>"""
 
     srows = "".join(
-        f"<tr><td>{_link(s.url, str(s.task_id))}</td><td>{escape(s.text)}</td>"
+        f"<tr><td>{_link(s.url, str(s.task_id))}</td><td>{_suspect_text(s)}</td>"
         f"<td>{escape(s.given)}</td><td>{escape(s.predicted)}</td>"
         f"<td class=num>{s.quality:.3f}</td>"
+        f"<td class=num>{'' if s.confidence is None else f'{s.confidence:.3f}'}</td>"
         f"<td>{ISSUE if s.issue else ''}</td></tr>"
         for s in report.suspects
     )
     suspect_table = (
         "<table id=suspects><tr><th>task</th><th>text</th><th>labeled</th><th>model says</th>"
-        f"<th class=num>p(label)</th><th></th></tr>{srows}</table>"
+        "<th class=num>p(label)</th><th class=num>p(model's)</th><th></th></tr>"
+        f"{srows}</table>"
         if srows
         else ""
     )

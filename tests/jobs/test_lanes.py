@@ -167,3 +167,14 @@ def test_rounds_prune_old_versions_and_the_events_every_lane_has_read(tmp_path, 
     finally:
         backend.scheduler.stop()
     assert project.store.count("events") == 3  # LoRA has read none of them yet
+
+
+def test_the_span_stopping_signal_keeps_a_spread_of_versions_that_stays_chosen():
+    from ls_backend.jobs.stopping import _spread
+
+    versions = [({"labels": n}, f"v{n}") for n in range(1, 301)]
+    chosen = [model for _, model in _spread(versions, 48)]
+    assert len(chosen) <= 48 and chosen[-1] == "v300"
+    later = [model for _, model in _spread([*versions, ({"labels": 301}, "v301")], 48)]
+    assert set(chosen[:-1]) <= set(later)  # chosen versions stay (their spans are kept)
+    assert [m for _, m in _spread(versions[:5], 48)] == ["v1", "v2", "v3", "v4", "v5"]

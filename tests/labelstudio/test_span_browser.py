@@ -86,3 +86,68 @@ def test_pre_annotated_regions_render_and_a_submit_keeps_them(label_studio, tmp_
         assert kept == predicted
     finally:
         backend.stop()
+
+
+def test_regions_after_windows_line_endings_render_on_their_words(label_studio, tmp_path):
+    # Where Label Studio's labeling UI puts a region whose offsets are Python str indices of
+    # a text with "\r\n" and a lone "\r" (what the backend serves), and what a Submit keeps.
+    text = "Note:\r\nAlice  flew\rto Paris .\r\n\r\nThen Bob met Carol in Rome ."
+    words = [("Alice", "PER"), ("Paris", "LOC"), ("Bob", "PER"), ("Rome", "LOC")]
+    regions = [
+        {
+            "id": f"w{k}",
+            "from_name": "label",
+            "to_name": "text",
+            "type": "labels",
+            "value": {
+                "start": text.index(word),
+                "end": text.index(word) + len(word),
+                "text": word,
+                "labels": [label],
+            },
+            "score": 0.9,
+        }
+        for k, (word, label) in enumerate(words)
+    ]
+    sdk = label_studio.client
+    project = sdk.projects.create(title="line endings in a browser", label_config=NER)
+    imported = sdk.projects.import_tasks(
+        id=project.id,
+        request=[{"data": {"text": text}, "predictions": [{"result": regions}]}],
+        return_task_ids=True,
+    )
+    (task_id,) = list(imported.task_ids or [])
+    client = httpx.Client(
+        base_url=label_studio.url,
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=60,
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", USERNAME)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task_id}")
+        try:
+            page.wait_for_selector(HIGHLIGHT)
+        except Exception:
+            (tmp_path / "page.html").write_text(page.content())
+            raise
+        shown = [t.strip() for t in page.locator(HIGHLIGHT).all_inner_texts()]
+        page.locator(SUBMIT).click()
+        browser.close()
+    assert sorted(shown) == sorted(word for word, _ in words)
+
+    def saved() -> list:
+        return client.get(f"/api/tasks/{task_id}").json()["annotations"]
+
+    wait_for(lambda: saved())
+    kept = {
+        (r["value"]["start"], r["value"]["end"], r["value"].get("text"))
+        for r in saved()[0]["result"]
+    }
+    assert kept == {(r["value"]["start"], r["value"]["end"], r["value"]["text"]) for r in regions}

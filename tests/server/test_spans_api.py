@@ -141,3 +141,32 @@ def test_the_dashboard_shows_a_span_project(make_client):
     for page in ("/ui", "/ui/projects/9"):
         reply = client.get(page)
         assert reply.status_code == 200, (page, reply.text[-2000:])
+
+
+def test_windows_line_endings_keep_exact_offsets_in_labels_and_regions(make_client):
+    # Offsets are Python str indices of the text as Label Studio sends it ("\r\n" is two
+    # characters, a lone "\r" one), both in the annotations read and the regions served.
+    client = make_client()
+    client.post("/setup", json={"project": "9.1700000000", "schema": NER})
+    for i in range(12):
+        text, spans = sentence(i)
+        person, place = text[spans[0][0] : spans[0][1]], text[spans[1][0] : spans[1][1]]
+        text = f"Note {i}:\r\n{person} flew\rto {place} .\r\n"
+        at_person, at_place = text.index(person), text.index(place)
+        result = [
+            region(text, at_person, at_person + len(person), "PER"),
+            region(text, at_place, at_place + len(place), "LOC"),
+        ]
+        assert client.post("/webhook", json=event(100 + i, 10 + i, text, result)).is_success
+    result = head_status(client)["last_result"]
+    assert result["labels"] == 12, result  # no region refused as out of place
+    assert client.get("/status").json()["projects"]["9"].get("label_problems", {}) == {}
+
+    texts = ["Note 99:\r\nEmma flew\rto Rome .\r\n", "Emma\r\n\r\nflew to Rome ."]
+    for text, item in zip(texts, predict(client, texts), strict=True):
+        found = {
+            (r["value"]["start"], r["value"]["end"], r["value"]["text"]) for r in item["result"]
+        }
+        for start, end, quoted in found:
+            assert text[start:end] == quoted and quoted.strip() == quoted
+        assert (text.index("Rome"), text.index("Rome") + 4, "Rome") in found, item

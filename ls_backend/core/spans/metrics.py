@@ -130,3 +130,27 @@ def paired_f1_terms(
     c: NDArray[np.float64] = scale * (a_c - f1_b * b_c)
     b: NDArray[np.float64] = scale * (a_b - f1_b * b_b)
     return c, b
+
+
+def judged_f1(
+    judge: Sequence[Sequence[Span]], versions: Sequence[Sequence[Sequence[Span]]]
+) -> NDArray[np.float64]:
+    """Expected entity F1 of each version's spans on a set of unlabeled sentences, judged by
+    another model's spans (``judge``, the newest version's, with their scores): a judge's
+    span is a true entity with probability its score, and nothing else is one. So a
+    version's expected true positives are the scores of the judge's spans it predicts
+    exactly, the expected gold entities the judge's scores summed, and its F1 is
+    ``2 E[TP] / (predicted + E[gold])`` (a ratio of expectations, as the stopping signal's
+    judged accuracy is a mean of them). 1.0 where nobody predicts any span."""
+    scores = [{s.key(): float(s.score or 0.0) for s in row} for row in judge]
+    expected_gold = sum(sum(row.values()) for row in scores)
+    out = np.zeros(len(versions))
+    for k, version in enumerate(versions):
+        if len(version) != len(judge):
+            raise ValueError(f"{len(version)} sentences for the judge's {len(judge)}")
+        pairs = zip(scores, version, strict=True)
+        hit = sum(row.get(s.key(), 0.0) for row, spans in pairs for s in spans)
+        predicted = sum(len(spans) for spans in version)
+        total = predicted + expected_gold
+        out[k] = 2.0 * hit / total if total else 1.0
+    return out

@@ -9,7 +9,7 @@ import pytest
 
 from ls_backend.core.spans.alignment import TokenizedText, decode_spans
 from ls_backend.core.spans.features import SHAPE_FEATURES, shape_features
-from ls_backend.core.spans.head import SpanHead, SpanHeadConfig
+from ls_backend.core.spans.head import SpanHead, SpanHeadConfig, unit_features
 from ls_backend.core.spans.tokens import TokenVectors
 from ls_backend.core.spans.types import Span, SpanLabelSpace
 
@@ -141,3 +141,35 @@ def test_predict_serves_spans_and_uncertainty() -> None:
         0 < s.score <= 1 for row in out.decoded.spans for s in row if s.score is not None
     )
     assert predict(SpanHead.empty(SPACE), test_vectors).decoded.spans == [[]] * 5
+
+
+def test_a_warm_start_begins_at_the_other_heads_function_and_keeps_its_quality() -> None:
+    vectors, spans = corpus(40)
+    some = SpanHead.fit(SPACE, vectors[:30], spans[:30])
+    # Another standardisation, another tag set: the start is the same function of raw
+    # features, and a tag the first head never saw starts unlikely.
+    x = unit_features(vectors, True)
+    mean, scale = x.mean(axis=0) + 0.5, x.std(axis=0) * 2 + 1e-6
+    classes = np.arange(SPACE.size, dtype=np.int64)
+    theta = some._start(classes, mean, scale)
+    w = theta[: x.shape[1] * classes.size].reshape(x.shape[1], classes.size)
+    b = theta[x.shape[1] * classes.size :]
+    logits = ((x - mean) / scale) @ w + b
+    expected = ((x - some.mean) / some.scale) @ some.coef + some.intercept
+    assert np.allclose(logits[:, some.classes], expected, atol=1e-3)
+
+    warm = SpanHead.fit(SPACE, vectors, spans, SpanHeadConfig(warm_iter=3), init=some)
+    test_vectors, test_spans = corpus(20, seed=1)
+    decoded = decode_spans(
+        warm.predict_proba(test_vectors), [v.tokens.units for v in test_vectors], SPACE
+    )
+    assert [[s.key() for s in row] for row in decoded.spans] == [
+        [s.key() for s in row] for row in test_spans
+    ]
+
+
+def test_a_head_of_other_features_is_no_start() -> None:
+    vectors, spans = corpus(30)
+    plain = SpanHead.fit(SPACE, vectors, spans, SpanHeadConfig(shape=False))
+    head = SpanHead.fit(SPACE, vectors, spans, init=plain)  # shape features: 11 more columns
+    assert head.coef.shape[0] == plain.coef.shape[0] + len(SHAPE_FEATURES)

@@ -79,3 +79,32 @@ def test_the_paired_terms_add_up_to_the_entity_f1_change() -> None:
     change = one.metrics["entity_f1"] - two.metrics["entity_f1"]
     assert np.mean(c - b) == pytest.approx(change) and change > 0
     assert counts(better, gold).shape == (3, 3)
+
+
+def test_a_round_starts_its_fits_from_the_serving_versions_evaluated_fit_and_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ls_backend.core.spans.head import SpanHead
+
+    registry = Registry(tmp_path)
+    prototype = SPANS.prototype(SPACE, np.zeros((2, 4), np.float32))
+    prototype.version = save_prototype(registry, prototype, "test", SPANS.kind)
+    config = RoundConfig(eval_min_labels=30)
+    first = run_round(SPANS, "head", registry, SPACE, data(40), lambda: prototype, config)
+    serving = SPANS.load(registry.path(first.version), first.version)
+    starts: list[SpanHead | None] = []
+    fit = SpanHead.fit_arrays.__func__  # type: ignore[attr-defined]
+
+    def recording(cls, space, x, tags, config=None, init=None):  # type: ignore[no-untyped-def]
+        starts.append(init)
+        return fit(cls, space, x, tags, config, init)
+
+    monkeypatch.setattr(SpanHead, "fit_arrays", classmethod(recording))
+    second = run_round(SPANS, "head", registry, SPACE, data(50), lambda: serving, config)
+    evaluated_start, served_start = starts
+    # The evaluated fit from the serving version's evaluated fit (never a held-out label),
+    # the served fit from the evaluated one just made.
+    saved = SPANS.load(registry.path(first.version) / "evaluated", first.version)
+    assert evaluated_start is not None and np.allclose(evaluated_start.coef, saved.head.coef)
+    assert served_start is not None and not np.allclose(served_start.coef, saved.head.coef)
+    assert registry.info(second.version)["metrics"]["entity_f1"] > 0.5

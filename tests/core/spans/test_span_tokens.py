@@ -91,3 +91,19 @@ def test_unknown_runtime_and_impossible_windows_are_refused() -> None:
         TokenEncoder(runtime="tpu")
     with pytest.raises(ValueError, match="overlap"):
         TokenEncoder(max_length=16, overlap=14)
+
+
+def test_windows_line_endings_and_a_lone_carriage_return_keep_exact_offsets(
+    torch_encoder: TokenEncoder,
+) -> None:
+    # Offsets are Python str indices of the text as sent: "\r\n" counts 2, a lone "\r" 1.
+    text = "Alice met Bob.\r\nThen Carol\rwent to Paris.\r\n\r\nBye"
+    (tokens,) = torch_encoder.tokenize([text])
+    words = [text[a:b] for a, b in tokens.units.tolist()]
+    assert words == [
+        "Alice", "met", "Bob", ".", "Then", "Carol", "went", "to", "Paris", ".", "Bye"
+    ]  # fmt: skip
+    assert tokens.units[words.index("Paris")].tolist() == [
+        text.index("Paris"),
+        text.index("Paris") + 5,
+    ]
