@@ -12,7 +12,11 @@ each followed by the next-task request the UI makes):
 - ``encode``: the backend's encoder embedding 16 long texts at a time, a quarter of the time
   (``BACKGROUND_DUTY``'s default);
 - ``hook``: a webhook to a server that answers at once (what Label Studio itself spends
-  on sending one per save).
+  on sending one per save);
+- ``ranked``: 200 tasks with a prediction each and the project served by *Uncertainty
+  sampling* on them, as a push leaves it (what Label Studio spends on a ranked queue);
+- ``connected``: ``ranked`` and ``hook`` together: Label Studio's own cost of a connected
+  backend that does nothing else.
 """
 
 from __future__ import annotations
@@ -98,11 +102,25 @@ def saves(client: httpx.Client, project: int, label: str, n: int) -> list[tuple[
     return timings
 
 
+def rank(client: httpx.Client, project: int, label: str, version: str) -> None:
+    """A ranking as a push leaves it: 200 unlabeled tasks predicted, the queue on their scores."""
+    page = {"project": project, "page_size": 400, "fields": "task_only"}
+    tasks = client.get("/api/tasks/", params=page).json()["tasks"]
+    todo = [task["id"] for task in tasks if not task.get("is_labeled")][:200]
+    result = [{"from_name": "label", "to_name": "text", "type": "choices",
+               "value": {"choices": [label]}}]  # fmt: skip
+    items = [{"task": task, "result": result, "score": i / 1000, "model_version": version}
+             for i, task in enumerate(todo)]  # fmt: skip
+    client.post(f"/api/projects/{project}/import/predictions", json=items).raise_for_status()
+    queue = {"sampling": "Uncertainty sampling", "model_version": version}
+    client.patch(f"/api/projects/{project}/", json=queue).raise_for_status()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--saves", type=int, default=30)
-    parser.add_argument("--loads", default="idle,burn,encode,hook,idle")
+    parser.add_argument("--loads", default="idle,burn,encode,hook,ranked,connected,idle")
     args = parser.parse_args()
     data = annotator_bench.dataset("long", args.tasks)
     template, _ = ensure_template()
@@ -131,7 +149,9 @@ def main() -> None:
                 )
                 assert helper.stdout is not None
                 helper.stdout.readline()
-            elif load == "hook":
+            if load in ("ranked", "connected"):
+                rank(client, project.id, data.labels[0], f"rank-{load}")
+            if load in ("hook", "connected"):
                 url = f"http://127.0.0.1:{server.server_address[1]}/webhook"
                 body = {"project": project.id, "url": url, "send_payload": True,
                         "send_for_all_actions": True}  # fmt: skip
@@ -144,6 +164,9 @@ def main() -> None:
                     helper.kill()
                 if hook is not None:
                     client.delete(f"/api/webhooks/{hook}/")
+                if load in ("ranked", "connected"):
+                    sequential = {"sampling": "Sequential sampling", "model_version": ""}
+                    client.patch(f"/api/projects/{project.id}/", json=sequential)
             total = statistics.median(s + n for s, n in timings)
             idle = idle or total
             print(
