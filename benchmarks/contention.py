@@ -10,7 +10,7 @@ each followed by the next-task request the UI makes):
 - ``idle``: nothing else;
 - ``burn``: two threads multiplying matrices in a process at nice 10 (any CPU-bound work);
 - ``encode``: the backend's encoder embedding 16 long texts at a time, a quarter of the time
-  (``BACKGROUND_DUTY``'s default);
+  (more than ``BACKGROUND_DUTY``'s default gives all background work);
 - ``hook``: a webhook to a server that answers at once (what Label Studio itself spends
   on sending one per save);
 - ``ranked``: 200 tasks with a prediction each and the project served by *Uncertainty

@@ -121,7 +121,7 @@ class Settings(BaseSettings):
         "so a burst becomes one run.",
     )
     background_duty: float = Field(
-        0.25,
+        0.1,
         gt=0,
         le=1,
         description="While people label (a label or skip in the last 30 s), a process's "
