@@ -108,7 +108,8 @@ FORGET_BUSY_S = 1.0
 #: Label Studio's bulk prediction import refreshes the counters of every task in the project
 #: (legacy path of 1.23: 0.03 s at 1,000 tasks, 0.33 s at 10,000, 3.3 s at 100,000, holding
 #: SQLite; 1-4.5 s at 1,000 on PostgreSQL on 2 cores); past this many tasks, and while people
-#: label, a push creates its predictions one request each (~85 ms), each a turn.
+#: label (paced: ``core.pacing``), a push creates its predictions one request each (~85 ms),
+#: each a turn.
 BULK_PUSH_MAX_TASKS = 10_000
 #: Predictions created before the queue switches to a one-by-one push's ranking.
 QUEUE_HEAD = 10
@@ -615,6 +616,7 @@ class Syncer:
         """Push ``front`` as a new ranking; every request to Label Studio is a turn of
         background work (none paced when ``urgent``: a project's first ranking)."""
         labeling = store.labeling()
+        paced = labeling and pacer.duty < 1 and not urgent
 
         def turn() -> AbstractContextManager[None]:
             return pacer.turn(labeling=labeling, urgent=urgent)
@@ -647,7 +649,7 @@ class Syncer:
                 front.tasks, front.results, priorities(len(front.tasks)), strict=True
             )
         ]
-        if project_tasks <= BULK_PUSH_MAX_TASKS and (urgent or not labeling):
+        if project_tasks <= BULK_PUSH_MAX_TASKS and not paced:
             with turn():
                 if items:
                     self.client.import_predictions(project_id, items)

@@ -3,8 +3,6 @@ a few at a time, an exhausted front falls back, and a missed webhook heals (real
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from backend_server import BackendServer
@@ -90,7 +88,6 @@ def test_connecting_pushes_only_the_front_and_labels_replace_it_a_few_rows_at_a_
         task = client.get(f"/api/projects/{pid}/next").json()
         label(client, task["id"], by_text[task["data"]["text"]])
         versions.add(queue_version(client, pid))
-        time.sleep(0.5)  # a fast annotator: a push while people label goes a row at a time
     runs = sync_runs(backend, pid)
     assert httpx.post(f"{backend.url}/sync/{pid}", json={}).status_code == 202
     wait_for_sync(backend, pid, runs)

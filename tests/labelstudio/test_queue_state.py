@@ -156,12 +156,15 @@ def test_while_people_label_a_push_goes_one_prediction_at_a_time_but_the_first_a
     front = sync.Front(tasks, [{"result": []}] * len(tasks), "v0002-head")
     # A bulk import refreshes every task's counters: seconds of Label Studio on PostgreSQL,
     # while someone waits for their save.
-    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=1_000)
+    syncer._push(1, state, front, store, Pacer(0.5), project_tasks=1_000)
     head = [f"create {t}" for t in tasks[: sync.QUEUE_HEAD]]
     assert client.calls == [*head, "queue", *[f"create {t}" for t in tasks[sync.QUEUE_HEAD :]]]
     client.calls.clear()
-    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=1_000, urgent=True)
+    syncer._push(1, state, front, store, Pacer(0.5), project_tasks=1_000, urgent=True)
     assert client.calls == [f"import {len(tasks)}", "queue"]  # the first ranking: at once
+    client.calls.clear()
+    syncer._push(1, state, front, store, Pacer(1.0), project_tasks=1_000)
+    assert client.calls == [f"import {len(tasks)}", "queue"]  # BACKGROUND_DUTY=1: unpaced
 
 
 def test_a_large_project_lets_more_old_predictions_wait_for_a_quiet_spell(tmp_path):
