@@ -126,8 +126,8 @@ class Settings(BaseSettings):
         le=1,
         description="While people label (a label or skip in the last 30 s), a process's "
         "background work (embedding tasks for the queue, reading Label Studio, pushes, head "
-        "rounds) takes turns and runs at most this share of the time, and none starts within "
-        "0.5 s of a label; `1`: no pacing (a box with cores to spare).",
+        "rounds, a LoRA round on the CPU) takes turns and runs at most this share of the time, "
+        "and none starts within 0.5 s of a label; `1`: no pacing (a box with cores to spare).",
     )
     head_min_labels: int = Field(
         2, ge=1, description="Labels needed before the light head replaces zero-shot prototypes."

@@ -2,14 +2,14 @@
 
 On a small box Label Studio serves the annotators' saves from the cores we embed, read and
 train on, and no OS priority keeps a busy core from slowing it: a save -> next task on two
-cores took 1.85x as long beside two niced (nice 10) threads multiplying matrices as on an
-idle box. So every piece of background work (a block of texts to embed for the queue, a
-page read from Label Studio, a push, a head round) is a *turn*: one at a time, each
-followed by a rest sized from what it took, so that together they take at most ``duty`` of
-the time; and none starts within ``quiet_s`` of a label seen by this process (the webhook
-comes inside the annotator's save: the rest of it and the next-task request follow).
-Labeling counts as going on for ``ACTIVE_S`` after the last label or skip; without it
-nothing is paced.
+cores took 1.84x as long beside two niced (nice 10) threads multiplying matrices as on an
+idle box (``benchmarks/contention.py``). So every piece of background work (a block of
+texts to embed for the queue, a page read from Label Studio, a push, a head round) is a
+*turn*: one at a time, each followed by a rest sized from what it took, so that together
+they take at most ``duty`` of the time; and none starts within ``quiet_s`` of a label seen
+by this process (the webhook comes inside the annotator's save: the rest of it and the
+next-task request follow). Labeling counts as going on for ``ACTIVE_S`` after the last label
+or skip; without it nothing is paced.
 """
 
 from __future__ import annotations

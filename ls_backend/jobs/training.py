@@ -41,6 +41,11 @@ CHILD_NICENESS = 10
 #: round per label took the CPU the annotators' saves needed.
 HEAD_DUTY = 0.25
 HEAD_HOLD_MAX_S = 30.0
+#: While people label, a LoRA child (another process: the parent's turns do not reach it)
+#: computes for this long, then rests (1 / BACKGROUND_DUTY - 1) times as long; whether
+#: people label it asks the store at most every CHILD_LOOK_S.
+CHILD_SLICE_S = 0.5
+CHILD_LOOK_S = 1.0
 T = TypeVar("T")
 
 
@@ -57,6 +62,30 @@ def follow_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="follow-parent", daemon=True).start()
 
 
+def pace_forward_passes(labeling: Callable[[], bool], duty: float) -> Any:
+    """In a LoRA child: while ``labeling()``, its computing takes ``duty`` of the time, in
+    slices of CHILD_SLICE_S between forward passes (a hook on every module's forward: nice
+    10 alone leaves Label Studio's saves 1.8x slower beside a busy core)."""
+    if duty >= 1:
+        return None
+    import torch  # the child trains with it anyway; the parent need not load it here
+
+    slice_began, looked, busy = time.monotonic(), float("-inf"), False
+
+    def hook(_module: Any, _args: Any) -> None:
+        nonlocal slice_began, looked, busy
+        now = time.monotonic()
+        if now - looked >= CHILD_LOOK_S:
+            looked, busy = now, labeling()
+        if not busy:
+            slice_began = now
+        elif now - slice_began >= CHILD_SLICE_S:
+            time.sleep((now - slice_began) * (1 / duty - 1))
+            slice_began = time.monotonic()
+
+    return torch.nn.modules.module.register_module_forward_pre_hook(hook)  # its handle
+
+
 def isolated_round(
     address: StoreAddress,
     task_kind: TaskKind,
@@ -65,13 +94,17 @@ def isolated_round(
     config: RoundConfig,
     device: str,
     progress: Progress,
-    label_embeddings: Embeddings | None = None,
+    label_embeddings: Embeddings | None,
+    duty: float,
 ) -> RoundResult:
     """A LoRA round as run in a child process: it opens the project's store and loads the
-    serving model itself."""
+    serving model itself; while people label it computes ``duty`` of the time."""
     os.nice(CHILD_NICENESS)
     follow_parent()
-    registry = project_registry(address.project_dir, address.open())
+    store = address.open()
+    if device == "cpu":  # a GPU's work takes no core from Label Studio
+        pace_forward_passes(store.labeling, duty)
+    registry = project_registry(address.project_dir, store)
     task = task_of(task_kind)
 
     def current() -> Model | None:
@@ -242,8 +275,9 @@ class LoraLane(TrainingLane):
         # or an OOM kill fails the run instead of the server, and serving keeps the CPU.
         device = self.settings.resolved_device()
         address, kind, names = project.address, project.task.kind, self.prior(project, space)
+        duty = self.settings.background_duty
         return run_isolated(
-            isolated_round, address, kind, space, data, self.config(), device, progress, names
+            isolated_round, address, kind, space, data, self.config(), device, progress, names, duty
         )
 
 

@@ -362,3 +362,38 @@ def test_a_long_sync_takes_turns_with_the_other_projects(backend, monkeypatch):
     assert backend.scheduler.wait_idle(30)
     assert runs.count("1") == 6 and runs.count("2") == 1
     assert runs.index("2") < 6, runs  # not after the whole import (its 6 runs in a row)
+
+
+def test_a_lora_child_rests_between_forward_passes_only_while_people_label(monkeypatch):
+    import torch
+
+    from ls_backend.jobs import training
+
+    clock, slept = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(training.time, "sleep", sleep)
+    labeling = [False]
+    layer, x = torch.nn.Linear(2, 2), torch.zeros(1, 2)
+    assert training.pace_forward_passes(lambda: labeling[0], duty=1.0) is None  # unpaced
+    handle = training.pace_forward_passes(lambda: labeling[0], duty=0.25)
+    try:
+        for _ in range(10):  # nobody labels: a forward pass every 0.2 s, no rest
+            layer(x)
+            clock[0] += 0.2
+        assert slept == []
+        labeling[0] = True
+        clock[0] += training.CHILD_LOOK_S  # the next pass asks the store again
+        for _ in range(10):
+            layer(x)
+            clock[0] += 0.2
+        # Slices of 0.6 s (three passes: the first past CHILD_SLICE_S), each rested 3x (the
+        # first slice began at the last pass nobody labeled during).
+        assert len(slept) >= 2 and slept[0] >= 3 * 0.6
+        assert all(s == pytest.approx(3 * 0.6) for s in slept[1:])
+    finally:
+        handle.remove()
