@@ -151,7 +151,8 @@ def head_time(args: argparse.Namespace) -> None:
     from ls_backend.core.embeddings import Encoder
     from ls_backend.core.model import ModelVersion
     from ls_backend.core.registry import Registry
-    from ls_backend.core.training import LabeledData, run_round
+    from ls_backend.core.tasks import LabeledData
+    from ls_backend.core.training import run_round
 
     texts, labels = load("trec", "train")
     space = LabelSpace(tuple(sorted(set(labels))))

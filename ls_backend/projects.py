@@ -27,8 +27,8 @@ from ls_backend.core.labels import Embeddings
 from ls_backend.core.pacing import Pacer
 from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import Model, Scored, Task
-from ls_backend.core.training import LabeledData, save_prototype
+from ls_backend.core.tasks import LabeledData, Model, Scored, Task
+from ls_backend.core.training import save_prototype
 from ls_backend.labelstudio import predictions, webhooks
 from ls_backend.labelstudio.config import ConfigError, LabelConfig, TaskError, parse_config
 from ls_backend.settings import Settings

@@ -41,8 +41,8 @@ from ls_backend.core.model import ModelVersion
 from ls_backend.core.ranking import rank_pool
 from ls_backend.core.registry import Registry
 from ls_backend.core.report import cohen_kappa, out_of_fold_probs
-from ls_backend.core.tasks import NotEnoughLabels
-from ls_backend.core.training import LabeledData, RoundResult, run_round, save_prototype
+from ls_backend.core.tasks import LabeledData, NotEnoughLabels
+from ls_backend.core.training import RoundResult, run_round, save_prototype
 
 #: Strategies whose order ignores the predictions: no pool prediction is made for them.
 PROB_FREE = frozenset({"random", "k_center"})

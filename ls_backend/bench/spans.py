@@ -35,8 +35,8 @@ from ls_backend.core.spans.task import DEFAULT_MEASURE, SpanModel, Spans, TokenV
 from ls_backend.core.spans.tokens import TokenEncoder
 from ls_backend.core.spans.types import Span, SpanLabelSpace, space_from_spans
 from ls_backend.core.spans.uncertainty import SPAN_MEASURES
-from ls_backend.core.tasks import NotEnoughLabels
-from ls_backend.core.training import LabeledData, run_round, save_prototype
+from ls_backend.core.tasks import LabeledData, NotEnoughLabels
+from ls_backend.core.training import run_round, save_prototype
 from ls_backend.store.databases import Databases
 
 DEFAULT_PREFIX = "default:"

@@ -32,6 +32,7 @@ from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.tasks import (
     Evaluation,
+    LabeledData,
     LabeledLike,
     Model,
     NotEnoughLabels,
@@ -150,34 +151,6 @@ class CompositeModel:
         (path / _PARTS).write_text(json.dumps({"parts": record}))
 
 
-@dataclass
-class _PartData:
-    """The annotations that label one part, with that part's targets."""
-
-    keys: list[int]
-    strata_keys: list[int]
-    texts: list[str]
-    targets: Any
-    embeddings: Embeddings
-
-    def take(self, index: NDArray[np.int64]) -> _PartData:
-        targets = (
-            self.targets[index]
-            if isinstance(self.targets, np.ndarray)
-            else [self.targets[i] for i in index]
-        )
-        return _PartData(
-            [self.keys[i] for i in index],
-            [self.strata_keys[i] for i in index],
-            [self.texts[i] for i in index],
-            targets,
-            self.embeddings[index],
-        )
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
 class Composite:
     """The task kind of a config with several served controls; ``tasks``: the parts' kinds."""
 
@@ -191,11 +164,11 @@ class Composite:
     def _task(self, part: Part) -> Task:
         return self.tasks[part.kind]
 
-    def _part_data(self, space: CompositeSpace, data: LabeledLike, j: int) -> _PartData:
+    def _part_data(self, space: CompositeSpace, data: LabeledLike, j: int) -> LabeledData:
         rows = [i for i, target in enumerate(data.targets) if target[j] is not None]
         part = space.parts[j]
         labels = [data.targets[i][j] for i in rows]
-        return _PartData(
+        return LabeledData(
             [data.keys[i] for i in rows],
             [data.strata_keys[i] for i in rows],
             [data.texts[i] for i in rows],

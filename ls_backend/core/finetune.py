@@ -29,8 +29,8 @@ from ls_backend.core.evaluation import evaluate, holdout_split, strata_of, strat
 from ls_backend.core.labels import Embeddings, LabelSpace
 from ls_backend.core.lora import LoraClassifier
 from ls_backend.core.registry import Registry
-from ls_backend.core.tasks import Model, Progress, Task
-from ls_backend.core.training import LabeledData, RoundResult, lora_round_of, save_candidate
+from ls_backend.core.tasks import LabeledData, Model, Progress, Task
+from ls_backend.core.training import RoundResult, lora_round_of, save_candidate
 
 #: Labels each class needs at least: the held-out split then holds one of every class, and
 #: the evaluated fit still trains on two.

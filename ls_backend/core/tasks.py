@@ -138,6 +138,34 @@ class LabeledLike(Protocol):
     def __len__(self) -> int: ...
 
 
+@dataclass
+class LabeledData:
+    """The labels a round trains on, in one order: a ``LabeledLike``."""
+
+    keys: list[int]  # annotation ids: what each version records it saw
+    strata_keys: list[int]  # task ids: the held-out side is decided per task
+    texts: list[str]
+    targets: Any  # the kind's: class indices [N] or a 0/1 matrix [N, C] for classification
+    embeddings: Embeddings
+
+    def take(self, index: NDArray[np.int64]) -> LabeledData:
+        targets = (
+            self.targets[index]
+            if isinstance(self.targets, np.ndarray)
+            else [self.targets[i] for i in index]
+        )
+        return LabeledData(
+            [self.keys[i] for i in index],
+            [self.strata_keys[i] for i in index],
+            [self.texts[i] for i in index],
+            targets,
+            self.embeddings[index],
+        )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
 class Task(Protocol):
     kind: TaskKind
     #: The metric the paired promotion rule's per-item figures add up to (for its reason).

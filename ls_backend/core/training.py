@@ -22,45 +22,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from ls_backend.core.configs import RoundConfig
 from ls_backend.core.evaluation import holdout_split, should_promote
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.registry import Registry
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import Evaluation, Model, NotEnoughLabels, Progress, Task, TaskKind
+from ls_backend.core.tasks import (
+    Evaluation,
+    LabeledData,
+    Model,
+    NotEnoughLabels,
+    Progress,
+    Task,
+    TaskKind,
+)
 
 #: A version's folder keeps the fit its metrics come from here (held-out labels left out).
 EVALUATED = "evaluated"
-
-
-@dataclass
-class LabeledData:
-    keys: list[int]  # annotation ids: what each version records it saw
-    strata_keys: list[int]  # task ids: the held-out side is decided per task
-    texts: list[str]
-    targets: Any  # the kind's: class indices [N] or a 0/1 matrix [N, C] for classification
-    embeddings: Embeddings
-
-    def take(self, index: NDArray[np.int64]) -> LabeledData:
-        targets = (
-            self.targets[index]
-            if isinstance(self.targets, np.ndarray)
-            else [self.targets[i] for i in index]
-        )
-        return LabeledData(
-            [self.keys[i] for i in index],
-            [self.strata_keys[i] for i in index],
-            [self.texts[i] for i in index],
-            targets,
-            self.embeddings[index],
-        )
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 @dataclass

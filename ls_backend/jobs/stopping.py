@@ -31,8 +31,7 @@ from ls_backend.core.spans.metrics import judged_f1
 from ls_backend.core.spans.task import SpanModel, Spans
 from ls_backend.core.spans.types import Span
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import Model, TaskKind
-from ls_backend.core.training import LabeledData
+from ls_backend.core.tasks import LabeledData, Model, TaskKind
 from ls_backend.labelstudio.config import TaskError
 from ls_backend.projects import Project
 

@@ -19,8 +19,8 @@ from ls_backend.core.configs import RoundConfig
 from ls_backend.core.kinds import ModelKind
 from ls_backend.core.labels import Embeddings
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import Model, NotEnoughLabels, Progress, TaskKind
-from ls_backend.core.training import LabeledData, RoundResult, run_round
+from ls_backend.core.tasks import LabeledData, Model, NotEnoughLabels, Progress, TaskKind
+from ls_backend.core.training import RoundResult, run_round
 from ls_backend.jobs import stopping
 from ls_backend.jobs.lanes import JobStatus, Lane, Lanes, read_status
 from ls_backend.projects import LABEL_SPACE_CHANGED, MODEL_TRAINED, Project, ProjectView

@@ -25,8 +25,7 @@ from ls_backend.core.spans.quality import OutOfFold, out_of_fold
 from ls_backend.core.spans.task import Spans
 from ls_backend.core.spans.types import SpanLabelSpace
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import TaskKind
-from ls_backend.core.training import LabeledData
+from ls_backend.core.tasks import LabeledData, TaskKind
 from ls_backend.jobs.stopping import STOP_VERSIONS, stop_set
 from ls_backend.jobs.stopping import details as plateau_details
 from ls_backend.labelstudio.config import TaskError

@@ -13,8 +13,8 @@ from ls_backend.core.labels import LabelSpace
 from ls_backend.core.registry import Registry
 from ls_backend.core.spans.types import Span, SpanLabelSpace
 from ls_backend.core.task_registry import task_of
-from ls_backend.core.tasks import NotEnoughLabels, ScoredParts, TaskKind, joined
-from ls_backend.core.training import LabeledData, run_round, save_prototype
+from ls_backend.core.tasks import LabeledData, NotEnoughLabels, ScoredParts, TaskKind, joined
+from ls_backend.core.training import run_round, save_prototype
 
 MULTI = task_of(TaskKind.MULTI)
 TOPIC = Part("topic", TaskKind.CLASSIFICATION, LabelSpace(("travel", "weather")))

@@ -32,7 +32,7 @@ from ls_backend.core.labels import LabelSpace
 from ls_backend.core.lora import LoraClassifier
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry
-from ls_backend.core.training import LabeledData
+from ls_backend.core.tasks import LabeledData
 
 SPACE = LabelSpace(("positive", "negative"))
 WORDS = ("great", "awful")

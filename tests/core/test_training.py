@@ -9,8 +9,8 @@ from ls_backend.core.evaluation import holdout_split, strata_of
 from ls_backend.core.labels import LabelSpace
 from ls_backend.core.model import ModelVersion
 from ls_backend.core.registry import Registry
-from ls_backend.core.tasks import NotEnoughLabels, TaskKind
-from ls_backend.core.training import LabeledData, run_round, save_prototype
+from ls_backend.core.tasks import LabeledData, NotEnoughLabels, TaskKind
+from ls_backend.core.training import run_round, save_prototype
 
 SPACE = LabelSpace(("a", "b", "c"))
 

@@ -123,7 +123,7 @@ def test_one_prediction_carries_every_part_with_one_score():
 
 def test_the_queue_ranks_a_pool_by_the_combined_uncertainty(tmp_path):
     from ls_backend.core.configs import RoundConfig
-    from ls_backend.core.training import LabeledData
+    from ls_backend.core.tasks import LabeledData
     from ls_backend.labelstudio.sync import TaskPool, rank_front
     from ls_backend.settings import Settings
 

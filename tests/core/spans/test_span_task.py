@@ -12,8 +12,8 @@ from ls_backend.core.registry import Registry
 from ls_backend.core.spans.metrics import counts
 from ls_backend.core.spans.task import SPANS
 from ls_backend.core.spans.types import Span, SpanLabelSpace
-from ls_backend.core.tasks import NotEnoughLabels
-from ls_backend.core.training import LabeledData, run_round, save_prototype
+from ls_backend.core.tasks import LabeledData, NotEnoughLabels
+from ls_backend.core.training import run_round, save_prototype
 
 SPACE = SpanLabelSpace(("PER", "LOC"))
 PEOPLE = ["Alice", "Bob", "Carol", "David", "Emma", "Frank"]
