@@ -26,8 +26,13 @@ def sentence(i: int) -> tuple[str, list[tuple[int, int, str]]]:
 
 def annotate(client: httpx.Client, task_id: int, n: int) -> httpx.Response:
     """Label Studio's ``task_id`` annotated with ``sentence(n)``'s gold spans (its text)."""
+    return client.post(f"/api/tasks/{task_id}/annotations", json={"result": regions(n)})
+
+
+def regions(n: int) -> list[dict]:
+    """``sentence(n)``'s gold spans as Label Studio result items of the ``label`` control."""
     text, spans = sentence(n)
-    result = [
+    return [
         {
             "id": f"r{n}-{k}",
             "from_name": "label",
@@ -37,7 +42,6 @@ def annotate(client: httpx.Client, task_id: int, n: int) -> httpx.Response:
         }
         for k, (s, e, label) in enumerate(spans)
     ]
-    return client.post(f"/api/tasks/{task_id}/annotations", json={"result": result})
 
 
 #: The NER template with a task-level ``<Choices>`` beside its ``<Labels>``: both are served.
@@ -52,17 +56,7 @@ NER_AND_TOPIC = NER.replace(
 
 def annotate_both(client: httpx.Client, task_id: int, n: int, topic: str) -> httpx.Response:
     """``annotate``'s regions and a ``topic`` choice, in one annotation."""
-    text, spans = sentence(n)
-    result = [
-        {
-            "id": f"r{n}-{k}",
-            "from_name": "label",
-            "to_name": "text",
-            "type": "labels",
-            "value": {"start": s, "end": e, "text": text[s:e], "labels": [label]},
-        }
-        for k, (s, e, label) in enumerate(spans)
-    ]
+    result = regions(n)
     result.append(
         {
             "id": f"c{n}",

@@ -50,24 +50,7 @@ def test_pre_annotated_regions_render_and_a_submit_keeps_them(label_studio, tmp_
 
         wait_for(head_serves)
         target = task_ids[13]
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-            page.set_default_timeout(60_000)
-            page.goto(f"{label_studio.url}/user/login/")
-            page.fill("input[name=email]", USERNAME)
-            page.fill("input[name=password]", PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
-            page.goto(f"{label_studio.url}/projects/{project.id}/data?task={target}")
-            try:
-                page.wait_for_selector(HIGHLIGHT)
-            except Exception:
-                (tmp_path / "page.html").write_text(page.content())
-                raise
-            shown = page.locator(HIGHLIGHT).all_inner_texts()
-            page.locator(SUBMIT).click()
-            browser.close()
+        shown = regions_shown_then_submitted(label_studio, project.id, target, tmp_path)
         text = texts[13]
         prediction = next(
             p
@@ -76,7 +59,7 @@ def test_pre_annotated_regions_render_and_a_submit_keeps_them(label_studio, tmp_
         )
         predicted = {(r["value"]["start"], r["value"]["end"]) for r in prediction["result"]}
         assert predicted and len(shown) >= len(predicted)
-        assert {text[s:e] for s, e in predicted} <= {t.strip() for t in shown}
+        assert {text[s:e] for s, e in predicted} <= set(shown)
 
         def saved() -> list:
             return client.get(f"/api/tasks/{target}").json()["annotations"]
@@ -122,24 +105,7 @@ def test_regions_after_windows_line_endings_render_on_their_words(label_studio, 
         headers={"Authorization": f"Token {label_studio.token}"},
         timeout=60,
     )
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
-        page.set_default_timeout(60_000)
-        page.goto(f"{label_studio.url}/user/login/")
-        page.fill("input[name=email]", USERNAME)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_url(lambda url: "/user/login" not in url)
-        page.goto(f"{label_studio.url}/projects/{project.id}/data?task={task_id}")
-        try:
-            page.wait_for_selector(HIGHLIGHT)
-        except Exception:
-            (tmp_path / "page.html").write_text(page.content())
-            raise
-        shown = [t.strip() for t in page.locator(HIGHLIGHT).all_inner_texts()]
-        page.locator(SUBMIT).click()
-        browser.close()
+    shown = regions_shown_then_submitted(label_studio, project.id, task_id, tmp_path)
     assert sorted(shown) == sorted(word for word, _ in words)
 
     def saved() -> list:
@@ -151,3 +117,26 @@ def test_regions_after_windows_line_endings_render_on_their_words(label_studio, 
         for r in saved()[0]["result"]
     }
     assert kept == {(r["value"]["start"], r["value"]["end"], r["value"]["text"]) for r in regions}
+
+
+def regions_shown_then_submitted(label_studio, project_id: int, task_id: int, tmp_path) -> list:
+    """Log in to Label Studio's UI, open the task, read the highlighted regions' texts, Submit."""
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", USERNAME)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        page.goto(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
+        try:
+            page.wait_for_selector(HIGHLIGHT)
+        except Exception:
+            (tmp_path / "page.html").write_text(page.content())
+            raise
+        shown = [text.strip() for text in page.locator(HIGHLIGHT).all_inner_texts()]
+        page.locator(SUBMIT).click()
+        browser.close()
+    return shown
